@@ -252,9 +252,14 @@ class DeviceState(Base):
     device_id: Mapped[str] = mapped_column(ID, ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
     last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     online: Mapped[bool] = mapped_column(Boolean, default=False)
+    # When it last went offline; kept after it returns (``online`` says which holds), so
+    # the restore event can say how long it was away.
     offline_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # last_seen + offline_after_intervals × heartbeat: the supervision sweep is one
+    # indexed, set-based UPDATE over this column, however many devices there are.
+    offline_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     last_status: Mapped[str | None] = mapped_column(String(16))
     last_test_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     battery_pct: Mapped[float | None] = mapped_column(Float)
-    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     metrics_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -1,0 +1,713 @@
+"""The device gateway: MQTT in, stored events and acks out.
+
+The way of one alarm: a device publishes on ``{root}/events`` → ``_on_event`` parses and
+checks it → the event writer commits a batch (ON CONFLICT DO NOTHING on (device, id)) →
+only then is ``received`` acked to the device → a bus hint tells the dispatcher.
+Telemetry only updates per-device state in memory, flushed in batches, and feeds the rules
+that may raise derived events through the same writer. Supervision turns silence and wills
+into ``offline`` events, and the return into ``online``.
+
+Several copies may run at once: they share the broker subscription, dedup on the
+database's unique key, and flip liveness with conditional UPDATEs so each transition
+raises exactly one event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote, urlsplit
+from zoneinfo import ZoneInfo
+
+import aiomqtt
+import structlog
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from config.settings import Settings
+from device_gateway import metrics as m
+from device_gateway import protocol as p
+from device_gateway import rules as rules_mod
+from device_gateway.store import (
+    DeviceInfo,
+    EventRow,
+    PendingState,
+    RejectRow,
+    flush_states,
+    insert_events,
+    insert_rejects,
+    load_devices,
+    mark_offline,
+    sweep_overdue,
+)
+from dispatcher.bus import MemoryBus, RedisBus
+from dispatcher.clock import Clock
+
+log = structlog.get_logger("carecall.gateway")
+
+Bus = MemoryBus | RedisBus
+
+
+@dataclass(frozen=True, slots=True)
+class MqttTarget:
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    tls: bool
+
+    @classmethod
+    def from_url(cls, url: str) -> MqttTarget:
+        parts = urlsplit(url)
+        tls = parts.scheme in ("mqtts", "ssl")
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or (8883 if tls else 1883),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            tls=tls,
+        )
+
+
+def mqtt_client(
+    target: MqttTarget, identifier: str, *, clean_session: bool, keepalive: int = 30
+) -> aiomqtt.Client:
+    """A platform MQTT client: TCP_NODELAY (no Nagle tail spikes), deep queues."""
+    client = aiomqtt.Client(
+        target.host,
+        target.port,
+        username=target.username,
+        password=target.password,
+        identifier=identifier,
+        clean_session=clean_session,
+        protocol=aiomqtt.ProtocolVersion.V311,
+        keepalive=keepalive,
+        timeout=10,
+        max_inflight_messages=200,
+        max_queued_outgoing_messages=100_000,
+        tls_context=ssl.create_default_context() if target.tls else None,
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+    )
+    client.pending_calls_threshold = 100_000
+    return client
+
+
+@dataclass(slots=True)
+class GatewayStats:
+    messages: int = 0
+    events_stored: int = 0
+    events_duplicate: int = 0
+    derived: int = 0
+    acks: int = 0
+    ack_latencies_ms: list[float] = field(default_factory=list)
+
+
+class DeviceDirectory:
+    """Registry facts per device, cached; a miss asks the database (negative results
+    are cached briefly so an unknown device flooding us costs one query a minute)."""
+
+    def __init__(
+        self, maker: async_sessionmaker[AsyncSession], negative_ttl_s: float = 60.0
+    ) -> None:
+        self._maker = maker
+        self._known: dict[str, DeviceInfo] = {}
+        self._unknown: dict[str, float] = {}
+        self._ttl = negative_ttl_s
+
+    async def refresh(self) -> None:
+        async with self._maker() as session:
+            infos = await load_devices(session)
+        self._known = {d.id: d for d in infos}
+        self._unknown.clear()
+        m.DEVICES.labels("registered").set(len(self._known))
+
+    def cached(self, device_id: str) -> DeviceInfo | None:
+        return self._known.get(device_id)
+
+    async def get(self, device_id: str) -> DeviceInfo | None:
+        info = self._known.get(device_id)
+        if info is not None:
+            return info
+        miss = self._unknown.get(device_id)
+        if miss is not None and time.monotonic() - miss < self._ttl:
+            return None
+        async with self._maker() as session:
+            found = await load_devices(session, [device_id])
+        if found:
+            self._known[device_id] = found[0]
+            return found[0]
+        if len(self._unknown) > 100_000:
+            self._unknown.clear()
+        self._unknown[device_id] = time.monotonic()
+        return None
+
+    def heartbeat(self, device_id: str) -> int:
+        info = self._known.get(device_id)
+        return info.heartbeat_s if info else 60
+
+
+class Gateway:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        maker: async_sessionmaker[AsyncSession],
+        bus: Bus,
+        clock: Clock,
+        mqtt: MqttTarget,
+        shared_group: str | None,
+    ) -> None:
+        self.settings = settings
+        self.maker = maker
+        self.bus = bus
+        self.clock = clock
+        self.mqtt = mqtt
+        self.shared_group = shared_group or None
+        self.name = f"gateway-{settings.instance}"
+        self.directory = DeviceDirectory(maker)
+        self.rejects = m.RejectCounter()
+        self.stats = GatewayStats()
+        self.rules = rules_mod.load_rules(settings.rules_file)
+        self.tz = ZoneInfo(settings.timezone)
+        self._events: asyncio.Queue[EventRow] = asyncio.Queue(maxsize=100_000)
+        self._reject_buf: list[RejectRow] = []
+        self._pending: dict[str, PendingState] = {}
+        self._rule_state: dict[str, rules_mod.RuleState] = {}
+        self._client: aiomqtt.Client | None = None
+        self._ack_tasks: set[asyncio.Task[None]] = set()
+        self.connected = asyncio.Event()
+        self.on_stored: Callable[[list[EventRow]], Awaitable[None]] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.directory.refresh()
+        workers = [
+            asyncio.create_task(self._event_writer(), name="gw-event-writer"),
+            asyncio.create_task(
+                self._periodic(self.settings.state_flush_interval_s, self._flush), name="gw-flush"
+            ),
+            asyncio.create_task(
+                self._periodic(self.settings.supervision_interval_s, self._sweep), name="gw-sweep"
+            ),
+            asyncio.create_task(self._periodic(60.0, self.directory.refresh), name="gw-directory"),
+        ]
+        mqtt_task = asyncio.create_task(self._mqtt_loop(), name="gw-mqtt")
+        try:
+            await stop.wait()
+        finally:
+            mqtt_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await mqtt_task
+            # drain what was accepted before stopping, so nothing received is dropped
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._drain(), timeout=10)
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _drain(self) -> None:
+        while not self._events.empty():
+            await asyncio.sleep(0.01)
+        await self._flush()
+
+    def _subscriptions(self) -> list[str]:
+        base = [f"{p.TOPIC_PREFIX}/+/+", f"{p.TOPIC_PREFIX}/+/+/#", f"{p.TOPIC_PREFIX}/+"]
+        if self.shared_group:
+            return [f"$share/{self.shared_group}/{t}" for t in base]
+        return base
+
+    async def _mqtt_loop(self) -> None:
+        backoff = 0.2
+        first = True
+        while True:
+            try:
+                client = mqtt_client(
+                    self.mqtt,
+                    f"carecall-{self.name}",
+                    clean_session=False,
+                    keepalive=self.settings.mqtt_keepalive_s,
+                )
+                async with client:
+                    self._client = client
+                    for topic in self._subscriptions():
+                        await client.subscribe(topic, qos=1)
+                    m.MQTT_CONNECTED.set(1)
+                    self.connected.set()
+                    if not first:
+                        m.RECONNECTS.inc()
+                    first = False
+                    backoff = 0.2
+                    log.info(
+                        "gateway.connected",
+                        broker=f"{self.mqtt.host}:{self.mqtt.port}",
+                        shared=self.shared_group,
+                    )
+                    async for message in client.messages:
+                        try:
+                            await self._on_message(message)
+                        except Exception:  # never let one message stop the gateway
+                            log.exception("gateway.message_failed", topic=str(message.topic))
+            except aiomqtt.MqttError as exc:
+                log.warning("gateway.disconnected", error=str(exc), retry_s=round(backoff, 2))
+            finally:
+                self._client = None
+                self.connected.clear()
+                m.MQTT_CONNECTED.set(0)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    # ------------------------------------------------------------------ intake
+
+    async def _on_message(self, message: aiomqtt.Message) -> None:
+        topic = message.topic.value
+        raw = message.payload
+        payload = raw if isinstance(raw, bytes) else (str(raw).encode() if raw is not None else b"")
+        self.stats.messages += 1
+        parsed = p.parse_topic(topic)
+        if parsed is None:
+            m.MESSAGES.labels("other").inc()
+            self._reject(
+                p.claimed_device(topic),
+                topic,
+                payload,
+                p.Rejection(p.Reason.bad_topic, "topic outside the v1 contract"),
+            )
+            return
+        if parsed.channel in p.DOWNLINK:
+            return  # our own acks and configs, echoed back by the wildcard subscription
+        m.MESSAGES.labels(parsed.channel.value).inc()
+        arrived = time.monotonic()
+        device = await self.directory.get(parsed.device_id)
+        if device is None:
+            self._reject(
+                parsed.device_id,
+                topic,
+                payload,
+                p.Rejection(p.Reason.unknown_device, "device not registered"),
+            )
+            return
+        if not device.enabled:
+            self._reject(
+                device.id,
+                topic,
+                payload,
+                p.Rejection(p.Reason.disabled_device, "device is disabled"),
+                ack=True,
+            )
+            return
+        if parsed.channel is p.Channel.events:
+            self._on_event(device, topic, payload, arrived)
+        elif parsed.channel is p.Channel.telemetry:
+            self._on_telemetry(device, topic, payload)
+        else:
+            self._on_status(device, topic, payload, retained=message.retain)
+
+    def _reject(
+        self,
+        device_id: str | None,
+        topic: str,
+        payload: bytes,
+        rej: p.Rejection,
+        *,
+        ack: bool = False,
+        event_id: str | None = None,
+    ) -> None:
+        self.rejects.add(device_id, rej.reason.value)
+        if len(self._reject_buf) < 50_000:
+            self._reject_buf.append(
+                RejectRow(
+                    received_at=self.clock.now(),
+                    device_id=device_id[:64] if device_id else None,
+                    topic=topic[:256],
+                    reason=rej.reason.value,
+                    detail=rej.detail[:500],
+                    payload_size=len(payload),
+                    payload_excerpt=p.excerpt(payload, self.settings.reject_excerpt_bytes),
+                )
+            )
+        log.debug("gateway.rejected", device=device_id, reason=rej.reason.value, detail=rej.detail)
+        if ack and device_id:
+            if event_id is None:
+                event_id = _best_effort_event_id(payload)
+            self._send_ack(
+                device_id,
+                event_id,
+                p.AckState.rejected,
+                reason=f"{rej.reason.value}: {rej.detail}"[:200],
+            )
+
+    def _on_event(self, device: DeviceInfo, topic: str, payload: bytes, arrived: float) -> None:
+        msg = p.parse_event(payload, self.settings.max_payload_bytes)
+        if isinstance(msg, p.Rejection):
+            self._reject(device.id, topic, payload, msg, ack=True)
+            return
+        now = self.clock.now()
+        happened = msg.happened_at
+        skew = (now - happened).total_seconds()
+        local_hour = (
+            happened.astimezone(self.tz).hour
+            if abs(skew) <= self.settings.clock_skew_limit_s
+            else now.astimezone(self.tz).hour
+        )
+        row = EventRow(
+            device_id=device.id,
+            event_id=msg.id,
+            home_id=device.home_id,
+            type=msg.type,
+            event_class=p.classify(msg.type, msg.data, local_hour).value,
+            sensor=msg.sensor,
+            data=dict(msg.data),
+            source="device",
+            device_ts=happened,
+            received_at=now,
+            clock_skew_s=round(skew, 3),
+            clock_suspect=abs(skew) > self.settings.clock_skew_limit_s,
+            gateway=self.name,
+            t_arrived=arrived,
+        )
+        self._seen(device.id, now)
+        if msg.type == "test":
+            self._pending_for(device.id).last_test_at = now
+        self._enqueue(row)
+
+    def _enqueue(self, row: EventRow) -> None:
+        try:
+            self._events.put_nowait(row)
+        except asyncio.QueueFull:
+            # Back-pressure: not acked, so the device resends once we have room.
+            self.rejects.add(row.device_id, "overloaded")
+            log.warning("gateway.queue_full", device=row.device_id, event=row.event_id)
+        m.QUEUE_DEPTH.labels("events").set(self._events.qsize())
+
+    def _pending_for(self, device_id: str) -> PendingState:
+        st = self._pending.get(device_id)
+        if st is None:
+            st = self._pending[device_id] = PendingState()
+        return st
+
+    def _seen(self, device_id: str, at: datetime) -> None:
+        st = self._pending_for(device_id)
+        st.last_seen = at
+        st.will_at = None
+
+    def _on_telemetry(self, device: DeviceInfo, topic: str, payload: bytes) -> None:
+        msg = p.parse_telemetry(payload, self.settings.max_payload_bytes)
+        if isinstance(msg, p.Rejection):
+            self._reject(device.id, topic, payload, msg, ack=True)
+            return
+        now = self.clock.now()
+        self._seen(device.id, now)
+        st = self._pending_for(device.id)
+        merged = dict(st.metrics or {})
+        merged.update(msg.metrics)
+        st.metrics = merged
+        st.metrics_at = now
+        battery = msg.metrics.get("battery_pct")
+        if isinstance(battery, int | float) and not isinstance(battery, bool):
+            st.battery_pct = float(battery)
+        self._apply_rules(device, msg.metrics, now)
+
+    def _apply_rules(self, device: DeviceInfo, metrics: dict[str, Any], now: datetime) -> None:
+        ranges = rules_mod.vital_ranges(
+            self.rules,
+            device.capacity_level,
+            device.hr_min,
+            device.hr_max,
+            device.rr_min,
+            device.rr_max,
+        )
+        state = self._rule_state.get(device.id) or rules_mod.RuleState()
+        state, derived = rules_mod.evaluate(
+            self.rules, ranges, state, metrics, now, now.astimezone(self.tz).hour
+        )
+        self._rule_state[device.id] = state
+        for d in derived:
+            self.stats.derived += 1
+            self._enqueue(
+                EventRow(
+                    device_id=device.id,
+                    event_id=d.event_id,
+                    home_id=device.home_id,
+                    type=d.type,
+                    event_class=p.classify(
+                        d.type, dict(d.data), now.astimezone(self.tz).hour
+                    ).value,
+                    sensor=None,
+                    data=dict(d.data),
+                    source="rule",
+                    device_ts=None,
+                    received_at=now,
+                    clock_skew_s=None,
+                    clock_suspect=False,
+                    gateway=self.name,
+                    t_arrived=time.monotonic(),
+                    ack=False,
+                )
+            )
+
+    def _on_status(self, device: DeviceInfo, topic: str, payload: bytes, *, retained: bool) -> None:
+        msg = p.parse_status(payload, self.settings.max_payload_bytes)
+        if isinstance(msg, p.Rejection):
+            self._reject(device.id, topic, payload, msg, ack=not retained)
+            return
+        now = self.clock.now()
+        st = self._pending_for(device.id)
+        st.last_status = msg.state
+        if msg.state == "offline":
+            st.will_at = now  # a retained offline also tells a restarted gateway who is away
+        elif not retained:
+            # A retained "online" is old news, not a sign of life; a fresh one is.
+            self._seen(device.id, now)
+            self._push_config(device)
+
+    # ------------------------------------------------------------------ acks / config
+
+    def _send_ack(
+        self, device_id: str, event_id: str | None, state: p.AckState, *, reason: str | None = None
+    ) -> None:
+        client = self._client
+        if client is None:
+            return  # the device resends; it will be acked then
+        body: dict[str, Any] = {
+            "event_id": event_id,
+            "state": state.value,
+            "ts": self.clock.now_ms(),
+        }
+        if reason:
+            body["reason"] = reason
+        payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        task = asyncio.create_task(
+            self._publish(client, p.topic_for(device_id, p.Channel.ack), payload, False)
+        )
+        self._ack_tasks.add(task)
+        task.add_done_callback(self._ack_tasks.discard)
+        m.ACKS.labels(state.value).inc()
+        self.stats.acks += 1
+
+    async def _publish(
+        self, client: aiomqtt.Client, topic: str, payload: bytes, retain: bool
+    ) -> None:
+        try:
+            await client.publish(topic, payload, qos=1, retain=retain)
+        except aiomqtt.MqttError as exc:
+            log.debug("gateway.publish_failed", topic=topic, error=str(exc))
+
+    def _push_config(self, device: DeviceInfo) -> None:
+        client = self._client
+        if client is None:
+            return
+        payload = json.dumps({"heartbeat_s": device.heartbeat_s}, separators=(",", ":")).encode()
+        task = asyncio.create_task(
+            self._publish(client, p.topic_for(device.id, p.Channel.config), payload, True)
+        )
+        self._ack_tasks.add(task)
+        task.add_done_callback(self._ack_tasks.discard)
+
+    # ------------------------------------------------------------------ writers
+
+    async def _event_writer(self) -> None:
+        while True:
+            first = await self._events.get()
+            batch = [first]
+            while len(batch) < self.settings.event_batch_max and not self._events.empty():
+                batch.append(self._events.get_nowait())
+            await self._commit_events(batch)
+            m.QUEUE_DEPTH.labels("events").set(self._events.qsize())
+
+    async def _commit_events(self, batch: list[EventRow]) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                async with self.maker() as session, session.begin():
+                    new = await insert_events(session, batch)
+                break
+            except IntegrityError as exc:
+                # A row that cannot be stored (device deleted meanwhile) must not block
+                # the others: store one by one and reject the bad ones.
+                log.warning(
+                    "gateway.batch_integrity_error", error=str(exc.orig)[:200], size=len(batch)
+                )
+                new = await self._commit_one_by_one(batch)
+                break
+            except (OperationalError, DBAPIError, OSError) as exc:
+                m.DB_ERRORS.inc()
+                log.warning("gateway.db_unavailable", error=str(exc)[:200], retry_s=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        await self._after_commit(batch, new)
+
+    async def _commit_one_by_one(self, batch: list[EventRow]) -> set[tuple[str, str]]:
+        new: set[tuple[str, str]] = set()
+        for row in batch:
+            try:
+                async with self.maker() as session, session.begin():
+                    new |= await insert_events(session, [row])
+            except IntegrityError as exc:
+                self._reject(
+                    row.device_id,
+                    p.topic_for(row.device_id, p.Channel.events),
+                    b"",
+                    p.Rejection(p.Reason.unknown_device, str(exc.orig)[:200]),
+                )
+                row.ack = False
+        return new
+
+    async def _after_commit(self, batch: list[EventRow], new: set[tuple[str, str]]) -> None:
+        now = time.monotonic()
+        m.BATCH_SIZE.observe(len(batch))
+        stored: list[EventRow] = []
+        for row in batch:
+            key = (row.device_id, row.event_id)
+            if key in new:
+                new.discard(key)
+                stored.append(row)
+                m.EVENTS_STORED.labels(row.source).inc()
+                self.stats.events_stored += 1
+            else:
+                m.EVENTS_DUPLICATE.inc()
+                self.stats.events_duplicate += 1
+            if row.ack:
+                self._send_ack(row.device_id, row.event_id, p.AckState.received)
+                latency = now - row.t_arrived
+                m.ACK_LATENCY.observe(latency)
+                if len(self.stats.ack_latencies_ms) < 1_000_000:
+                    self.stats.ack_latencies_ms.append(latency * 1000)
+        if stored:
+            await self.bus.publish("events", {"count": len(stored), "gateway": self.name})
+            if self.on_stored is not None:
+                await self.on_stored(stored)
+
+    async def _periodic(self, interval_s: float, fn: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await self.clock.sleep(
+                interval_s
+            ) if fn != self.directory.refresh else await asyncio.sleep(interval_s)
+            try:
+                await fn()
+            except (OperationalError, DBAPIError, OSError) as exc:
+                m.DB_ERRORS.inc()
+                log.warning(
+                    "gateway.periodic_db_error",
+                    task=getattr(fn, "__name__", "?"),
+                    error=str(exc)[:200],
+                )
+            except Exception:
+                log.exception("gateway.periodic_failed", task=getattr(fn, "__name__", "?"))
+
+    async def _flush(self) -> None:
+        """Write device state and rejections; raise online/offline for wills and returns."""
+        pending, self._pending = self._pending, {}
+        rejects, self._reject_buf = self._reject_buf, []
+        if not pending and not rejects:
+            return
+        hb = {d: self.directory.heartbeat(d) for d in pending}
+        now = self.clock.now()
+        try:
+            async with self.maker() as session, session.begin():
+                await insert_rejects(session, rejects)
+                wills = [d for d, st in pending.items() if st.will_at is not None]
+                went_offline = await mark_offline(session, wills, now) if wills else []
+                restored = await flush_states(
+                    session, pending, hb, self.settings.offline_after_intervals
+                )
+                rows = [
+                    self._supervision_row(d, "offline", now, last_seen=ls, cause="will")
+                    for d, ls in went_offline
+                ]
+                rows += [
+                    self._supervision_row(d, "online", now, offline_since=since)
+                    for d, since in restored
+                ]
+                new = await insert_events(session, rows)
+        except Exception:
+            # keep what we learned for the next flush rather than lose it
+            for d, st in pending.items():
+                self._pending.setdefault(d, st)
+            self._reject_buf = rejects + self._reject_buf
+            raise
+        if rows:
+            await self._after_commit(rows, new)
+
+    async def _sweep(self) -> None:
+        now = self.clock.now()
+        async with self.maker() as session, session.begin():
+            overdue = await sweep_overdue(session, now)
+            rows = [
+                self._supervision_row(d, "offline", now, last_seen=ls, cause="silent")
+                for d, ls in overdue
+            ]
+            new = await insert_events(session, rows)
+        if rows:
+            log.info("gateway.devices_offline", count=len(rows))
+            await self._after_commit(rows, new)
+
+    def _supervision_row(
+        self,
+        device_id: str,
+        kind: str,
+        now: datetime,
+        *,
+        last_seen: datetime | None = None,
+        offline_since: datetime | None = None,
+        cause: str | None = None,
+    ) -> EventRow:
+        info = self.directory.cached(device_id)
+        data: dict[str, Any] = {}
+        if kind == "offline":
+            anchor = now
+            data = {"cause": cause, "last_seen": last_seen.isoformat() if last_seen else None}
+            if info:
+                data["heartbeat_s"] = info.heartbeat_s
+        else:
+            anchor = offline_since or now
+            data = {
+                "offline_since": offline_since.isoformat() if offline_since else None,
+                "offline_s": round((now - offline_since).total_seconds(), 1)
+                if offline_since
+                else None,
+            }
+        return EventRow(
+            device_id=device_id,
+            event_id=f"sup-{kind}-{int(anchor.timestamp() * 1000)}",
+            home_id=info.home_id if info else "",
+            type=kind,
+            event_class=p.EventClass.trouble.value,
+            sensor=None,
+            data=data,
+            source="supervision",
+            device_ts=None,
+            received_at=now,
+            clock_skew_s=None,
+            clock_suspect=False,
+            gateway=self.name,
+            t_arrived=time.monotonic(),
+            ack=False,
+        )
+
+
+def _best_effort_event_id(payload: bytes) -> str | None:
+    """The id of a rejected event, when one can be read, so the device knows which."""
+    if len(payload) > 16 * 1024:
+        return None
+    try:
+        obj = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(obj, dict):
+        ident = obj.get("id")
+        if isinstance(ident, str) and len(ident) <= 64:
+            return ident
+    return None
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,307 @@
+"""Database writes of the gateway: stored events (exactly once), rejections, device state.
+
+All set-based: one statement per batch, whatever the batch size. Events are inserted with
+ON CONFLICT DO NOTHING on (device_id, event_id), so a resent event is the same row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dispatcher.models import Device, DeviceEvent, DeviceState, Home, RejectedMessage, Resident
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """Registry facts the gateway needs for every message of a device."""
+
+    id: str
+    home_id: str
+    kind: str
+    enabled: bool
+    heartbeat_s: int
+    privileged: bool
+    capacity_level: int | None
+    hr_min: int | None
+    hr_max: int | None
+    rr_min: int | None
+    rr_max: int | None
+
+
+@dataclass(slots=True)
+class EventRow:
+    device_id: str
+    event_id: str
+    home_id: str
+    type: str
+    event_class: str
+    sensor: str | None
+    data: dict[str, Any]
+    source: str
+    device_ts: datetime | None
+    received_at: datetime
+    clock_skew_s: float | None
+    clock_suspect: bool
+    gateway: str
+    # not stored: when the message arrived (monotonic) and whether the device awaits an ack
+    t_arrived: float = 0.0
+    ack: bool = True
+
+    def values(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "event_id": self.event_id,
+            "home_id": self.home_id,
+            "type": self.type,
+            "event_class": self.event_class,
+            "sensor": self.sensor,
+            "data": self.data,
+            "source": self.source,
+            "device_ts": self.device_ts,
+            "received_at": self.received_at,
+            "clock_skew_s": self.clock_skew_s,
+            "clock_suspect": self.clock_suspect,
+            "gateway": self.gateway,
+        }
+
+
+@dataclass(slots=True)
+class RejectRow:
+    received_at: datetime
+    device_id: str | None
+    topic: str
+    reason: str
+    detail: str
+    payload_size: int
+    payload_excerpt: str
+
+
+@dataclass(slots=True)
+class PendingState:
+    """What one gateway copy learned about a device since its last flush."""
+
+    last_seen: datetime | None = None
+    metrics: dict[str, Any] | None = None
+    metrics_at: datetime | None = None
+    battery_pct: float | None = None
+    last_status: str | None = None
+    last_test_at: datetime | None = None
+    will_at: datetime | None = None  # the latest signal was the MQTT will
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _insert(session: AsyncSession) -> Any:
+    return postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+
+
+def _greatest(session: AsyncSession, a: Any, b: Any) -> Any:
+    if session.bind.dialect.name == "postgresql":
+        return func.greatest(a, b)
+    return func.max(a, b)
+
+
+async def load_devices(
+    session: AsyncSession, device_ids: Iterable[str] | None = None
+) -> list[DeviceInfo]:
+    """Devices with their first resident's ranges (the one the rules watch)."""
+    stmt = select(
+        Device.id,
+        Device.home_id,
+        Device.kind,
+        Device.enabled,
+        Device.heartbeat_s,
+        Device.privileged,
+    )
+    if device_ids is not None:
+        stmt = stmt.where(Device.id.in_(list(device_ids)))
+    rows = (await session.execute(stmt)).all()
+    homes = {r.home_id for r in rows}
+    residents: dict[str, Resident] = {}
+    if homes:
+        res = await session.scalars(
+            select(Resident)
+            .where(Resident.home_id.in_(homes))
+            .order_by(Resident.capacity_level.desc())
+        )
+        for r in res:
+            residents.setdefault(r.home_id, r)  # most dependent resident first
+    out = []
+    for r in rows:
+        res_ = residents.get(r.home_id)
+        out.append(
+            DeviceInfo(
+                id=r.id,
+                home_id=r.home_id,
+                kind=r.kind,
+                enabled=r.enabled,
+                heartbeat_s=r.heartbeat_s,
+                privileged=r.privileged,
+                capacity_level=res_.capacity_level if res_ else None,
+                hr_min=res_.hr_min if res_ else None,
+                hr_max=res_.hr_max if res_ else None,
+                rr_min=res_.rr_min if res_ else None,
+                rr_max=res_.rr_max if res_ else None,
+            )
+        )
+    return out
+
+
+async def home_timezones(session: AsyncSession) -> dict[str, str]:
+    from dispatcher.models import Station
+
+    rows = await session.execute(
+        select(Home.id, Station.timezone).join(Station, Station.id == Home.station_id)
+    )
+    return {r[0]: r[1] for r in rows}
+
+
+async def insert_events(session: AsyncSession, rows: Sequence[EventRow]) -> set[tuple[str, str]]:
+    """Insert; return the (device_id, event_id) pairs that were new (not resends)."""
+    if not rows:
+        return set()
+    seen: dict[tuple[str, str], EventRow] = {}
+    for r in rows:
+        seen.setdefault((r.device_id, r.event_id), r)
+    ins = _insert(session)
+    stmt = (
+        ins(DeviceEvent)
+        .values([r.values() for r in seen.values()])
+        .on_conflict_do_nothing(index_elements=["device_id", "event_id"])
+        .returning(DeviceEvent.device_id, DeviceEvent.event_id)
+    )
+    result = await session.execute(stmt)
+    return {(d, e) for d, e in result.all()}
+
+
+async def insert_rejects(session: AsyncSession, rows: Sequence[RejectRow]) -> None:
+    if not rows:
+        return
+    await session.execute(
+        _insert(session)(RejectedMessage).values(
+            [
+                {
+                    "received_at": r.received_at,
+                    "device_id": r.device_id,
+                    "topic": r.topic,
+                    "reason": r.reason,
+                    "detail": r.detail,
+                    "payload_size": r.payload_size,
+                    "payload_excerpt": r.payload_excerpt,
+                }
+                for r in rows
+            ]
+        )
+    )
+
+
+async def mark_offline(
+    session: AsyncSession, device_ids: Sequence[str], at: datetime
+) -> list[tuple[str, datetime | None]]:
+    """Flip online → offline; returns (device_id, last_seen) only for rows this call flipped,
+    so with several gateway copies exactly one raises the offline event."""
+    if not device_ids:
+        return []
+    result = await session.execute(
+        update(DeviceState)
+        .where(DeviceState.device_id.in_(list(device_ids)), DeviceState.online.is_(True))
+        .values(online=False, offline_since=at, offline_due_at=None)
+        .returning(DeviceState.device_id, DeviceState.last_seen_at)
+    )
+    return [(d, s) for d, s in result.all()]
+
+
+async def sweep_overdue(session: AsyncSession, now: datetime) -> list[tuple[str, datetime | None]]:
+    """Devices silent past their due time go offline (one set-based UPDATE)."""
+    enabled = select(Device.id).where(Device.enabled.is_(True)).scalar_subquery()
+    result = await session.execute(
+        update(DeviceState)
+        .where(
+            DeviceState.online.is_(True),
+            DeviceState.offline_due_at < now,
+            DeviceState.device_id.in_(enabled),
+        )
+        .values(online=False, offline_since=now, offline_due_at=None)
+        .returning(DeviceState.device_id, DeviceState.last_seen_at)
+    )
+    return [(d, s) for d, s in result.all()]
+
+
+async def flush_states(
+    session: AsyncSession,
+    pending: dict[str, PendingState],
+    heartbeat_s: dict[str, int],
+    intervals: int,
+) -> list[tuple[str, datetime | None]]:
+    """Write what was learned; return (device_id, offline_since) of devices back online.
+
+    The restore is a conditional UPDATE … RETURNING, so with several gateway copies
+    exactly one of them sees each device come back and raises the ``online`` event.
+    """
+    alive = [d for d, p in pending.items() if p.last_seen is not None and p.will_at is None]
+    restored: list[tuple[str, datetime | None]] = []
+    if alive:
+        result = await session.execute(
+            update(DeviceState)
+            .where(
+                DeviceState.device_id.in_(alive),
+                DeviceState.online.is_(False),
+                DeviceState.offline_since.is_not(None),
+            )
+            .values(online=True)
+            .returning(DeviceState.device_id, DeviceState.offline_since)
+        )
+        restored = [(d, s) for d, s in result.all()]
+    rows = []
+    for device_id, p in pending.items():
+        due = (
+            p.last_seen + timedelta(seconds=heartbeat_s.get(device_id, 60) * intervals)
+            if p.last_seen is not None and p.will_at is None
+            else None
+        )
+        rows.append(
+            {
+                "device_id": device_id,
+                "last_seen_at": p.last_seen,
+                "online": p.will_at is None and p.last_seen is not None,
+                "offline_due_at": due,
+                "metrics": p.metrics,
+                "metrics_at": p.metrics_at,
+                "battery_pct": p.battery_pct,
+                "last_status": p.last_status,
+                "last_test_at": p.last_test_at,
+            }
+        )
+    if not rows:
+        return restored
+    stmt = _insert(session)(DeviceState).values(rows)
+    ex = stmt.excluded
+    t = DeviceState.__table__.c
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["device_id"],
+        set_={
+            # several copies may flush the same device: the latest sighting wins
+            "last_seen_at": func.coalesce(
+                _greatest(session, t.last_seen_at, ex.last_seen_at), t.last_seen_at, ex.last_seen_at
+            ),
+            "offline_due_at": func.coalesce(
+                _greatest(session, t.offline_due_at, ex.offline_due_at),
+                t.offline_due_at,
+                ex.offline_due_at,
+            ),
+            "online": or_(t.online, ex.online),
+            "metrics": func.coalesce(ex.metrics, t.metrics),
+            "metrics_at": func.coalesce(ex.metrics_at, t.metrics_at),
+            "battery_pct": func.coalesce(ex.battery_pct, t.battery_pct),
+            "last_status": func.coalesce(ex.last_status, t.last_status),
+            "last_test_at": func.coalesce(ex.last_test_at, t.last_test_at),
+        },
+    )
+    await session.execute(stmt)
+    return restored

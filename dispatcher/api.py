@@ -1,0 +1,98 @@
+"""The HTTP surface: health, metrics and a read-only system overview.
+
+The dispatcher's call API and the operator console build on this app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from device_gateway.metrics import REGISTRY
+from dispatcher.models import Device, DeviceEvent, DeviceState, Home, RejectedMessage, Station
+
+
+class Health(BaseModel):
+    status: str
+    database: str
+    mqtt: str
+    time: datetime
+
+
+class Overview(BaseModel):
+    stations: int
+    homes: int
+    devices: int
+    devices_online: int
+    devices_offline: int
+    events_stored: int
+    events_by_class: dict[str, int]
+    rejected_by_reason: dict[str, int]
+
+
+def create_app(
+    maker: async_sessionmaker[AsyncSession],
+    *,
+    mqtt_connected: Callable[[], bool] | None = None,
+) -> FastAPI:
+    app = FastAPI(
+        title="CareCall",
+        version="0.1.0",
+        description="Emergency call and dispatch for home-care devices (family care beds).",
+    )
+
+    @app.get("/healthz", response_model=Health, tags=["system"])
+    async def healthz(response: Response) -> Health:
+        db = "ok"
+        try:
+            async with maker() as session:
+                await session.execute(select(1))
+        except Exception as exc:  # health must answer, not raise
+            db = f"error: {type(exc).__name__}"
+        mq = "n/a" if mqtt_connected is None else ("ok" if mqtt_connected() else "disconnected")
+        ok = db == "ok" and mq != "disconnected"
+        response.status_code = 200 if ok else 503
+        return Health(status="ok" if ok else "degraded", database=db, mqtt=mq, time=datetime.now(UTC))
+
+    @app.get("/metrics", tags=["system"], response_class=Response)
+    async def metrics() -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/api/v1/overview", response_model=Overview, tags=["system"])
+    async def overview() -> Overview:
+        async with maker() as s:
+            counts: dict[str, Any] = {}
+            for name, model in (("stations", Station), ("homes", Home), ("devices", Device)):
+                counts[name] = await s.scalar(select(func.count()).select_from(model)) or 0
+            online = await s.scalar(select(func.count()).where(DeviceState.online.is_(True))) or 0
+            offline = (
+                await s.scalar(
+                    select(func.count()).where(
+                        DeviceState.online.is_(False), DeviceState.offline_since.is_not(None)
+                    )
+                )
+                or 0
+            )
+            by_class = dict(
+                (await s.execute(select(DeviceEvent.event_class, func.count()).group_by(DeviceEvent.event_class))).all()
+            )
+            by_reason = dict(
+                (await s.execute(select(RejectedMessage.reason, func.count()).group_by(RejectedMessage.reason))).all()
+            )
+        return Overview(
+            **counts,
+            devices_online=online,
+            devices_offline=offline,
+            events_stored=sum(by_class.values()),
+            events_by_class=by_class,
+            rejected_by_reason=by_reason,
+        )
+
+    return app

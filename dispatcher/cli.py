@@ -1,0 +1,388 @@
+"""The ``carecall`` command line.
+
+Every subcommand reads settings the same way (flags > CARECALL_* environment > the YAML
+file given with --config / CARECALL_CONFIG > defaults) and fails at start with one line
+naming a bad setting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+
+from config.settings import Settings, SettingsError, load_settings
+from dispatcher.logs import configure_logging
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="carecall",
+    help="CareCall: emergency calls from home-care devices, from the bed to the responder at the door.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+devices_app = typer.Typer(help="Device credentials.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(devices_app, name="devices")
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"carecall: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def settings_from(**overrides: Any) -> Settings:
+    try:
+        s = load_settings(**overrides)
+    except SettingsError as exc:
+        fail(str(exc))
+    configure_logging(s.log_level, s.log_format)
+    return s
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+async def _until_signal(factory: Any) -> None:
+    from dispatcher.runtime import install_signal_handlers
+
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    await factory(stop)
+
+
+@app.callback()
+def main_options(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="YAML settings file (same keys as CARECALL_* without the prefix).", envvar="CARECALL_CONFIG"),
+    ] = None,
+) -> None:
+    if config is not None:
+        if not config.is_file():
+            fail(f"--config: no such file {config}")
+        os.environ["CARECALL_CONFIG"] = str(config)
+
+
+# --------------------------------------------------------------------------- run parts
+
+
+@app.command()
+def demo(
+    speed: Annotated[float, typer.Option(help="Simulated time runs N times faster (demo/test only).", min=0.01, max=10000)] = 1.0,
+    no_sim: Annotated[bool, typer.Option("--no-sim", help="Load the demo county but run no simulated devices.")] = False,
+    port: Annotated[int, typer.Option(help="HTTP port of the web server.")] = 8000,
+    mqtt_port: Annotated[int, typer.Option(help="Port of the embedded MQTT broker.")] = 1884,
+    scenario: Annotated[str, typer.Option(help="Simulation scenario: a name (normal, quiet, storm) or a YAML file.")] = "normal",
+) -> None:
+    """Everything in one process on embedded defaults: MQTT broker, gateway, web server,
+    SQLite, and simulated homes of the bundled demo county (loaded on first run)."""
+    from dispatcher.runtime import run_demo
+
+    s = settings_from(speed=speed, http_port=port, embedded_mqtt_port=mqtt_port, mqtt_url=None)
+    if s.mqtt_url is not None:
+        fail("demo runs its own embedded broker; unset CARECALL_MQTT_URL")
+    run(_until_signal(lambda stop: run_demo(s, stop, simulate=not no_sim, scenario=scenario)))
+
+
+@app.command()
+def gateway(
+    instance: Annotated[str | None, typer.Option(help="Name of this copy (stable MQTT client id); default CARECALL_INSTANCE or 1.")] = None,
+) -> None:
+    """The device gateway alone, against a real broker (CARECALL_MQTT_URL). Run several
+    copies with different --instance names: they share the subscription."""
+    from dispatcher.runtime import run_gateway
+
+    s = settings_from(instance=instance)
+    run(_until_signal(lambda stop: run_gateway(s, stop)))
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port.")] = None,
+) -> None:
+    """The web server alone (API, health, metrics)."""
+    from dispatcher.runtime import run_serve
+
+    s = settings_from(http_host=host, http_port=port)
+    run(_until_signal(lambda stop: run_serve(s, stop, s.http_host, s.http_port)))
+
+
+# --------------------------------------------------------------------------- data
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Create or upgrade the schema of CARECALL_DATABASE_URL."""
+    from dispatcher.migrate import upgrade
+
+    s = settings_from()
+    try:
+        upgrade(s.database_url, revision)
+    except Exception as exc:
+        fail(f"db upgrade failed: {exc}", 1)
+    typer.echo(f"database at {revision}: {s.database_url}")
+
+
+@app.command("seed-demo")
+def seed_demo(
+    secrets_out: Annotated[Path, typer.Option(help="Where to write the demo devices' secrets (mode 0600).")] = Path("carecall-demo-secrets.json"),
+) -> None:
+    """Load the bundled demo county (Tanghe-like: 1 county, 6 street, 78 community stations,
+    210 family beds) into the configured database."""
+    from dispatcher.runtime import ensure_demo_county, open_core
+
+    s = settings_from()
+
+    async def go() -> int:
+        core = await open_core(s)
+        try:
+            return len(await ensure_demo_county(core, secrets_out.resolve()))
+        finally:
+            await core.close()
+
+    n = run(go())
+    typer.echo(f"demo county loaded into {s.database_url}; {n} device secrets in {secrets_out}")
+
+
+@app.command("import")
+def import_(
+    files: Annotated[list[Path], typer.Argument(help="CSV or XLSX files named by kind (stations.csv, homes.xlsx, …).", exists=True, dir_okay=False)],
+    kind: Annotated[str | None, typer.Option(help="Kind of every file, when the names don't say it.")] = None,
+) -> None:
+    """Import stations, staff, homes, residents and devices. A bad row is reported with
+    file, row and reason, and nothing from that file is applied."""
+    from dispatcher.registry.io import RegistryImportError, import_file, import_files
+    from dispatcher.runtime import open_core
+
+    s = settings_from()
+
+    async def go() -> None:
+        core = await open_core(s)
+        try:
+            if kind:
+                for f in files:
+                    rep = await import_file(core.maker, f, kind)
+                    typer.echo(f"{f}: {rep}")
+            else:
+                for rep in await import_files(core.maker, files):
+                    typer.echo(str(rep))
+        finally:
+            await core.close()
+
+    try:
+        run(go())
+    except RegistryImportError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    except ValueError as exc:
+        fail(str(exc))
+
+
+class ExportFormat(StrEnum):
+    csv = "csv"
+    xlsx = "xlsx"
+
+
+@app.command()
+def export(
+    kind: Annotated[str, typer.Argument(help="stations, staff, homes, residents or devices")],
+    format: Annotated[ExportFormat, typer.Option("--format", "-f", help="csv or xlsx")] = ExportFormat.csv,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output file.")] = Path("-"),
+) -> None:
+    """Export one kind of registry record (CSV has a header row, first column id).
+    Device secrets are never exported."""
+    from dispatcher.registry.io import KINDS, export_kind
+    from dispatcher.runtime import open_core
+
+    if kind not in KINDS:
+        fail(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if str(out) == "-":
+        fail("--out FILE is required")
+    s = settings_from()
+
+    async def go() -> int:
+        core = await open_core(s)
+        try:
+            return await export_kind(core.maker, kind, format.value, out)  # type: ignore[arg-type]
+        finally:
+            await core.close()
+
+    n = run(go())
+    typer.echo(f"{n} {kind} written to {out}")
+
+
+@devices_app.command("issue")
+def devices_issue(
+    device_id: Annotated[str, typer.Argument(help="Device id: [A-Za-z0-9_-]{1,64}")],
+    home: Annotated[str, typer.Option("--home", help="Home (family care bed) the device belongs to.")],
+    kind: Annotated[str | None, typer.Option(help="hub, button, watch, radar, mattress, smoke, gas, water, door (new devices)")] = None,
+    model: Annotated[str | None, typer.Option(help="Device model name.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help='Print {"id": …, "secret": …}.')] = False,
+) -> None:
+    """Register a device, or re-key an existing one, and print its secret once.
+    Re-run `carecall broker-config` afterwards when the broker is Mosquitto."""
+    from dispatcher.registry.service import issue_device
+    from dispatcher.runtime import open_core
+
+    s = settings_from()
+
+    async def go() -> str:
+        core = await open_core(s)
+        try:
+            async with core.maker() as session, session.begin():
+                return await issue_device(
+                    session, device_id=device_id, home_id=home, kind=kind, model=model, now=datetime.now(UTC)
+                )
+        finally:
+            await core.close()
+
+    try:
+        secret = run(go())
+    except ValueError as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps({"id": device_id, "secret": secret}))
+    else:
+        typer.echo(f"device {device_id} issued. Secret (shown once, store it in the device now):\n{secret}")
+
+
+@app.command("broker-config")
+def broker_config(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for mosquitto.conf, passwd and acl.")],
+    platform_password: Annotated[
+        str | None,
+        typer.Option(help="Password of the platform account (default: the one in CARECALL_MQTT_URL).", envvar="CARECALL_MQTT_PLATFORM_PASSWORD"),
+    ] = None,
+    port: Annotated[int, typer.Option(help="Listener port written into mosquitto.conf.")] = 1883,
+    bind: Annotated[str, typer.Option(help="Listener address written into mosquitto.conf.")] = "127.0.0.1",
+) -> None:
+    """Write Mosquitto's password file and ACL for every enabled device: each device may
+    publish only under its own topics and read only its own ack/config."""
+    from device_gateway.broker_config import write_broker_config
+    from device_gateway.service import MqttTarget
+    from dispatcher.runtime import PLATFORM_USER, open_core
+
+    s = settings_from()
+    user, password = PLATFORM_USER, platform_password
+    if s.mqtt_url:
+        t = MqttTarget.from_url(s.mqtt_url)
+        user = t.username or user
+        password = password or t.password
+    if not password:
+        fail("no platform password: put it in CARECALL_MQTT_URL (mqtt://user:password@host) or pass --platform-password")
+
+    async def go() -> Any:
+        core = await open_core(s)
+        try:
+            return await write_broker_config(
+                core.maker, out, platform_username=user, platform_password=password, listener_port=port, bind=bind
+            )
+        finally:
+            await core.close()
+
+    files = run(go())
+    typer.echo(f"broker configuration written to {out}: {files}")
+    typer.echo(f"start it with: mosquitto -c {out / 'mosquitto.conf'}")
+
+
+@app.command()
+def schemas(out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the JSON Schemas.")] = Path("docs/schemas")) -> None:
+    """Write the JSON Schemas of the device protocol's payloads."""
+    from device_gateway.schemas import write_schemas
+
+    for path in write_schemas(out):
+        typer.echo(str(path))
+
+
+@app.command()
+def simulate(
+    homes: Annotated[int, typer.Option(help="Simulate the devices of the first N homes.", min=1)] = 10,
+    scenario: Annotated[str, typer.Option(help="A scenario name (normal, quiet, storm) or YAML file.")] = "normal",
+    duration: Annotated[float, typer.Option(help="Simulated seconds to run, then stop.", min=1)] = 600.0,
+    speed: Annotated[float, typer.Option(help="Simulated time factor.", min=0.01, max=10000)] = 1.0,
+    secrets_file: Annotated[Path, typer.Option("--secrets", help="JSON map device id → secret.")] = Path("carecall-demo-secrets.json"),
+    mqtt_url: Annotated[str | None, typer.Option(help="Broker to connect to (default CARECALL_MQTT_URL, else the demo's embedded broker on 127.0.0.1:1884).")] = None,
+    allow_remote: Annotated[bool, typer.Option(help="Allow a broker that is not on this machine.")] = False,
+    report: Annotated[Path | None, typer.Option(help="Write the run's report as JSON here.")] = None,
+) -> None:
+    """Run simulated family-bed devices (real MQTT clients) against any broker: heartbeats,
+    telemetry, alarms that resend until acked. Stops by itself after --duration."""
+    from device_gateway.service import MqttTarget
+    from dispatcher.runtime import device_specs, install_signal_handlers, load_secrets, open_core
+    from simulators.runner import run_simulation
+    from simulators.scenario import load_scenario
+
+    s = settings_from(speed=speed)
+    url = mqtt_url or s.mqtt_url or f"mqtt://127.0.0.1:{s.embedded_mqtt_port}"
+    target = MqttTarget.from_url(url)
+    secrets_ = load_secrets(secrets_file)
+    if not secrets_:
+        fail(f"no device secrets in {secrets_file}: run `carecall seed-demo` (or pass --secrets FILE)")
+    try:
+        scen = load_scenario(scenario)
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+
+    async def go() -> Any:
+        core = await open_core(s)
+        try:
+            specs = await device_specs(core.maker, secrets_, homes)
+        finally:
+            await core.close()
+        if not specs:
+            fail("no devices with known secrets to simulate")
+        stop = asyncio.Event()
+        install_signal_handlers(stop)
+        typer.echo(f"simulating {len(specs)} devices of {homes} homes against {target.host}:{target.port} for {duration:g} simulated s at ×{speed:g}", err=True)
+        from dispatcher.clock import make_clock
+
+        def progress(stats: Any) -> None:
+            sys.stderr.write(f"\r{stats}"[:200].ljust(120))
+            sys.stderr.flush()
+
+        return await run_simulation(
+            host=target.host,
+            port=target.port,
+            devices=specs,  # type: ignore[arg-type]
+            scenario=scen,
+            clock=make_clock(speed),
+            duration_s=duration,
+            stop=stop,
+            on_progress=progress,
+            allow_remote=allow_remote,
+        )
+
+    try:
+        result = run(go())
+    except ValueError as exc:
+        fail(str(exc))
+    sys.stderr.write("\n")
+    text = result.model_dump_json(indent=2)
+    typer.echo(text)
+    if report:
+        report.write_text(text, encoding="utf-8")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

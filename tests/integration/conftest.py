@@ -1,0 +1,85 @@
+"""Real services for integration tests: Mosquitto, PostgreSQL and Redis on 127.0.0.1.
+
+In CI (CI=true) a missing service is a failure, never a skip. On a machine without them
+the tests skip, naming what is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from dispatcher.db import make_engine, make_sessionmaker
+from dispatcher.migrate import upgrade
+
+MOSQUITTO = ("127.0.0.1", 1883)
+POSTGRES = ("127.0.0.1", 5432)
+REDIS = ("127.0.0.1", 6379)
+PG_ADMIN_URL = os.environ.get("CARECALL_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _reachable(addr: tuple[str, int]) -> bool:
+    try:
+        with socket.create_connection(addr, timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def require(name: str, addr: tuple[str, int]) -> None:
+    if _reachable(addr):
+        return
+    msg = f"{name} is not reachable on {addr[0]}:{addr[1]}"
+    if os.environ.get("CI"):
+        pytest.fail(f"{msg} (CI must run integration tests against the real service)")
+    pytest.skip(f"{msg}: integration test needs the real service")
+
+
+@pytest.fixture
+def mosquitto() -> tuple[str, int]:
+    require("Mosquitto", MOSQUITTO)
+    return MOSQUITTO
+
+
+@pytest.fixture
+def redis_url() -> str:
+    require("Redis", REDIS)
+    return "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database per test, migrated by Alembic, dropped afterwards."""
+    require("PostgreSQL", POSTGRES)
+    import asyncpg
+
+    name = f"carecall_it_{uuid.uuid4().hex[:10]}"
+    admin = PG_ADMIN_URL.replace("postgresql://", "postgres://")
+
+    async def admin_exec(sql: str) -> None:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin_exec(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        asyncio.run(admin_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def pg_maker(pg_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = make_engine(pg_url)
+    yield make_sessionmaker(engine)
+    await engine.dispose()
