@@ -198,7 +198,8 @@ class Gateway:
             asyncio.create_task(
                 self._periodic(self.settings.supervision_interval_s, self._sweep), name="gw-sweep"
             ),
-            asyncio.create_task(self._periodic(60.0, self.directory.refresh), name="gw-directory"),
+            asyncio.create_task(self._periodic(60.0, self.directory.refresh, simulated=False), name="gw-directory"),
+            asyncio.create_task(self._periodic(60.0, self._rules_tick), name="gw-rules-tick"),
         ]
         mqtt_task = asyncio.create_task(self._mqtt_loop(), name="gw-mqtt")
         try:
@@ -416,6 +417,15 @@ class Gateway:
             st.battery_pct = float(battery)
         self._apply_rules(device, msg.metrics, now)
 
+    async def _rules_tick(self) -> None:
+        """Time-based rules (not back in bed, no movement) must fire even when the next
+        reading is late, so every device with rule state is re-evaluated with no readings."""
+        now = self.clock.now()
+        for device_id in list(self._rule_state):
+            info = self.directory.cached(device_id)
+            if info is not None and info.enabled:
+                self._apply_rules(info, {}, now)
+
     def _apply_rules(self, device: DeviceInfo, metrics: dict[str, Any], now: datetime) -> None:
         ranges = rules_mod.vital_ranges(
             self.rules,
@@ -586,11 +596,14 @@ class Gateway:
             if self.on_stored is not None:
                 await self.on_stored(stored)
 
-    async def _periodic(self, interval_s: float, fn: Callable[[], Awaitable[None]]) -> None:
+    async def _periodic(
+        self, interval_s: float, fn: Callable[[], Awaitable[None]], *, simulated: bool = True
+    ) -> None:
         while True:
-            await self.clock.sleep(
-                interval_s
-            ) if fn != self.directory.refresh else await asyncio.sleep(interval_s)
+            if simulated:
+                await self.clock.sleep(interval_s)
+            else:
+                await asyncio.sleep(interval_s)
             try:
                 await fn()
             except (OperationalError, DBAPIError, OSError) as exc:
