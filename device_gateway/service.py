@@ -488,7 +488,7 @@ class Gateway:
         if client is None:
             return  # the device resends; it will be acked then
         body: dict[str, Any] = {
-            "event_id": event_id,
+            "event_id": event_id or "",  # "" when a rejected message had no readable id
             "state": state.value,
             "ts": self.clock.now_ms(),
         }
