@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import re
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from device_gateway.credentials import verify_secret
+from dispatcher.models import Device, StationKind, Tier
+from dispatcher.registry.demo_county import (
+    FAR_HOMES,
+    REFERENCE_DATE,
+    SEAT_LAT,
+    SEAT_LON,
+    DemoCounty,
+    distance_km,
+    generate_demo_county,
+    load_demo_county,
+    rekey_devices,
+)
+from dispatcher.registry.schemas import StaffRole
+from dispatcher.registry.service import registry_counts
+
+from .support import NOW, Maker
+
+
+@pytest.fixture(scope="module")
+def county() -> DemoCounty:
+    return generate_demo_county()
+
+
+def test_counts_follow_tanghe_plan(county: DemoCounty) -> None:
+    kinds = Counter(s.kind for s in county.stations)
+    assert kinds[StationKind.county_centre] == 1
+    assert kinds[StationKind.street_centre] == 6
+    assert kinds[StationKind.day_care_centre] == 28
+    assert kinds[StationKind.home_care_point] + kinds[StationKind.village_point] == 50
+    assert kinds[StationKind.village_point] > 0
+    assert len(county.homes) == 210
+    assert all(s.area == "rural" for s in county.stations if s.kind is StationKind.village_point)
+
+
+def test_generation_is_deterministic(county: DemoCounty) -> None:
+    assert generate_demo_county() == county
+    assert generate_demo_county(seed=7) != county
+
+
+def test_tree_is_consistent(county: DemoCounty) -> None:
+    by_id = {s.id: s for s in county.stations}
+    assert len(by_id) == len(county.stations)
+    for station in county.stations:
+        if station.tier is Tier.county:
+            assert station.parent_id is None
+        else:
+            assert station.parent_id is not None
+            parent = by_id[station.parent_id]
+            expected = Tier.county if station.tier is Tier.street else Tier.street
+            assert parent.tier is expected
+    community = {s.id for s in county.stations if s.tier is Tier.community}
+    assert all(h.station_id in community for h in county.homes)
+
+
+def test_geography_is_plausible(county: DemoCounty) -> None:
+    by_id = {s.id: s for s in county.stations}
+    for station in county.stations:
+        if station.tier is Tier.street:
+            assert distance_km(SEAT_LAT, SEAT_LON, station.lat, station.lon) <= 15
+        elif station.tier is Tier.community:
+            parent = by_id[station.parent_id or ""]
+            assert distance_km(parent.lat, parent.lon, station.lat, station.lon) <= 3
+    far = [
+        h
+        for h in county.homes
+        if distance_km(by_id[h.station_id].lat, by_id[h.station_id].lon, h.lat, h.lon) > 1.5
+    ]
+    assert len(far) == FAR_HOMES
+    assert all(h.area == by_id[h.station_id].area for h in county.homes)
+    assert all(h.address.startswith("唐河县") for h in county.homes)
+
+
+def test_residents_and_contacts(county: DemoCounty) -> None:
+    per_home = Counter(r.home_id for r in county.residents)
+    assert set(per_home) == {h.id for h in county.homes}
+    assert set(per_home.values()) <= {1, 2}
+    assert {r.capacity_level for r in county.residents} == {0, 1, 2, 3, 4}
+    assert sum(r.living_alone for r in county.residents) > 40
+    for resident in county.residents:
+        age = (REFERENCE_DATE - resident.birth_date) / timedelta(days=365.25)
+        assert 60 <= age <= 98
+        assert 1 <= len(resident.contacts) <= 3
+        assert [c.priority for c in resident.contacts] == list(range(1, len(resident.contacts) + 1))
+        assert all(re.fullmatch(r"1[3-9]\d{9}", c.phone) for c in resident.contacts)
+        if resident.living_alone:
+            assert per_home[resident.home_id] == 1
+
+
+def test_devices_per_home(county: DemoCounty) -> None:
+    per_home: dict[str, list[str]] = {h.id: [] for h in county.homes}
+    for device in county.devices:
+        assert device.id == f"{device.home_id}-{device.kind.value}"
+        per_home[device.home_id].append(device.kind.value)
+    for kinds in per_home.values():
+        assert 1 <= len(kinds) <= 4
+        assert "hub" in kinds or "button" in kinds
+
+
+def test_staff_ratio(county: DemoCounty) -> None:
+    operators = Counter(s.station_id for s in county.staff if s.role is StaffRole.operator)
+    minimum = {Tier.county: 6, Tier.street: 3, Tier.community: 3}
+    for station in county.stations:
+        assert operators[station.id] >= minimum[station.tier], station.id
+        staff = [s for s in county.staff if s.station_id == station.id]
+        assert any(s.role is StaffRole.responder for s in staff)
+        if station.tier is not Tier.community:
+            assert any(s.on_duty and s.role is StaffRole.operator for s in staff)
+    duty = Counter(s.on_duty for s in county.staff)
+    assert duty[True] > 0 and duty[False] > 0
+
+
+async def test_load_issues_secrets_and_is_idempotent(
+    demo_db: tuple[Maker, dict[str, str]], county: DemoCounty
+) -> None:
+    maker, secrets = demo_db
+    async with maker() as session:
+        counts = await registry_counts(session)
+        result = await session.execute(select(Device.id, Device.secret_hash))
+        hashes = {device_id: secret_hash for device_id, secret_hash in result.all()}
+    assert counts["stations"] == 85
+    assert counts["homes"] == 210
+    assert counts["residents"] == len(county.residents)
+    assert counts["devices"] == counts["devices_keyed"] == len(county.devices) == len(secrets)
+    assert counts["contacts"] == sum(len(r.contacts) for r in county.residents)
+    assert verify_secret(secrets["h0001-hub"], hashes["h0001-hub"])
+    assert not verify_secret(secrets["h0001-hub"], hashes["h0002-hub"])
+
+    assert await load_demo_county(maker, county, now=NOW) == {}
+    async with maker() as session:
+        assert await registry_counts(session) == counts
+
+
+async def test_rekey_devices(demo_db: tuple[Maker, dict[str, str]]) -> None:
+    maker, old = demo_db
+    new = await rekey_devices(maker, ["h0001-hub", "h0002-hub"], now=NOW + timedelta(hours=1))
+    assert set(new) == {"h0001-hub", "h0002-hub"}
+    async with maker() as session:
+        device = await session.get(Device, "h0001-hub")
+    assert device is not None
+    assert verify_secret(new["h0001-hub"], device.secret_hash)
+    assert not verify_secret(old["h0001-hub"], device.secret_hash)
+    assert device.rekeyed_at == NOW + timedelta(hours=1)
+    with pytest.raises(ValueError, match="unknown device"):
+        await rekey_devices(maker, ["nope"], now=NOW)
