@@ -14,7 +14,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 CONFIG_DIR = Path(__file__).resolve().parent
@@ -66,6 +66,17 @@ class Settings(BaseSettings):
     state_flush_interval_s: float = Field(default=2.0, gt=0)
     supervision_interval_s: float = Field(default=5.0, gt=0)
     offline_after_intervals: int = Field(default=3, ge=1)
+
+    # --- dispatcher ------------------------------------------------------------------
+    dispatch_file: Path = Field(default=CONFIG_DIR / "dispatch.yaml", description="routing and priority settings")
+    escalation_file: Path = Field(default=CONFIG_DIR / "escalation.yaml", description="escalation policies")
+    notifier: Literal["log", "webhook"] = "log"
+    webhook_url: str | None = None
+    timer_poll_s: float = Field(default=0.25, gt=0, le=10)
+
+    # --- access ------------------------------------------------------------------------
+    admin_password: SecretStr | None = Field(default=None, description="password of the first admin (else generated)")
+    secret_key: SecretStr | None = Field(default=None, description="token signing key shared by all copies")
 
     # --- files -----------------------------------------------------------------------
     rules_file: Path = Field(default=CONFIG_DIR / "rules.yaml")
@@ -119,7 +130,7 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown time zone {value!r}") from exc
         return value
 
-    @field_validator("rules_file")
+    @field_validator("rules_file", "dispatch_file", "escalation_file")
     @classmethod
     def _check_rules_file(cls, value: Path) -> Path:
         if not value.is_file():

@@ -17,6 +17,8 @@ A subclass of amqtt's ``Broker`` fixes what amqtt 0.12.1 gets wrong for this con
   would leak other homes' ``config`` and ``status`` to a device);
 * it delivers messages queued for an offline session with retain=0, as MQTT requires
   (stock amqtt flags them retained, so a gateway would mistake fresh events for history);
+* it broadcasts over a snapshot of the subscription table (stock amqtt loses a message
+  when a client subscribes while it is being delivered);
 * amqtt has no shared subscriptions: a ``$share/{group}/{filter}`` filter is kept
   literally and never matches a publish. The subclass matches it as ``{filter}``, so a
   single gateway can use the same subscription on both brokers. Every member of a group
@@ -369,6 +371,30 @@ class _CareCallBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hint
         if not any(held.client_id == session.client_id for held, _qos in holders):
             return
         await super()._publish_retained_messages_for_subscription(subscription, session)
+
+    async def _run_broadcast(self, running_tasks: Any) -> None:
+        """Stock amqtt iterates the live subscription table across awaits; a client that
+        subscribes meanwhile raises "dictionary changed size during iteration" and the
+        message is lost for every subscriber. Iterate over a snapshot instead."""
+        broadcast = await self._broadcast_queue.get()
+        topic = broadcast["topic"]
+        for k_filter, subscriptions in list(self._subscriptions.items()):
+            if not self._matches(topic, k_filter):
+                continue
+            for target_session, sub_qos in list(subscriptions):
+                qos = broadcast.get("qos", sub_qos)
+                if not await self._topic_filtering(target_session, topic=topic, action=Action.RECEIVE):
+                    continue
+                connected = target_session.transitions.state == "connected"
+                if not connected:
+                    if not target_session.clean_session and qos in (1, 2) and not target_session.is_anonymous:
+                        await self._retain_broadcast_message(broadcast, qos, target_session)
+                    continue
+                handler = self._get_handler(target_session)
+                if handler:
+                    running_tasks.append(
+                        asyncio.ensure_future(handler.mqtt_publish(topic, broadcast["data"], qos, retain=False))
+                    )
 
     def _matches(self, topic: str, a_filter: str) -> bool:
         if a_filter.startswith(_SHARE_PREFIX):

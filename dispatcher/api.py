@@ -1,7 +1,4 @@
-"""The HTTP surface: health, metrics and a read-only system overview.
-
-The dispatcher's call API and the operator console build on this app.
-"""
+"""The HTTP surface: health, metrics, logins, the registry, calls, and (later) the console."""
 
 from __future__ import annotations
 
@@ -9,13 +6,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import FastAPI, Response
+from fastapi import Depends, FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from device_gateway.metrics import REGISTRY
+from dispatcher.auth import TokenSigner
+from dispatcher.bus import MemoryBus, RedisBus
+from dispatcher.calls import DispatchContext, Outcome
+from dispatcher.clock import Clock, SystemClock
 from dispatcher.models import Device, DeviceEvent, DeviceState, Home, RejectedMessage, Station
 
 
@@ -40,13 +41,41 @@ class Overview(BaseModel):
 def create_app(
     maker: async_sessionmaker[AsyncSession],
     *,
+    signer: TokenSigner | None = None,
+    ctx: DispatchContext | None = None,
+    clock: Clock | None = None,
+    bus: MemoryBus | RedisBus | None = None,
     mqtt_connected: Callable[[], bool] | None = None,
 ) -> FastAPI:
+    """The whole HTTP surface. Without a signer (unit tests of health/metrics) only the
+    unauthenticated system endpoints exist."""
     app = FastAPI(
         title="CareCall",
         version="0.1.0",
         description="Emergency call and dispatch for home-care devices (family care beds).",
     )
+    if signer is not None:
+        from dispatcher.api_calls import calls_router
+        from dispatcher.api_registry import registry_router
+        from dispatcher.auth import auth_router, current_principal
+
+        app.include_router(auth_router(maker, signer))
+        app.include_router(registry_router(maker, signer))
+        if ctx is not None:
+            the_ctx = ctx
+
+            async def announce(out: Outcome) -> None:
+                if bus is not None:
+                    await bus.publish("calls", {"ids": sorted(out.calls), "by": "api"})
+                    if out.device_notices or out.notifications:
+                        await bus.publish("outbox", {"count": len(out.device_notices)})
+
+            app.include_router(
+                calls_router(maker, signer, ctx_factory=lambda: the_ctx, clock=clock or SystemClock(), after_commit=announce)
+            )
+        login = [Depends(current_principal(maker, signer))]
+    else:
+        login = []
 
     @app.get("/healthz", response_model=Health, tags=["system"])
     async def healthz(response: Response) -> Health:
@@ -65,7 +94,7 @@ def create_app(
     async def metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/api/v1/overview", response_model=Overview, tags=["system"])
+    @app.get("/api/v1/overview", response_model=Overview, tags=["system"], dependencies=login)
     async def overview() -> Overview:
         async with maker() as s:
             counts: dict[str, Any] = {}

@@ -263,3 +263,205 @@ class DeviceState(Base):
     battery_pct: Mapped[float | None] = mapped_column(Float)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     metrics_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# =========================================================================== dispatch
+
+
+class CallStatus(StrEnum):
+    open = "open"
+    assigned = "assigned"
+    acknowledged = "acknowledged"
+    dispatched = "dispatched"
+    en_route = "en_route"
+    on_scene = "on_scene"
+    resolved = "resolved"
+    cancelled = "cancelled"
+
+
+OPEN_STATUSES = (
+    CallStatus.open,
+    CallStatus.assigned,
+    CallStatus.acknowledged,
+    CallStatus.dispatched,
+    CallStatus.en_route,
+    CallStatus.on_scene,
+)
+CLOSED_STATUSES = (CallStatus.resolved, CallStatus.cancelled)
+
+
+class Role(StrEnum):
+    operator = "operator"
+    supervisor = "supervisor"
+    admin = "admin"
+
+
+class User(Base):
+    """A console login. Scope = the station and everything under it (admin: all)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    display_name: Mapped[str] = mapped_column(String(100), default="")
+    role: Mapped[str] = mapped_column(String(16))
+    station_id: Mapped[str | None] = mapped_column(ID, ForeignKey("stations.id", ondelete="RESTRICT"))
+    staff_id: Mapped[str | None] = mapped_column(ID, ForeignKey("staff.id", ondelete="SET NULL"))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    locale: Mapped[str] = mapped_column(String(8), default="zh-CN")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (CheckConstraint("role in ('operator','supervisor','admin')", name="role"),)
+
+
+class Call(Base):
+    """One emergency / urgent / trouble call: the unit operators answer and supervisors audit.
+
+    Times (opened, acknowledged, resolved …) are not stored here: they are derived from
+    the audit log, the only record of what happened when.
+    """
+
+    __tablename__ = "calls"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    priority: Mapped[str] = mapped_column(String(2))
+    priority_reasons: Mapped[list[str]] = mapped_column(JSON, default=list)
+    event_class: Mapped[str] = mapped_column(String(16))
+    home_id: Mapped[str] = mapped_column(ID, ForeignKey("homes.id", ondelete="RESTRICT"), index=True)
+    resident_id: Mapped[str | None] = mapped_column(ID, ForeignKey("residents.id", ondelete="SET NULL"))
+    station_id: Mapped[str | None] = mapped_column(ID, ForeignKey("stations.id", ondelete="RESTRICT"), index=True)
+    tier: Mapped[str | None] = mapped_column(String(16))
+    route_reasons: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # where help must go: the home, or where a watch said the resident is
+    lat: Mapped[float] = mapped_column(Float)
+    lon: Mapped[float] = mapped_column(Float)
+    outcome: Mapped[str | None] = mapped_column(String(32))
+    # the escalation policy as it was when the call opened (editing policies never
+    # changes a running call)
+    policy: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    escalation_level: Mapped[int] = mapped_column(Integer, default=0)  # 0 own, 1 street, 2 county
+    # which escalation chain is live; a timer of an older generation is stale
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    last_event_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        CheckConstraint(
+            "status in ('open','assigned','acknowledged','dispatched','en_route','on_scene','resolved','cancelled')",
+            name="status",
+        ),
+        Index("ix_calls_home_status", "home_id", "status"),
+    )
+
+
+class CallEvent(Base):
+    """Which stored device events belong to which call (an event joins exactly one)."""
+
+    __tablename__ = "call_events"
+
+    event_pk: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), ForeignKey("device_events.id", ondelete="RESTRICT"), primary_key=True
+    )
+    call_id: Mapped[int] = mapped_column(Integer, ForeignKey("calls.id", ondelete="RESTRICT"), index=True)
+    joined_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class EventIntake(Base):
+    """Each stored event the dispatcher has handled (opened a call, joined one, or
+    decided it needs none). Absence = still to do; the primary key makes it once-only."""
+
+    __tablename__ = "event_intake"
+
+    event_pk: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), ForeignKey("device_events.id", ondelete="RESTRICT"), primary_key=True
+    )
+    decision: Mapped[str] = mapped_column(String(32))  # opened, joined, cancelled, noted, restored, ignored
+    call_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("calls.id", ondelete="RESTRICT"))
+    handled_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    handled_by: Mapped[str] = mapped_column(String(64), default="")
+
+
+class Assignment(Base):
+    """A responder sent to a call."""
+
+    __tablename__ = "assignments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    call_id: Mapped[int] = mapped_column(Integer, ForeignKey("calls.id", ondelete="RESTRICT"), index=True)
+    staff_id: Mapped[str] = mapped_column(ID, ForeignKey("staff.id", ondelete="RESTRICT"), index=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    state: Mapped[str] = mapped_column(String(16), default="dispatched")  # dispatched en_route on_scene released
+
+
+class Timer(Base):
+    """A due escalation step. Lives in the database so it survives every restart; claimed
+    with row locks (SKIP LOCKED on PostgreSQL) so exactly one dispatcher copy fires it."""
+
+    __tablename__ = "timers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    call_id: Mapped[int] = mapped_column(Integer, ForeignKey("calls.id", ondelete="RESTRICT"), index=True)
+    generation: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(32))
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending fired stale cancelled
+    fired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    fired_by: Mapped[str | None] = mapped_column(String(64))
+    repeat: Mapped[int] = mapped_column(Integer, default=0)  # nth repetition of a reminder
+
+    __table_args__ = (Index("ix_timers_pending_due", "status", "due_at"),)
+
+
+class AuditRow(Base):
+    """Append-only, hash-chained record of every fact about a call.
+
+    ``hash`` = SHA-256 over the previous row's hash and this row's canonical content, so
+    editing, deleting or reordering any row breaks the chain from that row on
+    (``carecall audit verify``).
+    """
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), unique=True)
+    call_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    actor: Mapped[str] = mapped_column(String(100))
+    station_id: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """One row: the chain's last seq and hash. Locked by each append, which serialises
+    appends across dispatcher copies so the chain never forks."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), default=0)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class Notification(Base):
+    """Outbox of notifications (station alert, reminder, contacts, supervisor). Sent by a
+    notifier plugin, retried with backoff, recorded; never blocks the call."""
+
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    call_id: Mapped[int] = mapped_column(Integer, ForeignKey("calls.id", ondelete="RESTRICT"), index=True)
+    channel: Mapped[str] = mapped_column(String(32))  # log, webhook, sms …
+    purpose: Mapped[str] = mapped_column(String(32))  # alert_station, remind, notify_contact …
+    target: Mapped[str] = mapped_column(String(200))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending sent failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

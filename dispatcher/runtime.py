@@ -14,7 +14,8 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,10 +27,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from config.settings import Settings
 from device_gateway.service import Gateway, MqttTarget
 from dispatcher.api import create_app
+from dispatcher.auth import TokenSigner
+from dispatcher.engine import Dispatcher
 from dispatcher.bus import MemoryBus, RedisBus, make_bus
 from dispatcher.clock import Clock, make_clock
 from dispatcher.db import make_engine, make_sessionmaker
 from dispatcher.migrate import upgrade_async
+
+if TYPE_CHECKING:
+    from simulators.device import DeviceSpec
 
 log = structlog.get_logger("carecall.runtime")
 
@@ -74,10 +80,17 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-async def serve_http(app: object, host: str, port: int, stop: asyncio.Event) -> None:
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")  # type: ignore[arg-type]
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the process's stop event rules."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve_http(app: Any, host: str, port: int, stop: asyncio.Event) -> None:
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    server = _Server(config)
     task = asyncio.create_task(server.serve())
     await stop.wait()
     server.should_exit = True
@@ -102,10 +115,65 @@ async def run_gateway(settings: Settings, stop: asyncio.Event) -> None:
         await core.close()
 
 
+def signer_for(settings: Settings) -> TokenSigner:
+    from dispatcher.auth import load_secret_key
+
+    configured = settings.secret_key.get_secret_value() if settings.secret_key else None
+    return TokenSigner(load_secret_key(configured=configured))
+
+
+async def ensure_first_admin(core: Core, announce: Callable[[str], None] = print) -> str | None:
+    """Create the first admin when there is no user; print a generated password once."""
+    from dispatcher.auth import ensure_admin
+
+    given = core.settings.admin_password.get_secret_value() if core.settings.admin_password else None
+    password = await ensure_admin(core.maker, password=given, now=datetime.now(UTC))
+    if password is not None and given is None:
+        announce(f"first admin created: username admin, password {password}  (shown once; change it)")
+    return password
+
+
+def full_app(core: Core, *, mqtt_connected: Callable[[], bool] | None = None) -> Any:
+    from dispatcher.engine import load_context
+
+    return create_app(
+        core.maker,
+        signer=signer_for(core.settings),
+        ctx=load_context(core.settings),
+        clock=core.clock,
+        bus=core.bus,
+        mqtt_connected=mqtt_connected,
+    )
+
+
 async def run_serve(settings: Settings, stop: asyncio.Event, host: str, port: int) -> None:
     core = await open_core(settings)
     try:
-        await serve_http(create_app(core.maker), host, port, stop)
+        await ensure_first_admin(core)
+        await serve_http(full_app(core), host, port, stop)
+    finally:
+        await core.close()
+
+
+def make_dispatcher(core: Core, mqtt: MqttTarget | None) -> Dispatcher:
+    from dispatcher.notifiers import make_notifier
+
+    return Dispatcher(
+        settings=core.settings,
+        maker=core.maker,
+        bus=core.bus,
+        clock=core.clock,
+        mqtt=mqtt,
+        notifier=make_notifier(core.settings.notifier, core.settings.webhook_url),
+    )
+
+
+async def run_dispatcher(settings: Settings, stop: asyncio.Event) -> None:
+    if settings.mqtt_url is None:
+        raise SystemExit("carecall dispatcher needs CARECALL_MQTT_URL (to send device acks); use `carecall demo` for one process")
+    core = await open_core(settings)
+    try:
+        await make_dispatcher(core, MqttTarget.from_url(settings.mqtt_url)).run(stop)
     finally:
         await core.close()
 
@@ -183,14 +251,18 @@ async def run_demo(
             shared_group=None,  # one gateway in the demo: a plain subscription
         )
         tasks.append(asyncio.create_task(gw.run(stop)))
-        tasks.append(asyncio.create_task(serve_http(create_app(core.maker, mqtt_connected=gw.connected.is_set), settings.http_host, hport, stop)))
+        dispatcher = make_dispatcher(core, MqttTarget(host, mport, PLATFORM_USER, platform_password, tls=False))
+        tasks.append(asyncio.create_task(dispatcher.run(stop)))
+        app = full_app(core, mqtt_connected=gw.connected.is_set)
+        tasks.append(asyncio.create_task(serve_http(app, settings.http_host, hport, stop)))
         await asyncio.wait_for(gw.connected.wait(), timeout=30)
+        login = await demo_login(core)
         announce(
             "\n".join(
                 [
                     "CareCall demo is running (Ctrl-C stops it).",
                     f"  web:       http://{settings.http_host}:{hport}/  (API docs /docs, health /healthz, metrics /metrics)",
-                    f"  overview:  http://{settings.http_host}:{hport}/api/v1/overview",
+                    f"  login:     {login}",
                     f"  MQTT:      mqtt://{host}:{mport}  (devices: client id = username = device id, password = its secret)",
                     f"  database:  {settings.database_url}",
                     f"  devices:   {len(device_secrets)} demo devices, secrets in {secrets_path}",
@@ -213,6 +285,30 @@ async def run_demo(
         await core.close()
 
 
+DEMO_OPERATOR = "county-op"
+DEMO_PASSWORD = "carecall-demo"
+
+
+async def demo_login(core: Core) -> str:
+    """The demo's logins: the admin (created once) and a county operator with a known
+    demo password, so a newcomer can sign in straight away. Demo databases only."""
+    from sqlalchemy import select
+
+    from dispatcher.auth import create_user
+    from dispatcher.models import Station, User
+
+    await ensure_first_admin(core)
+    async with core.maker() as s, s.begin():
+        exists = await s.scalar(select(User.id).where(User.username == DEMO_OPERATOR))
+        county = await s.scalar(select(Station.id).where(Station.tier == "county").order_by(Station.id).limit(1))
+        if exists is None and county is not None:
+            await create_user(
+                s, username=DEMO_OPERATOR, password=DEMO_PASSWORD, role="operator", station_id=county,
+                display_name="县平台值班员", now=datetime.now(UTC),
+            )
+    return f"{DEMO_OPERATOR} / {DEMO_PASSWORD} (county operator, sees every call)"
+
+
 async def _simulate_demo(
     core: Core, host: str, port: int, device_secrets: dict[str, str], scenario_name: str, stop: asyncio.Event
 ) -> None:
@@ -233,7 +329,7 @@ async def _simulate_demo(
 
 async def device_specs(
     maker: async_sessionmaker[AsyncSession], device_secrets: dict[str, str], homes: int | None = None
-) -> list[object]:
+) -> list[DeviceSpec]:
     from sqlalchemy import select
 
     from dispatcher.models import Device
@@ -247,7 +343,7 @@ async def device_specs(
                 .order_by(Device.home_id, Device.id)
             )
         ).all()
-    specs: list[object] = []
+    specs: list[DeviceSpec] = []
     seen_homes: list[str] = []
     for r in rows:
         if r.home_id not in seen_homes:

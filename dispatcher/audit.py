@@ -1,0 +1,93 @@
+"""Appending to and verifying the hash-chained audit log (the chain itself: dispatcher.chain).
+
+Appends lock the single ``audit_head`` row first (an UPDATE, which takes the row lock on
+PostgreSQL and the write lock on SQLite), so concurrent dispatcher copies append one after
+another and the chain never forks. Rows are never updated or deleted by the code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from dispatcher.chain import ChainRow, ChainVerdict, canonical, link, verify
+from dispatcher.models import AuditHead, AuditRow
+
+_HEAD_KEY = "carecall.audit_head"
+
+
+async def _head(session: AsyncSession) -> list[Any]:
+    """[seq, hash] of the chain head, locked for this transaction."""
+    cached = session.info.get(_HEAD_KEY)
+    if cached is not None:
+        return list(cached)
+    await session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq))
+    head = (await session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1))).one()
+    return [head.seq, head.hash]
+
+
+async def append(
+    session: AsyncSession,
+    *,
+    kind: str,
+    at: datetime,
+    actor: str,
+    call_id: int | None = None,
+    station_id: str | None = None,
+    detail: Mapping[str, Any] | None = None,
+) -> AuditRow:
+    seq, prev = await _head(session)
+    seq += 1
+    body = dict(detail or {})
+    content = canonical(seq=seq, call_id=call_id, at=at, kind=kind, actor=actor, station_id=station_id, detail=body)
+    digest = link(prev, content)
+    row = AuditRow(
+        seq=seq, call_id=call_id, at=at, kind=kind, actor=actor, station_id=station_id,
+        detail=body, prev_hash=prev, hash=digest,
+    )
+    session.add(row)
+    await session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=digest))
+    session.info[_HEAD_KEY] = (seq, digest)
+    return row
+
+
+def forget_head(session: AsyncSession) -> None:
+    """Call after a rollback: the cached head is no longer true."""
+    session.info.pop(_HEAD_KEY, None)
+
+
+async def iter_rows(maker: async_sessionmaker[AsyncSession], batch: int = 5000) -> AsyncIterator[ChainRow]:
+    last = 0
+    while True:
+        async with maker() as s:
+            rows = (await s.scalars(select(AuditRow).where(AuditRow.seq > last).order_by(AuditRow.seq).limit(batch))).all()
+        if not rows:
+            return
+        for r in rows:
+            yield ChainRow(
+                seq=r.seq, call_id=r.call_id, at=r.at, kind=r.kind, actor=r.actor,
+                station_id=r.station_id, detail=r.detail, prev_hash=r.prev_hash, hash=r.hash,
+            )
+        last = rows[-1].seq
+
+
+async def verify_log(maker: async_sessionmaker[AsyncSession]) -> ChainVerdict:
+    """Verify the whole chain, and that the head row agrees with its last row."""
+    rows = [r async for r in iter_rows(maker)]
+    verdict = verify(rows)
+    if not verdict.ok:
+        return verdict
+    async with maker() as s:
+        head = (await s.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1))).one()
+    last_seq = rows[-1].seq if rows else 0
+    last_hash = rows[-1].hash if rows else head.hash
+    if head.seq != last_seq or head.hash != last_hash:
+        return ChainVerdict(
+            ok=False, rows_checked=verdict.rows_checked, first_bad_seq=last_seq + 1 if head.seq > last_seq else last_seq,
+            problem=f"chain head says seq {head.seq} but the log ends at seq {last_seq}: rows deleted from the end",
+        )
+    return verdict
