@@ -97,12 +97,16 @@ class PendingState:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def dialect(session: AsyncSession) -> str:
+    return session.get_bind().dialect.name
+
+
 def _insert(session: AsyncSession) -> Any:
-    return postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    return postgresql.insert if dialect(session) == "postgresql" else sqlite.insert
 
 
 def _greatest(session: AsyncSession, a: Any, b: Any) -> Any:
-    if session.bind.dialect.name == "postgresql":
+    if dialect(session) == "postgresql":
         return func.greatest(a, b)
     return func.max(a, b)
 
@@ -130,8 +134,8 @@ async def load_devices(
             .where(Resident.home_id.in_(homes))
             .order_by(Resident.capacity_level.desc())
         )
-        for r in res:
-            residents.setdefault(r.home_id, r)  # most dependent resident first
+        for resident in res:
+            residents.setdefault(resident.home_id, resident)  # most dependent resident first
     out = []
     for r in rows:
         res_ = residents.get(r.home_id)
@@ -151,15 +155,6 @@ async def load_devices(
             )
         )
     return out
-
-
-async def home_timezones(session: AsyncSession) -> dict[str, str]:
-    from dispatcher.models import Station
-
-    rows = await session.execute(
-        select(Home.id, Station.timezone).join(Station, Station.id == Home.station_id)
-    )
-    return {r[0]: r[1] for r in rows}
 
 
 async def insert_events(session: AsyncSession, rows: Sequence[EventRow]) -> set[tuple[str, str]]:
