@@ -68,14 +68,18 @@ class Settings(BaseSettings):
     offline_after_intervals: int = Field(default=3, ge=1)
 
     # --- dispatcher ------------------------------------------------------------------
-    dispatch_file: Path = Field(default=CONFIG_DIR / "dispatch.yaml", description="routing and priority settings")
+    dispatch_file: Path = Field(
+        default=CONFIG_DIR / "dispatch.yaml", description="routing and priority settings"
+    )
     escalation_file: Path = Field(default=CONFIG_DIR / "escalation.yaml", description="escalation policies")
     notifier: Literal["log", "webhook"] = "log"
     webhook_url: str | None = None
     timer_poll_s: float = Field(default=0.25, gt=0, le=10)
 
     # --- access ------------------------------------------------------------------------
-    admin_password: SecretStr | None = Field(default=None, description="password of the first admin (else generated)")
+    admin_password: SecretStr | None = Field(
+        default=None, description="password of the first admin (else generated)"
+    )
     secret_key: SecretStr | None = Field(default=None, description="token signing key shared by all copies")
 
     # --- files -----------------------------------------------------------------------

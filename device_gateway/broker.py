@@ -116,9 +116,7 @@ def may_receive(principal: Principal, topic: str) -> bool:
     if principal.platform:
         return topic.startswith(_PLATFORM_ROOT)
     parsed = parse_topic(topic)
-    return (
-        parsed is not None and parsed.channel in DOWNLINK and parsed.device_id == principal.username
-    )
+    return parsed is not None and parsed.channel in DOWNLINK and parsed.device_id == principal.username
 
 
 # --------------------------------------------------------------------------- credentials
@@ -393,7 +391,9 @@ class _CareCallBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hint
                 handler = self._get_handler(target_session)
                 if handler:
                     running_tasks.append(
-                        asyncio.ensure_future(handler.mqtt_publish(topic, broadcast["data"], qos, retain=False))
+                        asyncio.ensure_future(
+                            handler.mqtt_publish(topic, broadcast["data"], qos, retain=False)
+                        )
                     )
 
     def _matches(self, topic: str, a_filter: str) -> bool:

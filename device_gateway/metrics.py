@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from prometheus_client import CollectorRegistry, Counter as PCounter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import Counter as PCounter
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -32,9 +33,7 @@ EVENTS_DUPLICATE = PCounter(
     "Resent events recognised as already stored (acked again, stored once)",
     registry=REGISTRY,
 )
-ACKS = PCounter(
-    "carecall_gateway_acks_total", "Acks published, by state", ["state"], registry=REGISTRY
-)
+ACKS = PCounter("carecall_gateway_acks_total", "Acks published, by state", ["state"], registry=REGISTRY)
 ACK_LATENCY = Histogram(
     "carecall_gateway_ack_latency_seconds",
     "Event received by the gateway → 'received' ack published (after commit)",
@@ -50,18 +49,14 @@ BATCH_SIZE = Histogram(
 DB_ERRORS = PCounter(
     "carecall_gateway_db_errors_total", "Failed database writes (retried)", registry=REGISTRY
 )
-DEVICES = Gauge(
-    "carecall_gateway_devices", "Registered devices by liveness", ["state"], registry=REGISTRY
-)
+DEVICES = Gauge("carecall_gateway_devices", "Registered devices by liveness", ["state"], registry=REGISTRY)
 QUEUE_DEPTH = Gauge(
     "carecall_gateway_queue_depth", "Messages waiting to be written", ["queue"], registry=REGISTRY
 )
 MQTT_CONNECTED = Gauge(
     "carecall_gateway_mqtt_connected", "1 while connected to the broker", registry=REGISTRY
 )
-RECONNECTS = PCounter(
-    "carecall_gateway_mqtt_reconnects_total", "Broker reconnects", registry=REGISTRY
-)
+RECONNECTS = PCounter("carecall_gateway_mqtt_reconnects_total", "Broker reconnects", registry=REGISTRY)
 
 
 class RejectCounter:

@@ -366,9 +366,7 @@ class EventMessage(BaseModel):
     sensor: Annotated[StrictStr, Field(max_length=64)] | None = Field(
         default=None, description="Which sensor behind a hub fired (hubs only)."
     )
-    data: _EventDataDict = Field(
-        default_factory=dict, description="Type-specific fields (see EventData)."
-    )
+    data: _EventDataDict = Field(default_factory=dict, description="Type-specific fields (see EventData).")
 
     @field_validator("ts")
     @classmethod
@@ -395,9 +393,7 @@ class EventMessage(BaseModel):
         return Location.model_validate(loc) if loc is not None else None
 
 
-MetricValue = (
-    StrictBool | StrictInt | StrictFloat | Annotated[StrictStr, Field(max_length=MAX_METRIC_STR)]
-)
+MetricValue = StrictBool | StrictInt | StrictFloat | Annotated[StrictStr, Field(max_length=MAX_METRIC_STR)]
 
 
 class TelemetryMessage(BaseModel):
@@ -452,13 +448,9 @@ class AckMessage(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True, title="CareCall v1 ack")
     # Strict like the published schema: a device library is entitled to expect exactly it.
     event_id: StrictStr = Field(
-        description=(
-            "The id of the event this is about; empty when a rejected message had no readable id."
-        )
+        description=("The id of the event this is about; empty when a rejected message had no readable id.")
     )
-    state: AckState = Field(
-        description="received, assigned, en_route, on_scene, resolved, rejected"
-    )
+    state: AckState = Field(description="received, assigned, en_route, on_scene, resolved, rejected")
     ts: StrictInt = Field(description="When the platform sent this, epoch milliseconds.")
     reason: StrictStr | None = Field(
         default=None,
@@ -672,9 +664,7 @@ def parse_event(payload: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> EventMess
     return _parse(EventMessage, payload, max_bytes)
 
 
-def parse_telemetry(
-    payload: bytes, max_bytes: int = MAX_PAYLOAD_BYTES
-) -> TelemetryMessage | Rejection:
+def parse_telemetry(payload: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> TelemetryMessage | Rejection:
     return _parse(TelemetryMessage, payload, max_bytes)
 
 

@@ -101,9 +101,7 @@ class VitalsRule(_Frozen):
         missing = sorted(CAPACITY_LEVELS - value.keys())
         extra = sorted(value.keys() - CAPACITY_LEVELS)
         if missing or extra:
-            raise ValueError(
-                f"needs exactly the capacity levels 0-4 (missing {missing}, unexpected {extra})"
-            )
+            raise ValueError(f"needs exactly the capacity levels 0-4 (missing {missing}, unexpected {extra})")
         return value
 
 
@@ -361,9 +359,7 @@ class DerivedEvent:
 
 def _epoch_ms(at: datetime) -> int:
     if at.tzinfo is None or at.utcoffset() is None:
-        raise ValueError(
-            "times must be timezone-aware (a naive time means something else on every host)"
-        )
+        raise ValueError("times must be timezone-aware (a naive time means something else on every host)")
     return round(at.timestamp() * 1000)
 
 
@@ -455,9 +451,7 @@ def evaluate(
         value = _number(metrics.get(metric))
         if value is None or (value == 0 and presence in NOT_IN_BED):
             continue
-        run, event = _vital(
-            metric, runs[metric], value, ranges, cfg.vitals.consecutive_readings, at_ms, at
-        )
+        run, event = _vital(metric, runs[metric], value, ranges, cfg.vitals.consecutive_readings, at_ms, at)
         runs[metric] = run
         if event is not None:
             events.append(event)
@@ -496,11 +490,7 @@ def evaluate(
     elif observed and last_activity is None:
         last_activity = at_ms  # first sight of a motion sensor: the clock starts now
     minutes = cfg.inactivity.minutes
-    if (
-        last_activity is not None
-        and not inactivity_fired
-        and at_ms - last_activity >= minutes * 60_000
-    ):
+    if last_activity is not None and not inactivity_fired and at_ms - last_activity >= minutes * 60_000:
         inactivity_fired = True
         events.append(
             DerivedEvent(

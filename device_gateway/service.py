@@ -114,9 +114,7 @@ class DeviceDirectory:
     """Registry facts per device, cached; a miss asks the database (negative results
     are cached briefly so an unknown device flooding us costs one query a minute)."""
 
-    def __init__(
-        self, maker: async_sessionmaker[AsyncSession], negative_ttl_s: float = 60.0
-    ) -> None:
+    def __init__(self, maker: async_sessionmaker[AsyncSession], negative_ttl_s: float = 60.0) -> None:
         self._maker = maker
         self._known: dict[str, DeviceInfo] = {}
         self._unknown: dict[str, float] = {}
@@ -198,7 +196,9 @@ class Gateway:
             asyncio.create_task(
                 self._periodic(self.settings.supervision_interval_s, self._sweep), name="gw-sweep"
             ),
-            asyncio.create_task(self._periodic(60.0, self.directory.refresh, simulated=False), name="gw-directory"),
+            asyncio.create_task(
+                self._periodic(60.0, self.directory.refresh, simulated=False), name="gw-directory"
+            ),
             asyncio.create_task(self._periodic(60.0, self._rules_tick), name="gw-rules-tick"),
         ]
         mqtt_task = asyncio.create_task(self._mqtt_loop(), name="gw-mqtt")
@@ -216,7 +216,8 @@ class Gateway:
             await asyncio.gather(*workers, return_exceptions=True)
 
     async def _drain(self) -> None:
-        while not self._events.empty():
+        # the writer empties the queue by itself; poll until it has (stop path only)
+        while not self._events.empty():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         await self._flush()
 
@@ -448,9 +449,7 @@ class Gateway:
                     event_id=d.event_id,
                     home_id=device.home_id,
                     type=d.type,
-                    event_class=p.classify(
-                        d.type, dict(d.data), now.astimezone(self.tz).hour
-                    ).value,
+                    event_class=p.classify(d.type, dict(d.data), now.astimezone(self.tz).hour).value,
                     sensor=None,
                     data=dict(d.data),
                     source="rule",
@@ -503,9 +502,7 @@ class Gateway:
         m.ACKS.labels(state.value).inc()
         self.stats.acks += 1
 
-    async def _publish(
-        self, client: aiomqtt.Client, topic: str, payload: bytes, retain: bool
-    ) -> None:
+    async def _publish(self, client: aiomqtt.Client, topic: str, payload: bytes, retain: bool) -> None:
         try:
             await client.publish(topic, payload, qos=1, retain=retain)
         except aiomqtt.MqttError as exc:
@@ -543,9 +540,7 @@ class Gateway:
             except IntegrityError as exc:
                 # A row that cannot be stored (device deleted meanwhile) must not block
                 # the others: store one by one and reject the bad ones.
-                log.warning(
-                    "gateway.batch_integrity_error", error=str(exc.orig)[:200], size=len(batch)
-                )
+                log.warning("gateway.batch_integrity_error", error=str(exc.orig)[:200], size=len(batch))
                 new = await self._commit_one_by_one(batch)
                 break
             except (OperationalError, DBAPIError, OSError) as exc:
@@ -629,16 +624,13 @@ class Gateway:
                 await insert_rejects(session, rejects)
                 wills = [d for d, st in pending.items() if st.will_at is not None]
                 went_offline = await mark_offline(session, wills, now) if wills else []
-                restored = await flush_states(
-                    session, pending, hb, self.settings.offline_after_intervals
-                )
+                restored = await flush_states(session, pending, hb, self.settings.offline_after_intervals)
                 rows = [
                     self._supervision_row(d, "offline", now, last_seen=ls, cause="will")
                     for d, ls in went_offline
                 ]
                 rows += [
-                    self._supervision_row(d, "online", now, offline_since=since)
-                    for d, since in restored
+                    self._supervision_row(d, "online", now, offline_since=since) for d, since in restored
                 ]
                 new = await insert_events(session, rows)
         except Exception:
@@ -655,8 +647,7 @@ class Gateway:
         async with self.maker() as session, session.begin():
             overdue = await sweep_overdue(session, now)
             rows = [
-                self._supervision_row(d, "offline", now, last_seen=ls, cause="silent")
-                for d, ls in overdue
+                self._supervision_row(d, "offline", now, last_seen=ls, cause="silent") for d, ls in overdue
             ]
             new = await insert_events(session, rows)
         if rows:
@@ -684,9 +675,7 @@ class Gateway:
             anchor = offline_since or now
             data = {
                 "offline_since": offline_since.isoformat() if offline_since else None,
-                "offline_s": round((now - offline_since).total_seconds(), 1)
-                if offline_since
-                else None,
+                "offline_s": round((now - offline_since).total_seconds(), 1) if offline_since else None,
             }
         return EventRow(
             device_id=device_id,

@@ -15,7 +15,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dispatcher.models import Device, DeviceEvent, DeviceState, Home, RejectedMessage, Resident
+from dispatcher.models import Device, DeviceEvent, DeviceState, RejectedMessage, Resident
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +111,7 @@ def _greatest(session: AsyncSession, a: Any, b: Any) -> Any:
     return func.max(a, b)
 
 
-async def load_devices(
-    session: AsyncSession, device_ids: Iterable[str] | None = None
-) -> list[DeviceInfo]:
+async def load_devices(session: AsyncSession, device_ids: Iterable[str] | None = None) -> list[DeviceInfo]:
     """Devices with their first resident's ranges (the one the rules watch)."""
     stmt = select(
         Device.id,
@@ -130,9 +128,7 @@ async def load_devices(
     residents: dict[str, Resident] = {}
     if homes:
         res = await session.scalars(
-            select(Resident)
-            .where(Resident.home_id.in_(homes))
-            .order_by(Resident.capacity_level.desc())
+            select(Resident).where(Resident.home_id.in_(homes)).order_by(Resident.capacity_level.desc())
         )
         for resident in res:
             residents.setdefault(resident.home_id, resident)  # most dependent resident first

@@ -57,9 +57,7 @@ class SupervisionEvent:
 
 def _ms(at: datetime) -> int:
     if at.tzinfo is None or at.utcoffset() is None:
-        raise ValueError(
-            "times must be timezone-aware (a naive time means something else on every host)"
-        )
+        raise ValueError("times must be timezone-aware (a naive time means something else on every host)")
     return round(at.timestamp() * 1000)
 
 
@@ -160,9 +158,7 @@ def sweep(
         if not is_overdue(live.last_seen, heartbeat_s, intervals, now):
             continue
         since = live.last_seen + timedelta(seconds=heartbeat_s * intervals)
-        state = Liveness(
-            live.device_id, online=False, last_seen=live.last_seen, offline_since=since
-        )
+        state = Liveness(live.device_id, online=False, last_seen=live.last_seen, offline_since=since)
         event = SupervisionEvent(
             event_id=f"sup-offline-{_ms(since)}",
             type="offline",

@@ -71,7 +71,13 @@ def create_app(
                         await bus.publish("outbox", {"count": len(out.device_notices)})
 
             app.include_router(
-                calls_router(maker, signer, ctx_factory=lambda: the_ctx, clock=clock or SystemClock(), after_commit=announce)
+                calls_router(
+                    maker,
+                    signer,
+                    ctx_factory=lambda: the_ctx,
+                    clock=clock or SystemClock(),
+                    after_commit=announce,
+                )
             )
         login = [Depends(current_principal(maker, signer))]
     else:
@@ -110,10 +116,18 @@ def create_app(
                 or 0
             )
             by_class = dict(
-                (await s.execute(select(DeviceEvent.event_class, func.count()).group_by(DeviceEvent.event_class))).all()
+                (
+                    await s.execute(
+                        select(DeviceEvent.event_class, func.count()).group_by(DeviceEvent.event_class)
+                    )
+                ).all()
             )
             by_reason = dict(
-                (await s.execute(select(RejectedMessage.reason, func.count()).group_by(RejectedMessage.reason))).all()
+                (
+                    await s.execute(
+                        select(RejectedMessage.reason, func.count()).group_by(RejectedMessage.reason)
+                    )
+                ).all()
             )
         return Overview(
             **counts,

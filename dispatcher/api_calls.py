@@ -133,20 +133,40 @@ async def load_calls(session: AsyncSession, ids: list[int]) -> list[CallOut]:
     events: dict[int, list[EventOut]] = {}
     for cid, ev in evs:
         events.setdefault(cid, []).append(
-            EventOut(device_id=ev.device_id, event_id=ev.event_id, type=ev.type, event_class=ev.event_class,
-                     sensor=ev.sensor, received_at=ev.received_at, device_ts=ev.device_ts,
-                     clock_suspect=ev.clock_suspect, data=ev.data or {})
+            EventOut(
+                device_id=ev.device_id,
+                event_id=ev.event_id,
+                type=ev.type,
+                event_class=ev.event_class,
+                sensor=ev.sensor,
+                received_at=ev.received_at,
+                device_ts=ev.device_ts,
+                clock_suspect=ev.clock_suspect,
+                data=ev.data or {},
+            )
         )
-    homes = {h.id: h for h in (await session.scalars(select(Home).where(Home.id.in_({c.home_id for c in rows})))).all()}
+    homes = {
+        h.id: h
+        for h in (await session.scalars(select(Home).where(Home.id.in_({c.home_id for c in rows})))).all()
+    }
     res_ids = {c.resident_id for c in rows if c.resident_id}
-    residents = {r.id: r for r in (await session.scalars(select(Resident).where(Resident.id.in_(res_ids)))).all()} if res_ids else {}
+    residents = (
+        {r.id: r for r in (await session.scalars(select(Resident).where(Resident.id.in_(res_ids)))).all()}
+        if res_ids
+        else {}
+    )
     st_ids = {c.station_id for c in rows if c.station_id}
-    stations = {s.id: s for s in (await session.scalars(select(Station).where(Station.id.in_(st_ids)))).all()} if st_ids else {}
+    stations = (
+        {s.id: s for s in (await session.scalars(select(Station).where(Station.id.in_(st_ids)))).all()}
+        if st_ids
+        else {}
+    )
     nxt: dict[int, datetime] = {}
     for cid, at in (
         await session.execute(
             select(Timer.call_id, Timer.due_at).where(
-                Timer.call_id.in_(ids), Timer.status == "pending",
+                Timer.call_id.in_(ids),
+                Timer.status == "pending",
                 Timer.action.in_(("escalate_street", "escalate_county", "alert_supervisor")),
             )
         )
@@ -164,14 +184,32 @@ async def load_calls(session: AsyncSession, ids: list[int]) -> list[CallOut]:
         st = stations.get(c.station_id or "")
         out.append(
             CallOut(
-                id=c.id, status=c.status, priority=c.priority, priority_reasons=list(c.priority_reasons or []),
-                event_class=c.event_class, home_id=c.home_id, resident_id=c.resident_id,
-                resident_name=res.name if res else None, address=home.address if home else None,
-                station_id=c.station_id, station_name=st.name if st else None, tier=c.tier,
-                route_reasons=list(c.route_reasons or []), lat=c.lat, lon=c.lon, escalation_level=c.escalation_level,
-                escalations=t.escalations, version=c.version, outcome=c.outcome, events=events.get(cid, []),
-                opened_at=t.opened_at, acknowledged_at=t.acknowledged_at, dispatched_at=t.dispatched_at,
-                on_scene_at=t.on_scene_at, resolved_at=t.resolved_at, next_escalation_at=nxt.get(cid),
+                id=c.id,
+                status=c.status,
+                priority=c.priority,
+                priority_reasons=list(c.priority_reasons or []),
+                event_class=c.event_class,
+                home_id=c.home_id,
+                resident_id=c.resident_id,
+                resident_name=res.name if res else None,
+                address=home.address if home else None,
+                station_id=c.station_id,
+                station_name=st.name if st else None,
+                tier=c.tier,
+                route_reasons=list(c.route_reasons or []),
+                lat=c.lat,
+                lon=c.lon,
+                escalation_level=c.escalation_level,
+                escalations=t.escalations,
+                version=c.version,
+                outcome=c.outcome,
+                events=events.get(cid, []),
+                opened_at=t.opened_at,
+                acknowledged_at=t.acknowledged_at,
+                dispatched_at=t.dispatched_at,
+                on_scene_at=t.on_scene_at,
+                resolved_at=t.resolved_at,
+                next_escalation_at=nxt.get(cid),
             )
         )
     return out
@@ -219,20 +257,38 @@ def calls_router(
             if call is None or not visible(who, call.station_id):
                 raise HTTPException(404, "no such call")
             base = (await load_calls(s, [call_id]))[0]
-            rows = (await s.scalars(select(AuditRow).where(AuditRow.call_id == call_id).order_by(AuditRow.seq))).all()
+            rows = (
+                await s.scalars(select(AuditRow).where(AuditRow.call_id == call_id).order_by(AuditRow.seq))
+            ).all()
             resp = (
                 await s.execute(
-                    select(Assignment, Staff).join(Staff, Staff.id == Assignment.staff_id).where(Assignment.call_id == call_id)
+                    select(Assignment, Staff)
+                    .join(Staff, Staff.id == Assignment.staff_id)
+                    .where(Assignment.call_id == call_id)
                 )
             ).all()
         return CallDetail(
             **base.model_dump(),
             timeline=[
-                TimelineRow(seq=r.seq, at=r.at, kind=r.kind, actor=r.actor, station_id=r.station_id, detail=r.detail or {})
+                TimelineRow(
+                    seq=r.seq,
+                    at=r.at,
+                    kind=r.kind,
+                    actor=r.actor,
+                    station_id=r.station_id,
+                    detail=r.detail or {},
+                )
                 for r in rows
             ],
             responders=[
-                ResponderOut(staff_id=st.id, name=st.name, phone=st.phone, station_id=st.station_id, state=a.state, active=a.active)
+                ResponderOut(
+                    staff_id=st.id,
+                    name=st.name,
+                    phone=st.phone,
+                    station_id=st.station_id,
+                    state=a.state,
+                    active=a.active,
+                )
                 for a, st in resp
             ],
         )
@@ -256,7 +312,15 @@ def calls_router(
                 raise HTTPException(404, "no such call")
         if action == "dispatch" and who.scope is not None:
             async with maker() as s:
-                staff_st = dict((await s.execute(select(Staff.id, Staff.station_id).where(Staff.id.in_(data.get("staff_ids") or [])))).all())
+                staff_st = dict(
+                    (
+                        await s.execute(
+                            select(Staff.id, Staff.station_id).where(
+                                Staff.id.in_(data.get("staff_ids") or [])
+                            )
+                        )
+                    ).all()
+                )
             outside = [sid for sid, st in staff_st.items() if st not in who.scope]
             if outside:
                 raise HTTPException(404, f"unknown staff: {', '.join(outside)}")
@@ -264,7 +328,13 @@ def calls_router(
         try:
             async with maker() as s, s.begin():
                 out = await calls.act(
-                    s, call_id=call_id, action=action, actor=actor, body=data, now=now, ctx=ctx_factory(),
+                    s,
+                    call_id=call_id,
+                    action=action,
+                    actor=actor,
+                    body=data,
+                    now=now,
+                    ctx=ctx_factory(),
                     expected_version=data.get("expected_version"),
                 )
                 await calls.queue_device_notices(s, out.device_notices, now)

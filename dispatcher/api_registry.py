@@ -333,9 +333,7 @@ async def _tx(maker: Maker) -> AsyncIterator[AsyncSession]:
         ) from exc
 
 
-async def _require(
-    session: AsyncSession, model: type[Any], ident: str, field: str, what: str
-) -> Any:
+async def _require(session: AsyncSession, model: type[Any], ident: str, field: str, what: str) -> Any:
     obj = await session.get(model, ident)
     if obj is None:
         raise _invalid(field, f"unknown {what} {ident!r}")
@@ -354,23 +352,17 @@ async def _allowed_stations(
     return allowed
 
 
-async def _page(
-    session: AsyncSession, stmt: Select[Any], out: type[R], limit: int, offset: int
-) -> Page[R]:
+async def _page(session: AsyncSession, stmt: Select[Any], out: type[R], limit: int, offset: int) -> Page[R]:
     total = await session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))
     rows = (await session.scalars(stmt.limit(limit).offset(offset))).all()
-    return Page[R](
-        items=[out.model_validate(r) for r in rows], total=total or 0, limit=limit, offset=offset
-    )
+    return Page[R](items=[out.model_validate(r) for r in rows], total=total or 0, limit=limit, offset=offset)
 
 
 async def _count(session: AsyncSession, stmt: Select[Any]) -> int:
     return await session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
 
 
-async def _refuse_if_referenced(
-    session: AsyncSession, what: str, refs: dict[str, Select[Any]]
-) -> None:
+async def _refuse_if_referenced(session: AsyncSession, what: str, refs: dict[str, Select[Any]]) -> None:
     found = [f"{n} {label}" for label, stmt in refs.items() if (n := await _count(session, stmt))]
     if found:
         raise _conflict(f"{what} is still referenced by {', '.join(found)}")
@@ -392,9 +384,7 @@ def _operator_may_only(p: Principal, changes: dict[str, Any], allowed: frozenset
 
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"page size (max {MAX_PAGE})")]
 Offset = Annotated[int, Query(ge=0)]
-StationFilter = Annotated[
-    str | None, Query(description="only this station and the stations under it")
-]
+StationFilter = Annotated[str | None, Query(description="only this station and the stations under it")]
 
 
 # =========================================================================== router
@@ -567,9 +557,7 @@ def registry_router(maker: Maker, signer: TokenSigner) -> APIRouter:
             await s.flush()
             return StaffOut.model_validate(member)
 
-    @router.delete(
-        "/staff/{staff_id}", status_code=204, tags=["staff"], dependencies=[Depends(ADMIN)]
-    )
+    @router.delete("/staff/{staff_id}", status_code=204, tags=["staff"], dependencies=[Depends(ADMIN)])
     async def delete_staff(staff_id: str) -> Response:
         async with _tx(maker) as s:
             member = await s.get(Staff, staff_id)
@@ -578,11 +566,7 @@ def registry_router(maker: Maker, signer: TokenSigner) -> APIRouter:
             await _refuse_if_referenced(
                 s,
                 f"staff member {staff_id!r}",
-                {
-                    "call assignment(s)": select(Assignment.id).where(
-                        Assignment.staff_id == staff_id
-                    )
-                },
+                {"call assignment(s)": select(Assignment.id).where(Assignment.staff_id == staff_id)},
             )
             await s.delete(member)
         return Response(status_code=204)
@@ -625,9 +609,7 @@ def registry_router(maker: Maker, signer: TokenSigner) -> APIRouter:
             await s.flush()
             return HomeOut.model_validate(home)
 
-    @router.patch(
-        "/homes/{home_id}", response_model=HomeOut, tags=["homes"], dependencies=[Depends(ADMIN)]
-    )
+    @router.patch("/homes/{home_id}", response_model=HomeOut, tags=["homes"], dependencies=[Depends(ADMIN)])
     async def patch_home(home_id: str, patch: HomePatch) -> HomeOut:
         changes = patch.model_dump(exclude_unset=True)
         async with _tx(maker) as s:
@@ -642,9 +624,7 @@ def registry_router(maker: Maker, signer: TokenSigner) -> APIRouter:
             await s.flush()
             return HomeOut.model_validate(home)
 
-    @router.delete(
-        "/homes/{home_id}", status_code=204, tags=["homes"], dependencies=[Depends(ADMIN)]
-    )
+    @router.delete("/homes/{home_id}", status_code=204, tags=["homes"], dependencies=[Depends(ADMIN)])
     async def delete_home(home_id: str) -> Response:
         async with _tx(maker) as s:
             home = await s.get(Home, home_id)
@@ -751,14 +731,10 @@ def registry_router(maker: Maker, signer: TokenSigner) -> APIRouter:
         """Replace the whole contact list (the order families are called in)."""
         priorities = [c.priority for c in contacts]
         if len(set(priorities)) != len(priorities):
-            raise _invalid(
-                None, "two contacts share a priority; each needs its own place in the order"
-            )
+            raise _invalid(None, "two contacts share a priority; each needs its own place in the order")
         async with _tx(maker) as s:
             resident = await load_resident(s, p, resident_id)
-            resident.contacts = [
-                Contact(**_columns(c)) for c in sorted(contacts, key=lambda c: c.priority)
-            ]
+            resident.contacts = [Contact(**_columns(c)) for c in sorted(contacts, key=lambda c: c.priority)]
             await s.flush()
             return ResidentOut.model_validate(resident)
 
@@ -867,15 +843,11 @@ def registry_router(maker: Maker, signer: TokenSigner) -> APIRouter:
             await s.flush()
             return DeviceOut.model_validate(device)
 
-    @router.delete(
-        "/devices/{device_id}", status_code=204, tags=["devices"], dependencies=[Depends(ADMIN)]
-    )
+    @router.delete("/devices/{device_id}", status_code=204, tags=["devices"], dependencies=[Depends(ADMIN)])
     async def delete_device(p: Caller, device_id: str) -> Response:
         async with _tx(maker) as s:
             device = await load_device(s, p, device_id)
-            events = await _count(
-                s, select(DeviceEvent.id).where(DeviceEvent.device_id == device_id)
-            )
+            events = await _count(s, select(DeviceEvent.id).where(DeviceEvent.device_id == device_id))
             if events:
                 raise _conflict(
                     f"device {device_id!r} has {events} stored event(s); disable it instead "
@@ -892,9 +864,7 @@ def registry_router(maker: Maker, signer: TokenSigner) -> APIRouter:
         s: AsyncSession, role: Role, station_id: str | None, staff_id: str | None
     ) -> None:
         if station_id is None and role is not Role.admin:
-            raise _invalid(
-                "station_id", f"a {role.value} needs station_id (it defines their scope)"
-            )
+            raise _invalid("station_id", f"a {role.value} needs station_id (it defines their scope)")
         if station_id is not None:
             await _require(s, Station, station_id, "station_id", "station")
         if staff_id is not None:
@@ -903,9 +873,7 @@ def registry_router(maker: Maker, signer: TokenSigner) -> APIRouter:
     async def other_active_admins(s: AsyncSession, user_id: int) -> int:
         return await _count(
             s,
-            select(User.id).where(
-                User.role == Role.admin.value, User.active.is_(True), User.id != user_id
-            ),
+            select(User.id).where(User.role == Role.admin.value, User.active.is_(True), User.id != user_id),
         )
 
     @users.get("", response_model=Page[UserOut])
@@ -984,11 +952,7 @@ def registry_router(maker: Maker, signer: TokenSigner) -> APIRouter:
             user = await s.get(User, user_id)
             if user is None:
                 raise _not_found("user", user_id)
-            if (
-                user.role == Role.admin.value
-                and user.active
-                and not await other_active_admins(s, user.id)
-            ):
+            if user.role == Role.admin.value and user.active and not await other_active_admins(s, user.id):
                 raise _conflict("this is the last active admin; make another admin first")
             await s.delete(user)
         return Response(status_code=204)

@@ -43,11 +43,20 @@ async def append(
     seq, prev = await _head(session)
     seq += 1
     body = dict(detail or {})
-    content = canonical(seq=seq, call_id=call_id, at=at, kind=kind, actor=actor, station_id=station_id, detail=body)
+    content = canonical(
+        seq=seq, call_id=call_id, at=at, kind=kind, actor=actor, station_id=station_id, detail=body
+    )
     digest = link(prev, content)
     row = AuditRow(
-        seq=seq, call_id=call_id, at=at, kind=kind, actor=actor, station_id=station_id,
-        detail=body, prev_hash=prev, hash=digest,
+        seq=seq,
+        call_id=call_id,
+        at=at,
+        kind=kind,
+        actor=actor,
+        station_id=station_id,
+        detail=body,
+        prev_hash=prev,
+        hash=digest,
     )
     session.add(row)
     await session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=digest))
@@ -64,13 +73,24 @@ async def iter_rows(maker: async_sessionmaker[AsyncSession], batch: int = 5000) 
     last = 0
     while True:
         async with maker() as s:
-            rows = (await s.scalars(select(AuditRow).where(AuditRow.seq > last).order_by(AuditRow.seq).limit(batch))).all()
+            rows = (
+                await s.scalars(
+                    select(AuditRow).where(AuditRow.seq > last).order_by(AuditRow.seq).limit(batch)
+                )
+            ).all()
         if not rows:
             return
         for r in rows:
             yield ChainRow(
-                seq=r.seq, call_id=r.call_id, at=r.at, kind=r.kind, actor=r.actor,
-                station_id=r.station_id, detail=r.detail, prev_hash=r.prev_hash, hash=r.hash,
+                seq=r.seq,
+                call_id=r.call_id,
+                at=r.at,
+                kind=r.kind,
+                actor=r.actor,
+                station_id=r.station_id,
+                detail=r.detail,
+                prev_hash=r.prev_hash,
+                hash=r.hash,
             )
         last = rows[-1].seq
 
@@ -87,7 +107,9 @@ async def verify_log(maker: async_sessionmaker[AsyncSession]) -> ChainVerdict:
     last_hash = rows[-1].hash if rows else head.hash
     if head.seq != last_seq or head.hash != last_hash:
         return ChainVerdict(
-            ok=False, rows_checked=verdict.rows_checked, first_bad_seq=last_seq + 1 if head.seq > last_seq else last_seq,
+            ok=False,
+            rows_checked=verdict.rows_checked,
+            first_bad_seq=last_seq + 1 if head.seq > last_seq else last_seq,
             problem=f"chain head says seq {head.seq} but the log ends at seq {last_seq}: rows deleted from the end",
         )
     return verdict

@@ -174,9 +174,7 @@ def load_secret_key(
     if value:
         key = value.encode()
         if len(key) < MIN_SECRET_BYTES:
-            raise ValueError(
-                f"{SECRET_ENV} (secret_key) must be at least {MIN_SECRET_BYTES} characters"
-            )
+            raise ValueError(f"{SECRET_ENV} (secret_key) must be at least {MIN_SECRET_BYTES} characters")
         return key
     target = path or Path(SECRET_FILE)
     if not target.exists():
@@ -366,26 +364,20 @@ _PRINCIPAL_STATE = "carecall_principal"
 
 
 def _unauthorized(detail: str) -> HTTPException:
-    return HTTPException(
-        status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"}
-    )
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
 
 PrincipalDependency = Callable[..., Awaitable[Principal]]
 
 
-def current_principal(
-    maker: async_sessionmaker[AsyncSession], signer: TokenSigner
-) -> PrincipalDependency:
+def current_principal(maker: async_sessionmaker[AsyncSession], signer: TokenSigner) -> PrincipalDependency:
     """A dependency giving the caller's Principal, or 401 with ``WWW-Authenticate: Bearer``.
 
     It also records the principal on ``request.state`` so ``require_role`` (which has no
     database handle) can check it; list it before ``require_role`` in ``dependencies``.
     """
 
-    async def dependency(
-        request: Request, token: Annotated[str | None, Depends(oauth2_scheme)]
-    ) -> Principal:
+    async def dependency(request: Request, token: Annotated[str | None, Depends(oauth2_scheme)]) -> Principal:
         if not token:
             raise _unauthorized("not signed in: send 'Authorization: Bearer <token>'")
         user_id = signer.verify(token, datetime.now(UTC))
@@ -495,9 +487,7 @@ async def _read_credentials(request: Request) -> tuple[str, str]:
         raise HTTPException(422, detail="grant_type must be 'password'")
     username, password = fields.get("username"), fields.get("password")
     if not isinstance(username, str) or not isinstance(password, str) or not username:
-        raise HTTPException(
-            422, detail="send username and password (application/x-www-form-urlencoded)"
-        )
+        raise HTTPException(422, detail="send username and password (application/x-www-form-urlencoded)")
     return username.strip(), password
 
 

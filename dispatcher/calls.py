@@ -18,10 +18,9 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dispatcher import audit
+from dispatcher import audit, routing
 from dispatcher import escalation as esc
 from dispatcher import priority as prio
-from dispatcher import routing
 from dispatcher.chain import AuditKind
 from dispatcher.models import (
     OPEN_STATUSES,
@@ -55,7 +54,17 @@ OUTCOMES = (
     "cancelled",
     "other",
 )
-ACTIONS = ("acknowledge", "dispatch", "en-route", "arrive", "resolve", "cancel", "escalate", "note", "handoff")
+ACTIONS = (
+    "acknowledge",
+    "dispatch",
+    "en-route",
+    "arrive",
+    "resolve",
+    "cancel",
+    "escalate",
+    "note",
+    "handoff",
+)
 LEVEL_NAMES = {0: "own", 1: "street", 2: "county"}
 
 
@@ -118,7 +127,11 @@ async def station_nodes(session: AsyncSession) -> dict[str, routing.StationNode]
         (
             await session.execute(
                 select(Staff.station_id, func.count())
-                .where(Staff.on_duty.is_(True), Staff.role.in_(("responder", "nurse", "doctor")), Staff.id.not_in(busy))
+                .where(
+                    Staff.on_duty.is_(True),
+                    Staff.role.in_(("responder", "nurse", "doctor")),
+                    Staff.id.not_in(busy),
+                )
                 .group_by(Staff.station_id)
             )
         ).all()
@@ -126,8 +139,14 @@ async def station_nodes(session: AsyncSession) -> dict[str, routing.StationNode]
     rows = (await session.scalars(select(Station))).all()
     return {
         s.id: routing.station_node(
-            id=s.id, name=s.name, tier=s.tier, parent_id=s.parent_id, lat=s.lat, lon=s.lon,
-            area=s.area, on_duty_responders=int(counts.get(s.id, 0)),
+            id=s.id,
+            name=s.name,
+            tier=s.tier,
+            parent_id=s.parent_id,
+            lat=s.lat,
+            lon=s.lon,
+            area=s.area,
+            on_duty_responders=int(counts.get(s.id, 0)),
         )
         for s in rows
     }
@@ -141,7 +160,9 @@ async def recent_calls(session: AsyncSession, home_id: str, now: datetime) -> in
             select(func.count())
             .select_from(AuditRow)
             .join(Call, Call.id == AuditRow.call_id)
-            .where(Call.home_id == home_id, AuditRow.kind == AuditKind.call_opened.value, AuditRow.at >= since)
+            .where(
+                Call.home_id == home_id, AuditRow.kind == AuditKind.call_opened.value, AuditRow.at >= since
+            )
         )
         or 0
     )
@@ -178,7 +199,9 @@ async def handle_event(
         else:
             call = await open_call(session, ev, ctx, now=now, actor=actor, out=out)
             call_id, decision = call.id, "opened"
-    session.add(EventIntake(event_pk=ev.id, decision=decision, call_id=call_id, handled_at=now, handled_by=actor))
+    session.add(
+        EventIntake(event_pk=ev.id, decision=decision, call_id=call_id, handled_at=now, handled_by=actor)
+    )
     return out
 
 
@@ -193,8 +216,11 @@ async def _open_call_to_join(session: AsyncSession, ev: DeviceEvent, ctx: Dispat
     for call in (await session.scalars(stmt)).all():
         since = (ev.received_at - call.last_event_at).total_seconds()
         if prio.joins_call(
-            event_class=ev.event_class, event_type=ev.type, call_event_class=call.event_class,
-            seconds_since_last_event=since, window_s=ctx.join_window_s,
+            event_class=ev.event_class,
+            event_type=ev.type,
+            call_event_class=call.event_class,
+            seconds_since_last_event=since,
+            window_s=ctx.join_window_s,
         ):
             return call
     return None
@@ -203,7 +229,10 @@ async def _open_call_to_join(session: AsyncSession, ev: DeviceEvent, ctx: Dispat
 async def _resident_of(session: AsyncSession, home_id: str) -> Resident | None:
     return (
         await session.scalars(
-            select(Resident).where(Resident.home_id == home_id).order_by(Resident.capacity_level.desc(), Resident.id).limit(1)
+            select(Resident)
+            .where(Resident.home_id == home_id)
+            .order_by(Resident.capacity_level.desc(), Resident.id)
+            .limit(1)
         )
     ).first()
 
@@ -229,14 +258,27 @@ async def open_call(
         cfg=ctx.dispatch_cfg.priority,
     )
     loc = ev.data.get("location") if isinstance(ev.data, dict) else None
-    from_device = isinstance(loc, dict) and isinstance(loc.get("lat"), int | float) and isinstance(loc.get("lon"), int | float)
-    origin = (float(loc["lat"]), float(loc["lon"])) if from_device and isinstance(loc, dict) else (home.lat, home.lon)
+    from_device = (
+        isinstance(loc, dict)
+        and isinstance(loc.get("lat"), int | float)
+        and isinstance(loc.get("lon"), int | float)
+    )
+    origin = (
+        (float(loc["lat"]), float(loc["lon"]))
+        if from_device and isinstance(loc, dict)
+        else (home.lat, home.lon)
+    )
     stations = await station_nodes(session)
     area = routing.parse_area(home.area)
     travel = await ctx.engine.minutes(origin, list(stations.values()), area)
     route = routing.choose_station(
-        home_station_id=home.station_id, origin=origin, origin_from_device=from_device,
-        area=area, stations=stations, travel_min=travel, cfg=ctx.dispatch_cfg.routing,
+        home_station_id=home.station_id,
+        origin=origin,
+        origin_from_device=from_device,
+        area=area,
+        stations=stations,
+        travel_min=travel,
+        cfg=ctx.dispatch_cfg.routing,
     )
     limit_min = ctx.dispatch_cfg.routing.limit_min(area)
     policy = ctx.policies.select(ev.event_class, priority)
@@ -262,21 +304,64 @@ async def open_call(
     session.add(call)
     await session.flush()
     session.add(CallEvent(event_pk=ev.id, call_id=call.id, joined_at=now))
-    ev_detail = {"device_id": ev.device_id, "event_id": ev.event_id, "type": ev.type, "event_pk": ev.id, "source": ev.source}
-    await audit.append(session, kind=AuditKind.event_received.value, at=ev.received_at, actor=f"device:{ev.device_id}",
-                       call_id=call.id, station_id=route.station_id, detail=ev_detail)
-    await audit.append(session, kind=AuditKind.call_opened.value, at=now, actor=actor, call_id=call.id,
-                       station_id=route.station_id,
-                       detail={"event_class": ev.event_class, "policy": policy.name, "home_id": home.id,
-                               "priority": priority, "priority_reasons": list(p_reasons),
-                               "location_from_device": from_device})
-    await audit.append(session, kind=AuditKind.assigned.value, at=now, actor=actor, call_id=call.id,
-                       station_id=route.station_id,
-                       detail={"station_id": route.station_id, "tier": route.tier, "reasons": list(route.reasons),
-                               "travel_min": round(route.travel_min, 1) if route.travel_min is not None else None})
+    ev_detail = {
+        "device_id": ev.device_id,
+        "event_id": ev.event_id,
+        "type": ev.type,
+        "event_pk": ev.id,
+        "source": ev.source,
+    }
+    await audit.append(
+        session,
+        kind=AuditKind.event_received.value,
+        at=ev.received_at,
+        actor=f"device:{ev.device_id}",
+        call_id=call.id,
+        station_id=route.station_id,
+        detail=ev_detail,
+    )
+    await audit.append(
+        session,
+        kind=AuditKind.call_opened.value,
+        at=now,
+        actor=actor,
+        call_id=call.id,
+        station_id=route.station_id,
+        detail={
+            "event_class": ev.event_class,
+            "policy": policy.name,
+            "home_id": home.id,
+            "priority": priority,
+            "priority_reasons": list(p_reasons),
+            "location_from_device": from_device,
+        },
+    )
+    await audit.append(
+        session,
+        kind=AuditKind.assigned.value,
+        at=now,
+        actor=actor,
+        call_id=call.id,
+        station_id=route.station_id,
+        detail={
+            "station_id": route.station_id,
+            "tier": route.tier,
+            "reasons": list(route.reasons),
+            "travel_min": round(route.travel_min, 1) if route.travel_min is not None else None,
+        },
+    )
     for planned in esc.initial_timers(esc.from_snapshot(snap), now):
-        session.add(Timer(call_id=call.id, generation=call.generation, step=planned.step, action=planned.action,
-                          due_at=planned.due_at, status="pending", repeat=planned.repeat))
+        session.add(
+            Timer(
+                call_id=call.id,
+                generation=call.generation,
+                step=planned.step,
+                action=planned.action,
+                due_at=planned.due_at,
+                status="pending",
+                repeat=planned.repeat,
+            )
+        )
     out.calls.add(call.id)
     if route.station_id:
         out.device_notices.append(DeviceNotice(call.id, ev.device_id, ev.event_id, "assigned"))
@@ -284,15 +369,31 @@ async def open_call(
 
 
 async def _join(
-    session: AsyncSession, call: Call, ev: DeviceEvent, ctx: DispatchContext, *, now: datetime, actor: str, out: Outcome
+    session: AsyncSession,
+    call: Call,
+    ev: DeviceEvent,
+    ctx: DispatchContext,
+    *,
+    now: datetime,
+    actor: str,
+    out: Outcome,
 ) -> None:
     session.add(CallEvent(event_pk=ev.id, call_id=call.id, joined_at=now))
     new_class = prio.call_class_after_join(call.event_class, ev.event_class)
-    detail: dict[str, Any] = {"device_id": ev.device_id, "event_id": ev.event_id, "type": ev.type, "event_pk": ev.id}
-    values: dict[str, Any] = {"last_event_at": max(call.last_event_at, ev.received_at), "version": call.version + 1}
+    detail: dict[str, Any] = {
+        "device_id": ev.device_id,
+        "event_id": ev.event_id,
+        "type": ev.type,
+        "event_pk": ev.id,
+    }
+    values: dict[str, Any] = {
+        "last_event_at": max(call.last_event_at, ev.received_at),
+        "version": call.version + 1,
+    }
     resident = await _resident_of(session, call.home_id)
     priority, reasons = prio.assess_priority(
-        event_class=new_class, event_type=ev.type,
+        event_class=new_class,
+        event_type=ev.type,
         capacity_level=resident.capacity_level if resident else None,
         living_alone=resident.living_alone if resident else False,
         night=_night(ctx, ev.received_at),
@@ -307,10 +408,24 @@ async def _join(
         values["priority_reasons"] = sorted(set(call.priority_reasons) | set(reasons))
         detail["priority_raised_to"] = priority
     await session.execute(update(Call).where(Call.id == call.id).values(**values))
-    await audit.append(session, kind=AuditKind.event_received.value, at=ev.received_at, actor=f"device:{ev.device_id}",
-                       call_id=call.id, station_id=call.station_id, detail=detail)
-    await audit.append(session, kind=AuditKind.event_joined.value, at=now, actor=actor, call_id=call.id,
-                       station_id=call.station_id, detail=detail)
+    await audit.append(
+        session,
+        kind=AuditKind.event_received.value,
+        at=ev.received_at,
+        actor=f"device:{ev.device_id}",
+        call_id=call.id,
+        station_id=call.station_id,
+        detail=detail,
+    )
+    await audit.append(
+        session,
+        kind=AuditKind.event_joined.value,
+        at=now,
+        actor=actor,
+        call_id=call.id,
+        station_id=call.station_id,
+        detail=detail,
+    )
     out.calls.add(call.id)
     if call.station_id:
         out.device_notices.append(DeviceNotice(call.id, ev.device_id, ev.event_id, "assigned"))
@@ -322,15 +437,23 @@ async def _handle_cancel(
     ref = ev.data.get("ref") if isinstance(ev.data, dict) else None
     open_calls = (
         await session.scalars(
-            select(Call).where(Call.home_id == ev.home_id, Call.status.in_([s.value for s in OPEN_STATUSES])).order_by(Call.id.desc())
+            select(Call)
+            .where(Call.home_id == ev.home_id, Call.status.in_([s.value for s in OPEN_STATUSES]))
+            .order_by(Call.id.desc())
         )
     ).all()
     target: Call | None = None
     if isinstance(ref, str):
         for call in open_calls:
             hit = await session.scalar(
-                select(func.count()).select_from(CallEvent).join(DeviceEvent, DeviceEvent.id == CallEvent.event_pk)
-                .where(CallEvent.call_id == call.id, DeviceEvent.device_id == ev.device_id, DeviceEvent.event_id == ref)
+                select(func.count())
+                .select_from(CallEvent)
+                .join(DeviceEvent, DeviceEvent.id == CallEvent.event_pk)
+                .where(
+                    CallEvent.call_id == call.id,
+                    DeviceEvent.device_id == ev.device_id,
+                    DeviceEvent.event_id == ref,
+                )
             )
             if hit:
                 target = call
@@ -341,17 +464,40 @@ async def _handle_cancel(
         return None, "ignored"
     session.add(CallEvent(event_pk=ev.id, call_id=target.id, joined_at=now))
     detail = {"device_id": ev.device_id, "event_id": ev.event_id, "ref": ref}
-    await audit.append(session, kind=AuditKind.event_received.value, at=ev.received_at, actor=f"device:{ev.device_id}",
-                       call_id=target.id, station_id=target.station_id, detail={**detail, "type": "cancel", "event_pk": ev.id})
+    await audit.append(
+        session,
+        kind=AuditKind.event_received.value,
+        at=ev.received_at,
+        actor=f"device:{ev.device_id}",
+        call_id=target.id,
+        station_id=target.station_id,
+        detail={**detail, "type": "cancel", "event_pk": ev.id},
+    )
     responders_sent = target.status in ("dispatched", "en_route", "on_scene")
     if responders_sent:
         # after dispatch a resident's cancel is only noted: someone still goes to the door
-        await audit.append(session, kind=AuditKind.cancel_requested.value, at=now, actor=f"resident:{ev.home_id}",
-                           call_id=target.id, station_id=target.station_id, detail={**detail, "applied": False})
+        await audit.append(
+            session,
+            kind=AuditKind.cancel_requested.value,
+            at=now,
+            actor=f"resident:{ev.home_id}",
+            call_id=target.id,
+            station_id=target.station_id,
+            detail={**detail, "applied": False},
+        )
         out.calls.add(target.id)
         return target.id, "noted"
-    await _close(session, target, status=CallStatus.cancelled, outcome="cancelled_by_resident", now=now,
-                 actor=f"resident:{ev.home_id}", kind=AuditKind.cancelled, detail={**detail, "by": "resident"}, out=out)
+    await _close(
+        session,
+        target,
+        status=CallStatus.cancelled,
+        outcome="cancelled_by_resident",
+        now=now,
+        actor=f"resident:{ev.home_id}",
+        kind=AuditKind.cancelled,
+        detail={**detail, "by": "resident"},
+        out=out,
+    )
     return target.id, "cancelled"
 
 
@@ -362,28 +508,47 @@ async def _handle_restore(
     if cleared is None:
         return None, "ignored"
     rows = (
-        await session.execute(
-            select(Call)
-            .join(CallEvent, CallEvent.call_id == Call.id)
-            .join(DeviceEvent, DeviceEvent.id == CallEvent.event_pk)
-            .where(
-                Call.status.in_([s.value for s in OPEN_STATUSES]),
-                Call.event_class == "trouble",
-                DeviceEvent.device_id == ev.device_id,
-                DeviceEvent.type == cleared,
+        (
+            await session.execute(
+                select(Call)
+                .join(CallEvent, CallEvent.call_id == Call.id)
+                .join(DeviceEvent, DeviceEvent.id == CallEvent.event_pk)
+                .where(
+                    Call.status.in_([s.value for s in OPEN_STATUSES]),
+                    Call.event_class == "trouble",
+                    DeviceEvent.device_id == ev.device_id,
+                    DeviceEvent.type == cleared,
+                )
+                .distinct()
             )
-            .distinct()
         )
-    ).scalars().all()
+        .scalars()
+        .all()
+    )
     if not rows:
         return None, "ignored"
     for call in rows:
         session.add(CallEvent(event_pk=ev.id, call_id=call.id, joined_at=now))
-        await audit.append(session, kind=AuditKind.event_received.value, at=ev.received_at, actor=f"device:{ev.device_id}",
-                           call_id=call.id, station_id=call.station_id,
-                           detail={"device_id": ev.device_id, "event_id": ev.event_id, "type": ev.type, "event_pk": ev.id})
-        await _close(session, call, status=CallStatus.resolved, outcome="restored", now=now, actor=actor,
-                     kind=AuditKind.restored, detail={"device_id": ev.device_id, "cleared": cleared}, out=out)
+        await audit.append(
+            session,
+            kind=AuditKind.event_received.value,
+            at=ev.received_at,
+            actor=f"device:{ev.device_id}",
+            call_id=call.id,
+            station_id=call.station_id,
+            detail={"device_id": ev.device_id, "event_id": ev.event_id, "type": ev.type, "event_pk": ev.id},
+        )
+        await _close(
+            session,
+            call,
+            status=CallStatus.resolved,
+            outcome="restored",
+            now=now,
+            actor=actor,
+            kind=AuditKind.restored,
+            detail={"device_id": ev.device_id, "cleared": cleared},
+            out=out,
+        )
     return rows[0].id, "restored"
 
 
@@ -400,12 +565,27 @@ async def _close(
     out: Outcome,
 ) -> None:
     await session.execute(
-        update(Call).where(Call.id == call.id).values(status=status.value, outcome=outcome, version=Call.version + 1)
+        update(Call)
+        .where(Call.id == call.id)
+        .values(status=status.value, outcome=outcome, version=Call.version + 1)
     )
-    await session.execute(update(Assignment).where(Assignment.call_id == call.id, Assignment.active.is_(True)).values(active=False, state="released"))
-    await session.execute(update(Timer).where(Timer.call_id == call.id, Timer.status == "pending").values(status="cancelled"))
-    await audit.append(session, kind=kind.value, at=now, actor=actor, call_id=call.id, station_id=call.station_id,
-                       detail={**detail, "outcome": outcome})
+    await session.execute(
+        update(Assignment)
+        .where(Assignment.call_id == call.id, Assignment.active.is_(True))
+        .values(active=False, state="released")
+    )
+    await session.execute(
+        update(Timer).where(Timer.call_id == call.id, Timer.status == "pending").values(status="cancelled")
+    )
+    await audit.append(
+        session,
+        kind=kind.value,
+        at=now,
+        actor=actor,
+        call_id=call.id,
+        station_id=call.station_id,
+        detail={**detail, "outcome": outcome},
+    )
     out.calls.add(call.id)
     state = "resolved"
     for dev_id, ev_id in await _call_device_events(session, call.id):
@@ -416,7 +596,9 @@ async def _call_device_events(session: AsyncSession, call_id: int) -> list[tuple
     rows = await session.execute(
         select(DeviceEvent.device_id, DeviceEvent.event_id)
         .join(CallEvent, CallEvent.event_pk == DeviceEvent.id)
-        .where(CallEvent.call_id == call_id, DeviceEvent.source == "device", DeviceEvent.event_class != "cancel")
+        .where(
+            CallEvent.call_id == call_id, DeviceEvent.source == "device", DeviceEvent.event_class != "cancel"
+        )
     )
     return [(d, e) for d, e in rows.all()]
 
@@ -458,7 +640,10 @@ async def _lock_call(session: AsyncSession, call_id: int) -> Call | None:
 async def _who_did(session: AsyncSession, call_id: int, kind: str) -> tuple[str, datetime] | None:
     row = (
         await session.execute(
-            select(AuditRow.actor, AuditRow.at).where(AuditRow.call_id == call_id, AuditRow.kind == kind).order_by(AuditRow.seq).limit(1)
+            select(AuditRow.actor, AuditRow.at)
+            .where(AuditRow.call_id == call_id, AuditRow.kind == kind)
+            .order_by(AuditRow.seq)
+            .limit(1)
         )
     ).first()
     return (row[0], row[1]) if row else None
@@ -498,8 +683,15 @@ async def act(
     station = call.station_id
     if action == "acknowledge":
         await _set_status(session, call, "acknowledged", expect=allowed)
-        await audit.append(session, kind=AuditKind.acknowledged.value, at=now, actor=actor.name, call_id=call.id,
-                           station_id=station, detail={"user_id": actor.user_id})
+        await audit.append(
+            session,
+            kind=AuditKind.acknowledged.value,
+            at=now,
+            actor=actor.name,
+            call_id=call.id,
+            station_id=station,
+            detail={"user_id": actor.user_id},
+        )
         await _cancel_timers(session, call, "acknowledged")
     elif action == "dispatch":
         staff_ids = body.get("staff_ids")
@@ -511,40 +703,77 @@ async def act(
         await _set_status(session, call, new_status, expect=allowed)
         kind = AuditKind.en_route if action == "en-route" else AuditKind.on_scene
         state = "en_route" if action == "en-route" else "on_scene"
-        await session.execute(update(Assignment).where(Assignment.call_id == call.id, Assignment.active.is_(True)).values(state=state))
-        await audit.append(session, kind=kind.value, at=now, actor=actor.name, call_id=call.id, station_id=station,
-                           detail={k: v for k, v in body.items() if k in ("staff_id", "note")})
+        await session.execute(
+            update(Assignment)
+            .where(Assignment.call_id == call.id, Assignment.active.is_(True))
+            .values(state=state)
+        )
+        await audit.append(
+            session,
+            kind=kind.value,
+            at=now,
+            actor=actor.name,
+            call_id=call.id,
+            station_id=station,
+            detail={k: v for k, v in body.items() if k in ("staff_id", "note")},
+        )
         if action == "arrive":
             await _cancel_timers(session, call, "on_scene")
     elif action in ("resolve", "cancel"):
-        outcome = body.get("outcome") or ("false_alarm" if action == "cancel" and body.get("false_alarm") else None)
+        outcome = body.get("outcome") or (
+            "false_alarm" if action == "cancel" and body.get("false_alarm") else None
+        )
         if action == "resolve" and outcome not in OUTCOMES:
             raise CallError(f"resolve needs an outcome: one of {', '.join(OUTCOMES)}", 422)
         if action == "cancel":
             outcome = outcome if outcome in OUTCOMES else "cancelled"
         note = body.get("note")
         assert new_status is not None
-        await _close(session, call, status=CallStatus(new_status), outcome=str(outcome), now=now, actor=actor.name,
-                     kind=AuditKind.resolved if action == "resolve" else AuditKind.cancelled,
-                     detail={"note": note} if isinstance(note, str) else {}, out=out)
+        await _close(
+            session,
+            call,
+            status=CallStatus(new_status),
+            outcome=str(outcome),
+            now=now,
+            actor=actor.name,
+            kind=AuditKind.resolved if action == "resolve" else AuditKind.cancelled,
+            detail={"note": note} if isinstance(note, str) else {},
+            out=out,
+        )
         return out
     elif action == "escalate":
         level = body.get("to", "street" if call.escalation_level == 0 else "county")
         if level not in ("street", "county"):
             raise CallError("escalate needs to: street or county", 422)
-        await escalate(session, call, level=str(level), now=now, actor=actor.name, reason="by_hand", ctx=ctx, out=out)
+        await escalate(
+            session, call, level=str(level), now=now, actor=actor.name, reason="by_hand", ctx=ctx, out=out
+        )
     elif action == "note":
         text = body.get("text")
         if not isinstance(text, str) or not text.strip() or len(text) > 4000:
             raise CallError("note needs text (1–4000 characters)", 422)
-        await audit.append(session, kind=AuditKind.note.value, at=now, actor=actor.name, call_id=call.id, station_id=station,
-                           detail={"text": text.strip()})
+        await audit.append(
+            session,
+            kind=AuditKind.note.value,
+            at=now,
+            actor=actor.name,
+            call_id=call.id,
+            station_id=station,
+            detail={"text": text.strip()},
+        )
     elif action == "handoff":
         to = body.get("to")
         if to not in ("120", "110", "119"):
             raise CallError("handoff needs to: 120 (medical), 110 (police) or 119 (fire)", 422)
-        await audit.append(session, kind=AuditKind.handoff.value, at=now, actor=actor.name, call_id=call.id, station_id=station,
-                           detail={"to": to, "note": body.get("note") if isinstance(body.get("note"), str) else None})
+        await audit.append(
+            session,
+            kind=AuditKind.handoff.value,
+            at=now,
+            actor=actor.name,
+            call_id=call.id,
+            station_id=station,
+            detail={"to": to, "note": body.get("note") if isinstance(body.get("note"), str) else None},
+        )
     if action in _DEVICE_STATE:
         for dev_id, ev_id in await _call_device_events(session, call.id):
             out.device_notices.append(DeviceNotice(call.id, dev_id, ev_id, _DEVICE_STATE[action]))
@@ -553,7 +782,8 @@ async def act(
 
 async def _set_status(session: AsyncSession, call: Call, status: str, *, expect: Sequence[str]) -> None:
     res = await session.execute(
-        update(Call).where(Call.id == call.id, Call.status.in_(list(expect)), Call.version == call.version)
+        update(Call)
+        .where(Call.id == call.id, Call.status.in_(list(expect)), Call.version == call.version)
         .values(status=status, version=call.version + 1)
     )
     if res.rowcount != 1:  # type: ignore[attr-defined]
@@ -565,12 +795,20 @@ async def _cancel_timers(session: AsyncSession, call: Call, change: esc.Progress
     steps = esc.cancelled_by(change, esc.from_snapshot(call.policy))
     if steps:
         await session.execute(
-            update(Timer).where(Timer.call_id == call.id, Timer.status == "pending", Timer.step.in_(sorted(steps))).values(status="cancelled")
+            update(Timer)
+            .where(Timer.call_id == call.id, Timer.status == "pending", Timer.step.in_(sorted(steps)))
+            .values(status="cancelled")
         )
 
 
 async def _dispatch(
-    session: AsyncSession, call: Call, staff_ids: list[str], *, actor: Actor, now: datetime, ack_allowed: Sequence[str]
+    session: AsyncSession,
+    call: Call,
+    staff_ids: list[str],
+    *,
+    actor: Actor,
+    now: datetime,
+    ack_allowed: Sequence[str],
 ) -> None:
     staff = (await session.scalars(select(Staff).where(Staff.id.in_(staff_ids)))).all()
     found = {s.id: s for s in staff}
@@ -589,19 +827,41 @@ async def _dispatch(
         raise CallError(f"already on a call: {', '.join(sorted(set(busy)))}", 409)
     if call.status in ("open", "assigned"):
         # sending someone is the operator's answer: record the acknowledgement too
-        await audit.append(session, kind=AuditKind.acknowledged.value, at=now, actor=actor.name, call_id=call.id,
-                           station_id=call.station_id, detail={"user_id": actor.user_id, "implied_by": "dispatch"})
+        await audit.append(
+            session,
+            kind=AuditKind.acknowledged.value,
+            at=now,
+            actor=actor.name,
+            call_id=call.id,
+            station_id=call.station_id,
+            detail={"user_id": actor.user_id, "implied_by": "dispatch"},
+        )
         await _cancel_timers(session, call, "acknowledged")
     if call.status in ("open", "assigned", "acknowledged"):
         await _set_status(session, call, "dispatched", expect=ack_allowed)
     for s in staff:
         session.add(Assignment(call_id=call.id, staff_id=s.id, active=True, state="dispatched"))
-        await audit.append(session, kind=AuditKind.responder_dispatched.value, at=now, actor=actor.name, call_id=call.id,
-                           station_id=s.station_id, detail={"staff_id": s.id, "name": s.name, "phone": s.phone})
+        await audit.append(
+            session,
+            kind=AuditKind.responder_dispatched.value,
+            at=now,
+            actor=actor.name,
+            call_id=call.id,
+            station_id=s.station_id,
+            detail={"staff_id": s.id, "name": s.name, "phone": s.phone},
+        )
 
 
 async def escalate(
-    session: AsyncSession, call: Call, *, level: str, now: datetime, actor: str, reason: str, ctx: DispatchContext, out: Outcome
+    session: AsyncSession,
+    call: Call,
+    *,
+    level: str,
+    now: datetime,
+    actor: str,
+    reason: str,
+    ctx: DispatchContext,
+    out: Outcome,
 ) -> bool:
     """Hand the call up the tree (street centre, then county). Returns False when it is
     already there."""
@@ -613,20 +873,48 @@ async def escalate(
     if base is None:
         home = await session.get(Home, call.home_id)
         base = home.station_id if home else None
-    target = routing.escalation_target(stations, base, "street" if level == "street" else "county") if base else None
+    target = (
+        routing.escalation_target(stations, base, "street" if level == "street" else "county")
+        if base
+        else None
+    )
     if target is None:
-        await audit.append(session, kind=AuditKind.escalated.value, at=now, actor=actor, call_id=call.id, station_id=call.station_id,
-                           detail={"to": level, "reason": reason, "result": "NO_STATION_AVAILABLE"})
+        await audit.append(
+            session,
+            kind=AuditKind.escalated.value,
+            at=now,
+            actor=actor,
+            call_id=call.id,
+            station_id=call.station_id,
+            detail={"to": level, "reason": reason, "result": "NO_STATION_AVAILABLE"},
+        )
         return False
     node = stations[target]
     await session.execute(
-        update(Call).where(Call.id == call.id).values(station_id=target, tier=node.tier, escalation_level=want, version=Call.version + 1)
+        update(Call)
+        .where(Call.id == call.id)
+        .values(station_id=target, tier=node.tier, escalation_level=want, version=Call.version + 1)
     )
-    await audit.append(session, kind=AuditKind.escalated.value, at=now, actor=actor, call_id=call.id, station_id=target,
-                       detail={"from_station_id": call.station_id, "to_station_id": target, "to": level, "reason": reason})
+    await audit.append(
+        session,
+        kind=AuditKind.escalated.value,
+        at=now,
+        actor=actor,
+        call_id=call.id,
+        station_id=target,
+        detail={"from_station_id": call.station_id, "to_station_id": target, "to": level, "reason": reason},
+    )
     call.station_id, call.tier, call.escalation_level = target, node.tier, want
-    await queue_notification(session, call, purpose="alert_station", target=f"station:{target}", now=now, ctx=ctx,
-                             body={"reason": f"escalated_{level}"}, out=out)
+    await queue_notification(
+        session,
+        call,
+        purpose="alert_station",
+        target=f"station:{target}",
+        now=now,
+        ctx=ctx,
+        body={"reason": f"escalated_{level}"},
+        out=out,
+    )
     out.calls.add(call.id)
     return True
 
@@ -635,7 +923,12 @@ async def escalate(
 
 
 async def claim_due_timers(session: AsyncSession, now: datetime, limit: int) -> list[Timer]:
-    stmt = select(Timer).where(Timer.status == "pending", Timer.due_at <= now).order_by(Timer.due_at, Timer.id).limit(limit)
+    stmt = (
+        select(Timer)
+        .where(Timer.status == "pending", Timer.due_at <= now)
+        .order_by(Timer.due_at, Timer.id)
+        .limit(limit)
+    )
     if _is_pg(session):
         stmt = stmt.with_for_update(skip_locked=True)
     return list((await session.scalars(stmt)).all())
@@ -657,7 +950,9 @@ async def fire_timer(
     out = Outcome()
     call = await _lock_call(session, timer.call_id)
     res = await session.execute(
-        update(Timer).where(Timer.id == timer.id, Timer.status == "pending").values(status="firing", fired_at=now, fired_by=worker)
+        update(Timer)
+        .where(Timer.id == timer.id, Timer.status == "pending")
+        .values(status="firing", fired_at=now, fired_by=worker)
     )
     if res.rowcount != 1 or call is None:  # type: ignore[attr-defined]
         return out  # another copy had it
@@ -668,41 +963,128 @@ async def fire_timer(
         decision = esc.on_timer_due(snap, timer.step, timer.repeat, timer.due_at, progress_of(call))
     if not decision.fire:
         await session.execute(update(Timer).where(Timer.id == timer.id).values(status="stale"))
-        await audit.append(session, kind=AuditKind.timer_stale.value, at=now, actor=worker, call_id=call.id, station_id=call.station_id,
-                           detail={"step": timer.step, "action": timer.action, "repeat": timer.repeat, "reason": decision.stale_reason,
-                                   "due_at": timer.due_at.isoformat()})
+        await audit.append(
+            session,
+            kind=AuditKind.timer_stale.value,
+            at=now,
+            actor=worker,
+            call_id=call.id,
+            station_id=call.station_id,
+            detail={
+                "step": timer.step,
+                "action": timer.action,
+                "repeat": timer.repeat,
+                "reason": decision.stale_reason,
+                "due_at": timer.due_at.isoformat(),
+            },
+        )
         return out
     await session.execute(update(Timer).where(Timer.id == timer.id).values(status="fired"))
     late_ms = round((now - timer.due_at).total_seconds() * 1000)
-    base = {"step": timer.step, "repeat": timer.repeat, "due_at": timer.due_at.isoformat(), "late_ms": late_ms}
+    base = {
+        "step": timer.step,
+        "repeat": timer.repeat,
+        "due_at": timer.due_at.isoformat(),
+        "late_ms": late_ms,
+    }
     action = timer.action
     if action in ("alert_station", "remind"):
         kind = AuditKind.alerted if action == "alert_station" else AuditKind.reminder
-        await audit.append(session, kind=kind.value, at=now, actor=worker, call_id=call.id, station_id=call.station_id, detail=base)
-        await queue_notification(session, call, purpose=action, target=f"station:{call.station_id}", now=now, ctx=ctx, body=base, out=out)
+        await audit.append(
+            session,
+            kind=kind.value,
+            at=now,
+            actor=worker,
+            call_id=call.id,
+            station_id=call.station_id,
+            detail=base,
+        )
+        await queue_notification(
+            session,
+            call,
+            purpose=action,
+            target=f"station:{call.station_id}",
+            now=now,
+            ctx=ctx,
+            body=base,
+            out=out,
+        )
     elif action in ("escalate_street", "escalate_county"):
-        await escalate(session, call, level=action.removeprefix("escalate_"), now=now, actor=worker,
-                       reason=f"not acknowledged (step {timer.step})", ctx=ctx, out=out)
+        await escalate(
+            session,
+            call,
+            level=action.removeprefix("escalate_"),
+            now=now,
+            actor=worker,
+            reason=f"not acknowledged (step {timer.step})",
+            ctx=ctx,
+            out=out,
+        )
     elif action == "notify_contacts":
         contacts = (
-            await session.scalars(select(Contact).where(Contact.resident_id == call.resident_id).order_by(Contact.priority))
-        ).all() if call.resident_id else []
-        await audit.append(session, kind=AuditKind.alerted.value, at=now, actor=worker, call_id=call.id, station_id=call.station_id,
-                           detail={**base, "contacts": len(contacts), "purpose": "notify_contacts"})
+            (
+                await session.scalars(
+                    select(Contact).where(Contact.resident_id == call.resident_id).order_by(Contact.priority)
+                )
+            ).all()
+            if call.resident_id
+            else []
+        )
+        await audit.append(
+            session,
+            kind=AuditKind.alerted.value,
+            at=now,
+            actor=worker,
+            call_id=call.id,
+            station_id=call.station_id,
+            detail={**base, "contacts": len(contacts), "purpose": "notify_contacts"},
+        )
         for c in contacts:
-            await queue_notification(session, call, purpose="notify_contact", target=f"phone:{c.phone}", now=now, ctx=ctx,
-                                     body={**base, "name": c.name, "relation": c.relation, "order": c.priority}, out=out)
+            await queue_notification(
+                session,
+                call,
+                purpose="notify_contact",
+                target=f"phone:{c.phone}",
+                now=now,
+                ctx=ctx,
+                body={**base, "name": c.name, "relation": c.relation, "order": c.priority},
+                out=out,
+            )
     elif action == "alert_supervisor":
         sups = await supervisors_for(session, call.station_id)
-        await audit.append(session, kind=AuditKind.alerted.value, at=now, actor=worker, call_id=call.id, station_id=call.station_id,
-                           detail={**base, "purpose": "alert_supervisor", "supervisors": sups})
+        await audit.append(
+            session,
+            kind=AuditKind.alerted.value,
+            at=now,
+            actor=worker,
+            call_id=call.id,
+            station_id=call.station_id,
+            detail={**base, "purpose": "alert_supervisor", "supervisors": sups},
+        )
         for username in sups or ["supervisor:unassigned"]:
-            await queue_notification(session, call, purpose="alert_supervisor", target=f"user:{username}", now=now, ctx=ctx,
-                                     body=base, out=out)
+            await queue_notification(
+                session,
+                call,
+                purpose="alert_supervisor",
+                target=f"user:{username}",
+                now=now,
+                ctx=ctx,
+                body=base,
+                out=out,
+            )
     if decision.next is not None:
         n = decision.next
-        session.add(Timer(call_id=call.id, generation=call.generation, step=n.step, action=n.action, due_at=n.due_at,
-                          status="pending", repeat=n.repeat))
+        session.add(
+            Timer(
+                call_id=call.id,
+                generation=call.generation,
+                step=n.step,
+                action=n.action,
+                due_at=n.due_at,
+                status="pending",
+                repeat=n.repeat,
+            )
+        )
     out.calls.add(call.id)
     return out
 
@@ -717,19 +1099,36 @@ async def supervisors_for(session: AsyncSession, station_id: str | None) -> list
     if not chain:
         return []
     rows = await session.scalars(
-        select(User.username).where(User.role == "supervisor", User.active.is_(True), User.station_id.in_(chain)).order_by(User.username)
+        select(User.username)
+        .where(User.role == "supervisor", User.active.is_(True), User.station_id.in_(chain))
+        .order_by(User.username)
     )
     return list(rows)
 
 
 async def queue_notification(
-    session: AsyncSession, call: Call, *, purpose: str, target: str, now: datetime, ctx: DispatchContext,
-    body: Mapping[str, Any], out: Outcome,
+    session: AsyncSession,
+    call: Call,
+    *,
+    purpose: str,
+    target: str,
+    now: datetime,
+    ctx: DispatchContext,
+    body: Mapping[str, Any],
+    out: Outcome,
 ) -> None:
     session.add(
-        Notification(call_id=call.id, channel=ctx.notifier_channel, purpose=purpose, target=target,
-                     body={**body, "call_id": call.id, "priority": call.priority, "station_id": call.station_id},
-                     status="pending", attempts=0, next_attempt_at=now, created_at=now)
+        Notification(
+            call_id=call.id,
+            channel=ctx.notifier_channel,
+            purpose=purpose,
+            target=target,
+            body={**body, "call_id": call.id, "priority": call.priority, "station_id": call.station_id},
+            status="pending",
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+        )
     )
     out.notifications += 1
 
@@ -739,9 +1138,17 @@ async def queue_device_notices(session: AsyncSession, notices: Sequence[DeviceNo
     process is still published (by a dispatcher) after a crash."""
     for n in notices:
         session.add(
-            Notification(call_id=n.call_id, channel="mqtt", purpose="device_ack", target=f"device:{n.device_id}",
-                         body={"event_id": n.event_id, "state": n.state}, status="pending", attempts=0,
-                         next_attempt_at=now, created_at=now)
+            Notification(
+                call_id=n.call_id,
+                channel="mqtt",
+                purpose="device_ack",
+                target=f"device:{n.device_id}",
+                body={"event_id": n.event_id, "state": n.state},
+                status="pending",
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+            )
         )
 
 
@@ -754,7 +1161,9 @@ async def watchdog(session: AsyncSession, *, now: datetime, actor: str) -> list[
     pending = select(Timer.call_id).where(Timer.status.in_(("pending", "firing")))
     calls = (
         await session.scalars(
-            select(Call).where(Call.status.in_([s.value for s in OPEN_STATUSES]), Call.id.not_in(pending)).limit(500)
+            select(Call)
+            .where(Call.status.in_([s.value for s in OPEN_STATUSES]), Call.id.not_in(pending))
+            .limit(500)
         )
     ).all()
     repaired: list[int] = []
@@ -765,30 +1174,60 @@ async def watchdog(session: AsyncSession, *, now: datetime, actor: str) -> list[
         done: dict[int, int] = {}
         for step, repeat in (
             await session.execute(
-                select(Timer.step, Timer.repeat).where(Timer.call_id == call.id, Timer.status.in_(("fired", "stale")))
+                select(Timer.step, Timer.repeat).where(
+                    Timer.call_id == call.id, Timer.status.in_(("fired", "stale"))
+                )
             )
         ).all():
             done[step] = max(done.get(step, -1), repeat)
-        opened = await session.scalar(
-            select(func.min(AuditRow.at)).where(AuditRow.call_id == call.id, AuditRow.kind == AuditKind.call_opened.value)
-        ) or now
+        opened = (
+            await session.scalar(
+                select(func.min(AuditRow.at)).where(
+                    AuditRow.call_id == call.id, AuditRow.kind == AuditKind.call_opened.value
+                )
+            )
+            or now
+        )
         missing: list[esc.PlannedTimer] = []
         for planned in esc.initial_timers(snap, opened):
             if planned.step in done:
                 if snap.steps[planned.step].repeat_every_s is None:
                     continue  # a one-off step that already ran
-                planned = esc.PlannedTimer(step=planned.step, action=planned.action, due_at=now, repeat=done[planned.step] + 1)
+                planned = esc.PlannedTimer(
+                    step=planned.step, action=planned.action, due_at=now, repeat=done[planned.step] + 1
+                )
             else:
-                planned = esc.PlannedTimer(step=planned.step, action=planned.action, due_at=max(planned.due_at, now), repeat=planned.repeat)
+                planned = esc.PlannedTimer(
+                    step=planned.step,
+                    action=planned.action,
+                    due_at=max(planned.due_at, now),
+                    repeat=planned.repeat,
+                )
             if esc.on_timer_due(snap, planned.step, planned.repeat, planned.due_at, progress_of(call)).fire:
                 missing.append(planned)
         if not missing:
             continue
         for planned in missing:
-            session.add(Timer(call_id=call.id, generation=call.generation, step=planned.step, action=planned.action,
-                              due_at=planned.due_at, status="pending", repeat=planned.repeat))
-        await audit.append(session, kind=AuditKind.watchdog_repair.value, at=now, actor=actor, call_id=call.id,
-                           station_id=call.station_id, detail={"replanned_steps": [p.step for p in missing]})
+            session.add(
+                Timer(
+                    call_id=call.id,
+                    generation=call.generation,
+                    step=planned.step,
+                    action=planned.action,
+                    due_at=planned.due_at,
+                    status="pending",
+                    repeat=planned.repeat,
+                )
+            )
+        await audit.append(
+            session,
+            kind=AuditKind.watchdog_repair.value,
+            at=now,
+            actor=actor,
+            call_id=call.id,
+            station_id=call.station_id,
+            detail={"replanned_steps": [p.step for p in missing]},
+        )
         repaired.append(call.id)
     return repaired
 
@@ -825,7 +1264,10 @@ async def call_times(session: AsyncSession, call_ids: Sequence[int]) -> dict[int
         return {}
     rows = await session.execute(
         select(AuditRow.call_id, AuditRow.kind, func.min(AuditRow.at), func.count())
-        .where(AuditRow.call_id.in_(list(call_ids)), or_(AuditRow.kind.in_(list(_TIME_KINDS)), AuditRow.kind == AuditKind.escalated.value))
+        .where(
+            AuditRow.call_id.in_(list(call_ids)),
+            or_(AuditRow.kind.in_(list(_TIME_KINDS)), AuditRow.kind == AuditKind.escalated.value),
+        )
         .group_by(AuditRow.call_id, AuditRow.kind)
     )
     acc: dict[int, dict[str, Any]] = {cid: {"escalations": 0} for cid in call_ids}
@@ -842,8 +1284,12 @@ async def call_times(session: AsyncSession, call_ids: Sequence[int]) -> dict[int
         acc[cid][key] = min(prev, at) if prev else at
     return {
         cid: CallTimes(
-            opened_at=v.get("opened_at"), acknowledged_at=v.get("acknowledged_at"), dispatched_at=v.get("dispatched_at"),
-            on_scene_at=v.get("on_scene_at"), resolved_at=v.get("resolved_at"), first_event_at=v.get("first_event_at"),
+            opened_at=v.get("opened_at"),
+            acknowledged_at=v.get("acknowledged_at"),
+            dispatched_at=v.get("dispatched_at"),
+            on_scene_at=v.get("on_scene_at"),
+            resolved_at=v.get("resolved_at"),
+            first_event_at=v.get("first_event_at"),
             escalations=v["escalations"],
         )
         for cid, v in acc.items()

@@ -172,9 +172,7 @@ def next_row(
         station_id=station_id,
         detail=detail,
     )
-    return ChainRow(
-        seq, call_id, at, kind, actor, station_id, detail, prev_hash, link(prev_hash, content)
-    )
+    return ChainRow(seq, call_id, at, kind, actor, station_id, detail, prev_hash, link(prev_hash, content))
 
 
 def verify(

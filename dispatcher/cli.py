@@ -74,7 +74,12 @@ async def _until_signal(factory: Any) -> None:
 def main_options(
     config: Annotated[
         Path | None,
-        typer.Option("--config", "-c", help="YAML settings file (same keys as CARECALL_* without the prefix).", envvar="CARECALL_CONFIG"),
+        typer.Option(
+            "--config",
+            "-c",
+            help="YAML settings file (same keys as CARECALL_* without the prefix).",
+            envvar="CARECALL_CONFIG",
+        ),
     ] = None,
 ) -> None:
     if config is not None:
@@ -88,11 +93,17 @@ def main_options(
 
 @app.command()
 def demo(
-    speed: Annotated[float, typer.Option(help="Simulated time runs N times faster (demo/test only).", min=0.01, max=10000)] = 1.0,
-    no_sim: Annotated[bool, typer.Option("--no-sim", help="Load the demo county but run no simulated devices.")] = False,
+    speed: Annotated[
+        float, typer.Option(help="Simulated time runs N times faster (demo/test only).", min=0.01, max=10000)
+    ] = 1.0,
+    no_sim: Annotated[
+        bool, typer.Option("--no-sim", help="Load the demo county but run no simulated devices.")
+    ] = False,
     port: Annotated[int, typer.Option(help="HTTP port of the web server.")] = 8000,
     mqtt_port: Annotated[int, typer.Option(help="Port of the embedded MQTT broker.")] = 1884,
-    scenario: Annotated[str, typer.Option(help="Simulation scenario: a name (normal, quiet, storm) or a YAML file.")] = "normal",
+    scenario: Annotated[
+        str, typer.Option(help="Simulation scenario: a name (normal, quiet, storm) or a YAML file.")
+    ] = "normal",
 ) -> None:
     """Everything in one process on embedded defaults: MQTT broker, gateway, web server,
     SQLite, and simulated homes of the bundled demo county (loaded on first run)."""
@@ -106,7 +117,10 @@ def demo(
 
 @app.command()
 def gateway(
-    instance: Annotated[str | None, typer.Option(help="Name of this copy (stable MQTT client id); default CARECALL_INSTANCE or 1.")] = None,
+    instance: Annotated[
+        str | None,
+        typer.Option(help="Name of this copy (stable MQTT client id); default CARECALL_INSTANCE or 1."),
+    ] = None,
 ) -> None:
     """The device gateway alone, against a real broker (CARECALL_MQTT_URL). Run several
     copies with different --instance names: they share the subscription."""
@@ -130,7 +144,9 @@ def serve(
 
 @app.command("dispatcher")
 def dispatcher_cmd(
-    instance: Annotated[str | None, typer.Option(help="Name of this copy; default CARECALL_INSTANCE or 1.")] = None,
+    instance: Annotated[
+        str | None, typer.Option(help="Name of this copy; default CARECALL_INSTANCE or 1.")
+    ] = None,
 ) -> None:
     """The dispatcher alone: stored events → calls, escalation timers, notifications and
     device acks. Several copies may run against one PostgreSQL: each step fires once."""
@@ -158,7 +174,9 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")]
 
 @app.command("seed-demo")
 def seed_demo(
-    secrets_out: Annotated[Path, typer.Option(help="Where to write the demo devices' secrets (mode 0600).")] = Path("carecall-demo-secrets.json"),
+    secrets_out: Annotated[
+        Path, typer.Option(help="Where to write the demo devices' secrets (mode 0600).")
+    ] = Path("carecall-demo-secrets.json"),
 ) -> None:
     """Load the bundled demo county (Tanghe-like: 1 county, 6 street, 78 community stations,
     210 family beds) into the configured database."""
@@ -179,7 +197,12 @@ def seed_demo(
 
 @app.command("import")
 def import_(
-    files: Annotated[list[Path], typer.Argument(help="CSV or XLSX files named by kind (stations.csv, homes.xlsx, …).", exists=True, dir_okay=False)],
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="CSV or XLSX files named by kind (stations.csv, homes.xlsx, …).", exists=True, dir_okay=False
+        ),
+    ],
     kind: Annotated[str | None, typer.Option(help="Kind of every file, when the names don't say it.")] = None,
 ) -> None:
     """Import stations, staff, homes, residents and devices. A bad row is reported with
@@ -248,7 +271,10 @@ def export(
 def devices_issue(
     device_id: Annotated[str, typer.Argument(help="Device id: [A-Za-z0-9_-]{1,64}")],
     home: Annotated[str, typer.Option("--home", help="Home (family care bed) the device belongs to.")],
-    kind: Annotated[str | None, typer.Option(help="hub, button, watch, radar, mattress, smoke, gas, water, door (new devices)")] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(help="hub, button, watch, radar, mattress, smoke, gas, water, door (new devices)"),
+    ] = None,
     model: Annotated[str | None, typer.Option(help="Device model name.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help='Print {"id": …, "secret": …}.')] = False,
 ) -> None:
@@ -284,7 +310,10 @@ def broker_config(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for mosquitto.conf, passwd and acl.")],
     platform_password: Annotated[
         str | None,
-        typer.Option(help="Password of the platform account (default: the one in CARECALL_MQTT_URL).", envvar="CARECALL_MQTT_PLATFORM_PASSWORD"),
+        typer.Option(
+            help="Password of the platform account (default: the one in CARECALL_MQTT_URL).",
+            envvar="CARECALL_MQTT_PLATFORM_PASSWORD",
+        ),
     ] = None,
     port: Annotated[int, typer.Option(help="Listener port written into mosquitto.conf.")] = 1883,
     bind: Annotated[str, typer.Option(help="Listener address written into mosquitto.conf.")] = "127.0.0.1",
@@ -302,13 +331,20 @@ def broker_config(
         user = t.username or user
         password = password or t.password
     if not password:
-        fail("no platform password: put it in CARECALL_MQTT_URL (mqtt://user:password@host) or pass --platform-password")
+        fail(
+            "no platform password: put it in CARECALL_MQTT_URL (mqtt://user:password@host) or pass --platform-password"
+        )
 
     async def go() -> Any:
         core = await open_core(s)
         try:
             return await write_broker_config(
-                core.maker, out, platform_username=user, platform_password=password, listener_port=port, bind=bind
+                core.maker,
+                out,
+                platform_username=user,
+                platform_password=password,
+                listener_port=port,
+                bind=bind,
             )
         finally:
             await core.close()
@@ -319,7 +355,11 @@ def broker_config(
 
 
 @app.command()
-def schemas(out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the JSON Schemas.")] = Path("docs/schemas")) -> None:
+def schemas(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the JSON Schemas.")] = Path(
+        "docs/schemas"
+    ),
+) -> None:
     """Write the JSON Schemas of the device protocol's payloads."""
     from device_gateway.schemas import write_schemas
 
@@ -330,11 +370,20 @@ def schemas(out: Annotated[Path, typer.Option("--out", "-o", help="Folder for th
 @app.command()
 def simulate(
     homes: Annotated[int, typer.Option(help="Simulate the devices of the first N homes.", min=1)] = 10,
-    scenario: Annotated[str, typer.Option(help="A scenario name (normal, quiet, storm) or YAML file.")] = "normal",
+    scenario: Annotated[
+        str, typer.Option(help="A scenario name (normal, quiet, storm) or YAML file.")
+    ] = "normal",
     duration: Annotated[float, typer.Option(help="Simulated seconds to run, then stop.", min=1)] = 600.0,
     speed: Annotated[float, typer.Option(help="Simulated time factor.", min=0.01, max=10000)] = 1.0,
-    secrets_file: Annotated[Path, typer.Option("--secrets", help="JSON map device id → secret.")] = Path("carecall-demo-secrets.json"),
-    mqtt_url: Annotated[str | None, typer.Option(help="Broker to connect to (default CARECALL_MQTT_URL, else the demo's embedded broker on 127.0.0.1:1884).")] = None,
+    secrets_file: Annotated[Path, typer.Option("--secrets", help="JSON map device id → secret.")] = Path(
+        "carecall-demo-secrets.json"
+    ),
+    mqtt_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Broker to connect to (default CARECALL_MQTT_URL, else the demo's embedded broker on 127.0.0.1:1884)."
+        ),
+    ] = None,
     allow_remote: Annotated[bool, typer.Option(help="Allow a broker that is not on this machine.")] = False,
     report: Annotated[Path | None, typer.Option(help="Write the run's report as JSON here.")] = None,
 ) -> None:
@@ -366,7 +415,10 @@ def simulate(
             fail("no devices with known secrets to simulate")
         stop = asyncio.Event()
         install_signal_handlers(stop)
-        typer.echo(f"simulating {len(specs)} devices of {homes} homes against {target.host}:{target.port} for {duration:g} simulated s at ×{speed:g}", err=True)
+        typer.echo(
+            f"simulating {len(specs)} devices of {homes} homes against {target.host}:{target.port} for {duration:g} simulated s at ×{speed:g}",
+            err=True,
+        )
         from dispatcher.clock import make_clock
 
         def progress(stats: Any) -> None:
@@ -416,7 +468,10 @@ def audit_verify() -> None:
     if verdict.ok:
         typer.echo(f"audit log intact: {verdict.rows_checked} rows verified")
         return
-    typer.echo(f"audit log BROKEN at seq {verdict.first_bad_seq}: {verdict.problem} ({verdict.rows_checked} rows checked)", err=True)
+    typer.echo(
+        f"audit log BROKEN at seq {verdict.first_bad_seq}: {verdict.problem} ({verdict.rows_checked} rows checked)",
+        err=True,
+    )
     raise typer.Exit(1)
 
 
@@ -424,9 +479,16 @@ def audit_verify() -> None:
 def users_create(
     username: Annotated[str, typer.Argument(help="Login name.")],
     role: Annotated[str, typer.Option(help="operator, supervisor or admin")],
-    station: Annotated[str | None, typer.Option(help="Station whose subtree the user sees (not for admins).")] = None,
+    station: Annotated[
+        str | None, typer.Option(help="Station whose subtree the user sees (not for admins).")
+    ] = None,
     name: Annotated[str, typer.Option(help="Display name.")] = "",
-    password: Annotated[str | None, typer.Option(help="Password (default: generated and printed once).", envvar="CARECALL_NEW_USER_PASSWORD")] = None,
+    password: Annotated[
+        str | None,
+        typer.Option(
+            help="Password (default: generated and printed once).", envvar="CARECALL_NEW_USER_PASSWORD"
+        ),
+    ] = None,
 ) -> None:
     """Create a console login."""
     import secrets as _secrets
@@ -441,8 +503,15 @@ def users_create(
         core = await open_core(s)
         try:
             async with core.maker() as session, session.begin():
-                await create_user(session, username=username, password=pw, role=role, station_id=station,
-                                  display_name=name or username, now=datetime.now(UTC))
+                await create_user(
+                    session,
+                    username=username,
+                    password=pw,
+                    role=role,
+                    station_id=station,
+                    display_name=name or username,
+                    now=datetime.now(UTC),
+                )
         finally:
             await core.close()
 

@@ -30,9 +30,8 @@ from config.settings import Settings
 from device_gateway import protocol as p
 from device_gateway.metrics import REGISTRY
 from device_gateway.service import MqttTarget, mqtt_client
-from dispatcher import audit, calls
+from dispatcher import audit, calls, routing
 from dispatcher import escalation as esc
-from dispatcher import routing
 from dispatcher.bus import MemoryBus, RedisBus
 from dispatcher.chain import AuditKind
 from dispatcher.clock import Clock
@@ -41,13 +40,27 @@ from dispatcher.notifiers import Message, Notifier, NotifyError
 
 log = structlog.get_logger("carecall.dispatcher")
 
-CALLS_OPENED = PCounter("carecall_dispatcher_events_handled_total", "Stored events handled, by decision", ["decision"], registry=REGISTRY)
-TIMERS_FIRED = PCounter("carecall_dispatcher_timers_total", "Escalation timers, by result", ["result"], registry=REGISTRY)
-TIMER_LATE = Histogram(
-    "carecall_dispatcher_timer_late_seconds", "Timer fired-at minus due-at",
-    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30), registry=REGISTRY,
+CALLS_OPENED = PCounter(
+    "carecall_dispatcher_events_handled_total",
+    "Stored events handled, by decision",
+    ["decision"],
+    registry=REGISTRY,
 )
-NOTIFY = PCounter("carecall_dispatcher_notifications_total", "Outbox deliveries, by channel and result", ["channel", "result"], registry=REGISTRY)
+TIMERS_FIRED = PCounter(
+    "carecall_dispatcher_timers_total", "Escalation timers, by result", ["result"], registry=REGISTRY
+)
+TIMER_LATE = Histogram(
+    "carecall_dispatcher_timer_late_seconds",
+    "Timer fired-at minus due-at",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+    registry=REGISTRY,
+)
+NOTIFY = PCounter(
+    "carecall_dispatcher_notifications_total",
+    "Outbox deliveries, by channel and result",
+    ["channel", "result"],
+    registry=REGISTRY,
+)
 
 MAX_ATTEMPTS = 8
 
@@ -107,7 +120,9 @@ class Dispatcher:
     async def run(self, stop: asyncio.Event) -> None:
         tasks = [
             asyncio.create_task(self._loop(self.intake_once, self._wake_intake, 1.0), name="dsp-intake"),
-            asyncio.create_task(self._loop(self.timers_once, None, self.settings.timer_poll_s), name="dsp-timers"),
+            asyncio.create_task(
+                self._loop(self.timers_once, None, self.settings.timer_poll_s), name="dsp-timers"
+            ),
             asyncio.create_task(self._loop(self.outbox_once, self._wake_outbox, 1.0), name="dsp-outbox"),
             asyncio.create_task(self._loop(self.watchdog_once, None, 30.0), name="dsp-watchdog"),
             asyncio.create_task(self._listen("events", self._wake_intake), name="dsp-hint-events"),
@@ -128,14 +143,18 @@ class Dispatcher:
         async for _ in self.bus.subscribe(channel):
             wake.set()
 
-    async def _loop(self, fn: Callable[[], Awaitable[int]], wake: asyncio.Event | None, interval_s: float) -> None:
+    async def _loop(
+        self, fn: Callable[[], Awaitable[int]], wake: asyncio.Event | None, interval_s: float
+    ) -> None:
         backoff = 0.2
         while True:
             try:
                 busy = await fn()
                 backoff = 0.2
             except (OperationalError, DBAPIError, OSError) as exc:
-                log.warning("dispatcher.db_unavailable", task=fn.__name__, error=str(exc)[:200], retry_s=backoff)
+                log.warning(
+                    "dispatcher.db_unavailable", task=fn.__name__, error=str(exc)[:200], retry_s=backoff
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -219,9 +238,25 @@ class Dispatcher:
             except Exception as exc:
                 log.exception("dispatcher.event_failed", event_pk=ev.id)
                 async with self.maker() as session, session.begin():
-                    session.add(EventIntake(event_pk=ev.id, decision="error", call_id=None, handled_at=now, handled_by=self.name))
-                    await audit.append(session, kind=AuditKind.note.value, at=now, actor=self.name, call_id=None,
-                                       detail={"error": f"event {ev.id} could not be handled: {type(exc).__name__}: {exc}"[:500]})
+                    session.add(
+                        EventIntake(
+                            event_pk=ev.id,
+                            decision="error",
+                            call_id=None,
+                            handled_at=now,
+                            handled_by=self.name,
+                        )
+                    )
+                    await audit.append(
+                        session,
+                        kind=AuditKind.note.value,
+                        at=now,
+                        actor=self.name,
+                        call_id=None,
+                        detail={
+                            "error": f"event {ev.id} could not be handled: {type(exc).__name__}: {exc}"[:500]
+                        },
+                    )
                 CALLS_OPENED.labels("error").inc()
                 continue
             await self._announce(out)
@@ -285,7 +320,11 @@ class Dispatcher:
             return
 
         async def publish(n: Notification) -> None:
-            body = {"event_id": n.body.get("event_id", ""), "state": n.body.get("state"), "ts": self.clock.now_ms()}
+            body = {
+                "event_id": n.body.get("event_id", ""),
+                "state": n.body.get("state"),
+                "ts": self.clock.now_ms(),
+            }
             topic = p.topic_for(n.target.removeprefix("device:"), p.Channel.ack)
             await client.publish(topic, json.dumps(body, separators=(",", ":")).encode(), qos=1, timeout=5)
 
@@ -293,18 +332,23 @@ class Dispatcher:
         ok = [n.id for n, r in zip(rows, results, strict=True) if r is None]
         bad = [n.id for n, r in zip(rows, results, strict=True) if r is not None]
         if ok:
-            await session.execute(update(Notification).where(Notification.id.in_(ok)).values(status="sent", attempts=1))
+            await session.execute(
+                update(Notification).where(Notification.id.in_(ok)).values(status="sent", attempts=1)
+            )
             self.stats.device_acks += len(ok)
             NOTIFY.labels("mqtt", "sent").inc(len(ok))
         if bad:
             await session.execute(
-                update(Notification).where(Notification.id.in_(bad))
+                update(Notification)
+                .where(Notification.id.in_(bad))
                 .values(attempts=Notification.attempts + 1, next_attempt_at=now + timedelta(seconds=2))
             )
             NOTIFY.labels("mqtt", "retry").inc(len(bad))
 
     async def _deliver(self, session: AsyncSession, n: Notification, now: datetime) -> None:
-        msg = Message(notification_id=n.id, call_id=n.call_id, purpose=n.purpose, target=n.target, body=n.body)
+        msg = Message(
+            notification_id=n.id, call_id=n.call_id, purpose=n.purpose, target=n.target, body=n.body
+        )
         t0 = time.monotonic()
         try:
             receipt = await asyncio.wait_for(self.notifier.send(msg), 10)
@@ -312,23 +356,52 @@ class Dispatcher:
             attempts = n.attempts + 1
             final = attempts >= MAX_ATTEMPTS
             await session.execute(
-                update(Notification).where(Notification.id == n.id).values(
+                update(Notification)
+                .where(Notification.id == n.id)
+                .values(
                     attempts=attempts,
                     status="failed" if final else "pending",
-                    next_attempt_at=now + timedelta(seconds=min(2 ** attempts, 300)),
+                    next_attempt_at=now + timedelta(seconds=min(2**attempts, 300)),
                     last_error=str(exc)[:500] or type(exc).__name__,
                 )
             )
-            await audit.append(session, kind=AuditKind.notification_failed.value, at=now, actor=self.name, call_id=n.call_id,
-                               detail={"notification_id": n.id, "purpose": n.purpose, "target": n.target, "channel": n.channel,
-                                       "attempt": attempts, "final": final, "error": str(exc)[:300]})
+            await audit.append(
+                session,
+                kind=AuditKind.notification_failed.value,
+                at=now,
+                actor=self.name,
+                call_id=n.call_id,
+                detail={
+                    "notification_id": n.id,
+                    "purpose": n.purpose,
+                    "target": n.target,
+                    "channel": n.channel,
+                    "attempt": attempts,
+                    "final": final,
+                    "error": str(exc)[:300],
+                },
+            )
             self.stats.notifications_failed += 1
             NOTIFY.labels(n.channel, "failed").inc()
             return
-        await session.execute(update(Notification).where(Notification.id == n.id).values(status="sent", attempts=n.attempts + 1))
-        await audit.append(session, kind=AuditKind.notification_sent.value, at=now, actor=self.name, call_id=n.call_id,
-                           detail={"notification_id": n.id, "purpose": n.purpose, "target": n.target, "channel": n.channel,
-                                   "receipt": receipt, "ms": round((time.monotonic() - t0) * 1000, 1)})
+        await session.execute(
+            update(Notification).where(Notification.id == n.id).values(status="sent", attempts=n.attempts + 1)
+        )
+        await audit.append(
+            session,
+            kind=AuditKind.notification_sent.value,
+            at=now,
+            actor=self.name,
+            call_id=n.call_id,
+            detail={
+                "notification_id": n.id,
+                "purpose": n.purpose,
+                "target": n.target,
+                "channel": n.channel,
+                "receipt": receipt,
+                "ms": round((time.monotonic() - t0) * 1000, 1),
+            },
+        )
         self.stats.notifications_sent += 1
         NOTIFY.labels(n.channel, "sent").inc()
 

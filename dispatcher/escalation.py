@@ -155,14 +155,11 @@ class PolicySet(BaseModel):
         catch_alls = [i for i, p in enumerate(self.policies) if p.match.catch_all]
         if not catch_alls:
             # Without one, a call of an unforeseen class or priority would get no alert.
-            raise ValueError(
-                "no catch-all policy (one without match): some calls would get no alert"
-            )
+            raise ValueError("no catch-all policy (one without match): some calls would get no alert")
         if catch_alls[0] != len(self.policies) - 1:
             shadowed = ", ".join(p.name for p in self.policies[catch_alls[0] + 1 :])
             raise ValueError(
-                f"catch-all policy {self.policies[catch_alls[0]].name!r} must come last; "
-                f"it hides {shadowed}"
+                f"catch-all policy {self.policies[catch_alls[0]].name!r} must come last; it hides {shadowed}"
             )
         return self
 
@@ -329,9 +326,7 @@ def _until_holds(until: str, progress: Progress) -> str | None:
     return None
 
 
-def on_timer_due(
-    snap: Policy, step: int, repeat: int, due_at: datetime, progress: Progress
-) -> TimerDecision:
+def on_timer_due(snap: Policy, step: int, repeat: int, due_at: datetime, progress: Progress) -> TimerDecision:
     """Whether a due timer still means anything, and its next repetition.
 
     Checked against the call as it is now, not as it was when the timer was made, so a

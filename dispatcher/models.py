@@ -209,7 +209,9 @@ class DeviceEvent(Base):
 
     __tablename__ = "device_events"
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
     device_id: Mapped[str] = mapped_column(ID, ForeignKey("devices.id", ondelete="RESTRICT"))
     event_id: Mapped[str] = mapped_column(String(64))
     home_id: Mapped[str] = mapped_column(ID, index=True)
@@ -232,7 +234,9 @@ class RejectedMessage(Base):
 
     __tablename__ = "rejected_messages"
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     device_id: Mapped[str | None] = mapped_column(String(64))  # as claimed by the topic
     topic: Mapped[str] = mapped_column(String(256))
@@ -331,7 +335,9 @@ class Call(Base):
     event_class: Mapped[str] = mapped_column(String(16))
     home_id: Mapped[str] = mapped_column(ID, ForeignKey("homes.id", ondelete="RESTRICT"), index=True)
     resident_id: Mapped[str | None] = mapped_column(ID, ForeignKey("residents.id", ondelete="SET NULL"))
-    station_id: Mapped[str | None] = mapped_column(ID, ForeignKey("stations.id", ondelete="RESTRICT"), index=True)
+    station_id: Mapped[str | None] = mapped_column(
+        ID, ForeignKey("stations.id", ondelete="RESTRICT"), index=True
+    )
     tier: Mapped[str | None] = mapped_column(String(16))
     route_reasons: Mapped[list[str]] = mapped_column(JSON, default=list)
     # where help must go: the home, or where a watch said the resident is
@@ -362,7 +368,9 @@ class CallEvent(Base):
     __tablename__ = "call_events"
 
     event_pk: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), ForeignKey("device_events.id", ondelete="RESTRICT"), primary_key=True
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("device_events.id", ondelete="RESTRICT"),
+        primary_key=True,
     )
     call_id: Mapped[int] = mapped_column(Integer, ForeignKey("calls.id", ondelete="RESTRICT"), index=True)
     joined_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -375,7 +383,9 @@ class EventIntake(Base):
     __tablename__ = "event_intake"
 
     event_pk: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), ForeignKey("device_events.id", ondelete="RESTRICT"), primary_key=True
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("device_events.id", ondelete="RESTRICT"),
+        primary_key=True,
     )
     decision: Mapped[str] = mapped_column(String(32))  # opened, joined, cancelled, noted, restored, ignored
     call_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("calls.id", ondelete="RESTRICT"))
@@ -392,7 +402,9 @@ class Assignment(Base):
     call_id: Mapped[int] = mapped_column(Integer, ForeignKey("calls.id", ondelete="RESTRICT"), index=True)
     staff_id: Mapped[str] = mapped_column(ID, ForeignKey("staff.id", ondelete="RESTRICT"), index=True)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
-    state: Mapped[str] = mapped_column(String(16), default="dispatched")  # dispatched en_route on_scene released
+    state: Mapped[str] = mapped_column(
+        String(16), default="dispatched"
+    )  # dispatched en_route on_scene released
 
 
 class Timer(Base):
@@ -425,7 +437,9 @@ class AuditRow(Base):
 
     __tablename__ = "audit_log"
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
     seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), unique=True)
     call_id: Mapped[int | None] = mapped_column(Integer, index=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

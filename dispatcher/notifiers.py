@@ -78,7 +78,9 @@ class WebhookNotifier(Notifier):
         }
         try:
             resp = await self._client.post(
-                self.url, content=json.dumps(payload, ensure_ascii=False), headers={"content-type": "application/json"}
+                self.url,
+                content=json.dumps(payload, ensure_ascii=False),
+                headers={"content-type": "application/json"},
             )
         except httpx.HTTPError as exc:
             raise NotifyError(f"{type(exc).__name__}: {exc}") from exc

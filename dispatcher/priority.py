@@ -55,10 +55,7 @@ REASONS: dict[str, str] = {
     "PROPERTY_HAZARD": "The event threatens the home more than the person (e.g. a water leak).",
     "URGENT_EVENT": "An urgent event (no movement, not back in bed at night) opened it.",
     "TROUBLE_ONLY": "Device trouble only (battery, offline, power, tamper): nobody reported hurt.",
-    **{
-        f"CAPACITY_LEVEL_{n}": f"Resident assessed at GB/T 42195-2022 capacity level {n}."
-        for n in range(5)
-    },
+    **{f"CAPACITY_LEVEL_{n}": f"Resident assessed at GB/T 42195-2022 capacity level {n}." for n in range(5)},
     "CAPACITY_UNASSESSED": "The resident has no capacity assessment; doubt counts as frailty.",
     "LIVING_ALONE": "The resident lives alone: nobody else in the home can help.",
     "NIGHT_TIME": "At night nobody is likely to notice, and help is thinner.",

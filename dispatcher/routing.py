@@ -77,13 +77,9 @@ REASONS: dict[str, str] = {
     "NEAREST_STAFFED_TO_DEVICE": (
         "Nearest station with a responder on duty within the limit of where the device reported."
     ),
-    "NO_STAFFED_STATION_IN_RANGE": (
-        "No community station with a responder on duty lies within the limit."
-    ),
+    "NO_STAFFED_STATION_IN_RANGE": ("No community station with a responder on duty lies within the limit."),
     "STREET_CENTRE_FALLBACK": "The street centre takes the call (it backs up its stations).",
-    "STREET_CENTRE_UNSTAFFED": (
-        "The street centre has no responder on duty; the county takes the call."
-    ),
+    "STREET_CENTRE_UNSTAFFED": ("The street centre has no responder on duty; the county takes the call."),
     "STREET_CENTRE_EXCLUDED": "The street centre was skipped (it already had the call).",
     "STREET_CENTRE_UNKNOWN": "No street centre above the station was found in the registry.",
     "COUNTY_FALLBACK": "The county centre takes the call, as the last resort that oversees all.",
@@ -91,9 +87,7 @@ REASONS: dict[str, str] = {
         "The county centre has no responder on duty; its operators hand off (120/110/119)."
     ),
     "BEYOND_LIMIT": "The chosen station is further than the limit: the service circle is not met.",
-    "NO_STATION_AVAILABLE": (
-        "No station could take the call: every candidate was excluded or missing."
-    ),
+    "NO_STATION_AVAILABLE": ("No station could take the call: every candidate was excluded or missing."),
 }
 
 
@@ -213,9 +207,7 @@ def station_node(
     on_duty_responders: int,
 ) -> StationNode:
     """A StationNode from the plain strings the database holds (the shell's usual source)."""
-    return StationNode(
-        id, name, parse_tier(tier), parent_id, lat, lon, parse_area(area), on_duty_responders
-    )
+    return StationNode(id, name, parse_tier(tier), parent_id, lat, lon, parse_area(area), on_duty_responders)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,9 +238,7 @@ def travel_minutes(cfg: RoutingConfig, km: float, area: str) -> float:
 # --------------------------------------------------------------------------- tree walks
 
 
-def _ancestor_of_tier(
-    stations: Mapping[str, StationNode], station_id: str, tier: str
-) -> StationNode | None:
+def _ancestor_of_tier(stations: Mapping[str, StationNode], station_id: str, tier: str) -> StationNode | None:
     """The station itself or its nearest ancestor of ``tier``; cycles end the walk."""
     seen: set[str] = set()
     node = stations.get(station_id)
@@ -294,9 +284,7 @@ def _nearest(
     candidates: Sequence[StationNode], travel_min: Mapping[str, float], limit: float
 ) -> StationNode | None:
     """Nearest staffed candidate within the limit; station id breaks ties for replays."""
-    in_range = [
-        n for n in candidates if _staffed(n) and n.id in travel_min and travel_min[n.id] <= limit
-    ]
+    in_range = [n for n in candidates if _staffed(n) and n.id in travel_min and travel_min[n.id] <= limit]
     if not in_range:
         return None
     return min(in_range, key=lambda n: (travel_min[n.id], n.id))
@@ -447,10 +435,7 @@ class DistanceEngine:
         self, origin: tuple[float, float], targets: Sequence[StationNode], area: AreaKind
     ) -> dict[str, float]:
         lat, lon = origin
-        return {
-            t.id: travel_minutes(self.cfg, straight_km(lat, lon, t.lat, t.lon), area)
-            for t in targets
-        }
+        return {t.id: travel_minutes(self.cfg, straight_km(lat, lon, t.lat, t.lon), area) for t in targets}
 
 
 class OsrmEngine:
@@ -494,9 +479,7 @@ class OsrmEngine:
                 result[t.id] = sec / 60.0 if sec is not None else estimate[t.id]
         return result
 
-    async def _table(
-        self, origin: tuple[float, float], targets: Sequence[StationNode]
-    ) -> list[float | None]:
+    async def _table(self, origin: tuple[float, float], targets: Sequence[StationNode]) -> list[float | None]:
         import httpx  # only deployments that configure OSRM need it
 
         points = [origin, *((t.lat, t.lon) for t in targets)]

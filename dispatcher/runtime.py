@@ -15,10 +15,10 @@ import secrets
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import uvicorn
@@ -28,10 +28,10 @@ from config.settings import Settings
 from device_gateway.service import Gateway, MqttTarget
 from dispatcher.api import create_app
 from dispatcher.auth import TokenSigner
-from dispatcher.engine import Dispatcher
 from dispatcher.bus import MemoryBus, RedisBus, make_bus
 from dispatcher.clock import Clock, make_clock
 from dispatcher.db import make_engine, make_sessionmaker
+from dispatcher.engine import Dispatcher
 from dispatcher.migrate import upgrade_async
 
 if TYPE_CHECKING:
@@ -60,7 +60,9 @@ async def open_core(settings: Settings, *, migrate: bool = True) -> Core:
     if migrate:
         await upgrade_async(settings.database_url)
     engine = make_engine(settings.database_url)
-    return Core(settings, engine, make_sessionmaker(engine), make_bus(settings.redis_url), make_clock(settings.speed))
+    return Core(
+        settings, engine, make_sessionmaker(engine), make_bus(settings.redis_url), make_clock(settings.speed)
+    )
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:
@@ -99,7 +101,9 @@ async def serve_http(app: Any, host: str, port: int, stop: asyncio.Event) -> Non
 
 async def run_gateway(settings: Settings, stop: asyncio.Event) -> None:
     if settings.mqtt_url is None:
-        raise SystemExit("carecall gateway needs CARECALL_MQTT_URL (a real broker); use `carecall demo` for the embedded one")
+        raise SystemExit(
+            "carecall gateway needs CARECALL_MQTT_URL (a real broker); use `carecall demo` for the embedded one"
+        )
     core = await open_core(settings)
     try:
         gw = Gateway(
@@ -170,7 +174,9 @@ def make_dispatcher(core: Core, mqtt: MqttTarget | None) -> Dispatcher:
 
 async def run_dispatcher(settings: Settings, stop: asyncio.Event) -> None:
     if settings.mqtt_url is None:
-        raise SystemExit("carecall dispatcher needs CARECALL_MQTT_URL (to send device acks); use `carecall demo` for one process")
+        raise SystemExit(
+            "carecall dispatcher needs CARECALL_MQTT_URL (to send device acks); use `carecall demo` for one process"
+        )
     core = await open_core(settings)
     try:
         await make_dispatcher(core, MqttTarget.from_url(settings.mqtt_url)).run(stop)
@@ -231,13 +237,19 @@ async def run_demo(
     host, mport, hport = settings.embedded_mqtt_host, settings.embedded_mqtt_port, settings.http_port
     for what, port in (("MQTT", mport), ("HTTP", hport)):
         if not port_free(host if what == "MQTT" else settings.http_host, port):
-            raise SystemExit(f"carecall demo: {what} port {port} is in use; pick another with --{'mqtt-' if what == 'MQTT' else ''}port")
+            raise SystemExit(
+                f"carecall demo: {what} port {port} is in use; pick another with --{'mqtt-' if what == 'MQTT' else ''}port"
+            )
     core = await open_core(settings)
-    secrets_path = Path(DEMO_SECRETS_FILE).resolve()
+    secrets_path = Path(DEMO_SECRETS_FILE).resolve()  # noqa: ASYNC240 (once, at start)
     device_secrets = await ensure_demo_county(core, secrets_path)
     platform_password = secrets.token_urlsafe(24)
     broker = EmbeddedBroker(
-        host=host, port=mport, maker=core.maker, platform_username=PLATFORM_USER, platform_password=platform_password
+        host=host,
+        port=mport,
+        maker=core.maker,
+        platform_username=PLATFORM_USER,
+        platform_password=platform_password,
     )
     await broker.start()
     tasks: list[asyncio.Task[object]] = []
@@ -251,7 +263,9 @@ async def run_demo(
             shared_group=None,  # one gateway in the demo: a plain subscription
         )
         tasks.append(asyncio.create_task(gw.run(stop)))
-        dispatcher = make_dispatcher(core, MqttTarget(host, mport, PLATFORM_USER, platform_password, tls=False))
+        dispatcher = make_dispatcher(
+            core, MqttTarget(host, mport, PLATFORM_USER, platform_password, tls=False)
+        )
         tasks.append(asyncio.create_task(dispatcher.run(stop)))
         app = full_app(core, mqtt_connected=gw.connected.is_set)
         tasks.append(asyncio.create_task(serve_http(app, settings.http_host, hport, stop)))
@@ -266,14 +280,17 @@ async def run_demo(
                     f"  MQTT:      mqtt://{host}:{mport}  (devices: client id = username = device id, password = its secret)",
                     f"  database:  {settings.database_url}",
                     f"  devices:   {len(device_secrets)} demo devices, secrets in {secrets_path}",
-                    f"  speed:     ×{settings.speed:g} simulated time" + ("" if simulate else " (no simulated devices: --no-sim)"),
+                    f"  speed:     ×{settings.speed:g} simulated time"
+                    + ("" if simulate else " (no simulated devices: --no-sim)"),
                 ]
             )
         )
         if ready is not None:
             await ready(gw)
         if simulate:
-            tasks.append(asyncio.create_task(_simulate_demo(core, host, mport, device_secrets, scenario, stop)))
+            tasks.append(
+                asyncio.create_task(_simulate_demo(core, host, mport, device_secrets, scenario, stop))
+            )
         await stop.wait()
     finally:
         stop.set()
@@ -300,11 +317,18 @@ async def demo_login(core: Core) -> str:
     await ensure_first_admin(core)
     async with core.maker() as s, s.begin():
         exists = await s.scalar(select(User.id).where(User.username == DEMO_OPERATOR))
-        county = await s.scalar(select(Station.id).where(Station.tier == "county").order_by(Station.id).limit(1))
+        county = await s.scalar(
+            select(Station.id).where(Station.tier == "county").order_by(Station.id).limit(1)
+        )
         if exists is None and county is not None:
             await create_user(
-                s, username=DEMO_OPERATOR, password=DEMO_PASSWORD, role="operator", station_id=county,
-                display_name="县平台值班员", now=datetime.now(UTC),
+                s,
+                username=DEMO_OPERATOR,
+                password=DEMO_PASSWORD,
+                role="operator",
+                station_id=county,
+                display_name="县平台值班员",
+                now=datetime.now(UTC),
             )
     return f"{DEMO_OPERATOR} / {DEMO_PASSWORD} (county operator, sees every call)"
 
@@ -352,5 +376,9 @@ async def device_specs(
             seen_homes.append(r.home_id)
         secret = device_secrets.get(r.id)
         if secret:
-            specs.append(DeviceSpec(device_id=r.id, kind=r.kind, home_id=r.home_id, secret=secret, heartbeat_s=r.heartbeat_s))
+            specs.append(
+                DeviceSpec(
+                    device_id=r.id, kind=r.kind, home_id=r.home_id, secret=secret, heartbeat_s=r.heartbeat_s
+                )
+            )
     return specs

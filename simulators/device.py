@@ -285,9 +285,7 @@ class SimulatedDevice:
         """Type-specific fields a real device of this kind would send."""
         kind = self.spec.kind
         if event_type in ("sos", "fall") and kind == DeviceKind.watch:
-            if (
-                self._event_rng.random() < 0.5
-            ):  # outside, GPS fix: dispatch goes where the resident is
+            if self._event_rng.random() < 0.5:  # outside, GPS fix: dispatch goes where the resident is
                 lat = HOME_AREA[0] + self._event_rng.uniform(-0.03, 0.03)
                 lon = HOME_AREA[1] + self._event_rng.uniform(-0.03, 0.03)
                 loc = {"lat": round(lat, 5), "lon": round(lon, 5), "accuracy_m": 15}
@@ -305,12 +303,8 @@ class SimulatedDevice:
         if event_type == "bed_exit":
             now = self._clock.now()
             night = self._is_night(now)
-            returned = not (
-                night and self._event_rng.random() < self._scenario.bed_exit_not_returned
-            )
-            minutes = (
-                self._event_rng.uniform(3, 10) if returned else self._event_rng.uniform(30, 60)
-            )
+            returned = not (night and self._event_rng.random() < self._scenario.bed_exit_not_returned)
+            minutes = self._event_rng.uniform(3, 10) if returned else self._event_rng.uniform(30, 60)
             self._out_of_bed_until = now + timedelta(minutes=minutes)
             return {"returned": returned}
         if event_type == "low_battery":
@@ -339,9 +333,7 @@ class SimulatedDevice:
                 record.sends += 1
                 if record.first_publish_mono is None:
                     record.first_publish_mono = time.monotonic()
-                log.debug(
-                    "event %s/%s sent (copy %d)", self.device_id, record.event_id, record.sends
-                )
+                log.debug("event %s/%s sent (copy %d)", self.device_id, record.event_id, record.sends)
             await self._wait_any(settled, session_over, timeout_s=delay)
             delay = min(delay * policy.factor, policy.max_s)
 
@@ -394,9 +386,7 @@ class SimulatedDevice:
                 if gate is not None:
                     gate.release()
                     gate = None
-                await client.subscribe(
-                    [(self._topic[Channel.ack], 1), (self._topic[Channel.config], 1)]
-                )
+                await client.subscribe([(self._topic[Channel.ack], 1), (self._topic[Channel.config], 1)])
                 await client.publish(self._topic[Channel.status], ONLINE, qos=1, retain=True)
                 await self._run_session(client)
         finally:
@@ -417,9 +407,7 @@ class SimulatedDevice:
         stopping = asyncio.create_task(self._stop.wait())
         silencing = asyncio.create_task(self._silence.wait())
         try:
-            done, _ = await asyncio.wait(
-                {reader, stopping, silencing}, return_when=asyncio.FIRST_COMPLETED
-            )
+            done, _ = await asyncio.wait({reader, stopping, silencing}, return_when=asyncio.FIRST_COMPLETED)
             self._client = None
             self._online.clear()
             if reader in done:
@@ -563,9 +551,7 @@ class SimulatedDevice:
         now = self._clock.now()
         days = (now - self._battery_at).total_seconds() / 86_400.0
         self._battery_at = now
-        self._battery = max(
-            0.0, self._battery - BATTERY_DRAIN_PER_DAY.get(self.spec.kind, 0.0) * days
-        )
+        self._battery = max(0.0, self._battery - BATTERY_DRAIN_PER_DAY.get(self.spec.kind, 0.0) * days)
         if self.spec.kind == DeviceKind.watch and self._battery < 10.0:
             self._battery = 100.0  # back on its charger
         return self._battery

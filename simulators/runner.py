@@ -189,16 +189,12 @@ async def run_simulation(
             drivers.append(asyncio.create_task(_drive_events(sim, scenario, clock, start, rng)))
         if scenario.offline.rate_per_s > 0:
             off_rng = random.Random(f"{seed}:{sim.device_id}:offline")
-            drivers.append(
-                asyncio.create_task(_drive_offline(sim, scenario, clock, start, off_rng))
-            )
+            drivers.append(asyncio.create_task(_drive_offline(sim, scenario, clock, start, off_rng)))
     planned = _plan(scenario, sims, random.Random(f"{seed}:plan"))
     if planned:
         drivers.append(asyncio.create_task(_drive_planned(planned, sims, clock, start)))
     if on_progress is not None:
-        drivers.append(
-            asyncio.create_task(_report_progress(on_progress, stats, progress_interval_s))
-        )
+        drivers.append(asyncio.create_task(_report_progress(on_progress, stats, progress_interval_s)))
 
     try:
         await _wait_end(stop, clock, duration)
@@ -297,9 +293,7 @@ async def _drive_offline(
         sim.come_back()
 
 
-def _plan(
-    scenario: Scenario, sims: Sequence[SimulatedDevice], rng: random.Random
-) -> list[_Planned]:
+def _plan(scenario: Scenario, sims: Sequence[SimulatedDevice], rng: random.Random) -> list[_Planned]:
     """Burst and scripted events, fixed up front so the storm is the same on every run."""
     by_kind: dict[str, list[int]] = {}
     for index in sorted(range(len(sims)), key=lambda i: sims[i].device_id):
@@ -419,9 +413,7 @@ def _report(
     received = sum(1 for r in records if r.received)
     rejected = sum(1 for r in records if r.rejected)
     later = Counter(a.state for r in records for a in r.later)
-    reasons = Counter(
-        a.reason or "unspecified" for r in records for a in r.later if a.state == "rejected"
-    )
+    reasons = Counter(a.reason or "unspecified" for r in records for a in r.later if a.state == "rejected")
     pending = [f"{d}/{r.event_id}" for d, r in pairs if not r.settled]
     return SimReport(
         scenario=scenario,

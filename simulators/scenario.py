@@ -68,9 +68,7 @@ def _check_kind(kind: str) -> str:
 
 def _check_type(event_type: str) -> str:
     if event_type not in V1_TYPES:
-        raise ValueError(
-            f"unknown event type {event_type!r} (v1 types: {', '.join(sorted(V1_TYPES))})"
-        )
+        raise ValueError(f"unknown event type {event_type!r} (v1 types: {', '.join(sorted(V1_TYPES))})")
     return event_type
 
 
@@ -189,9 +187,7 @@ class Scenario(_Strict):
 
     name: str = "custom"
     description: str = ""
-    duration_s: Positive | None = Field(
-        default=None, description="simulated seconds; null = until stopped"
-    )
+    duration_s: Positive | None = Field(default=None, description="simulated seconds; null = until stopped")
     timezone: str = "Asia/Shanghai"
     day_night_rhythm: bool = True
     night: Night = Field(default_factory=Night)

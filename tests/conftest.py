@@ -41,9 +41,27 @@ async def add_small_registry(
     async with maker() as s, s.begin():
         s.add_all(
             [
-                Station(id="county", name="县中心", tier="county", kind="county_centre", lat=32.68, lon=112.84),
-                Station(id="st1", name="街道中心", tier="street", kind="street_centre", parent_id="county", lat=32.69, lon=112.85),
-                Station(id="cm1", name="社区站", tier="community", kind="day_care_centre", parent_id="st1", lat=32.691, lon=112.851),
+                Station(
+                    id="county", name="县中心", tier="county", kind="county_centre", lat=32.68, lon=112.84
+                ),
+                Station(
+                    id="st1",
+                    name="街道中心",
+                    tier="street",
+                    kind="street_centre",
+                    parent_id="county",
+                    lat=32.69,
+                    lon=112.85,
+                ),
+                Station(
+                    id="cm1",
+                    name="社区站",
+                    tier="community",
+                    kind="day_care_centre",
+                    parent_id="st1",
+                    lat=32.691,
+                    lon=112.851,
+                ),
             ]
         )
         await s.flush()
@@ -51,14 +69,25 @@ async def add_small_registry(
         await s.flush()
         s.add(
             Resident(
-                id="r1", home_id="h1", name="王秀英", sex="F", birth_date=date(1940, 3, 1),
-                capacity_level=3, living_alone=True, conditions=["高血压"],
+                id="r1",
+                home_id="h1",
+                name="王秀英",
+                sex="F",
+                birth_date=date(1940, 3, 1),
+                capacity_level=3,
+                living_alone=True,
+                conditions=["高血压"],
             )
         )
         for dev_id, kind in devices.items():
             s.add(
                 Device(
-                    id=dev_id, home_id="h1", kind=kind, heartbeat_s=heartbeat_s, enabled=True,
-                    secret_hash=(secret_hashes or {}).get(dev_id), created_at=NOW,
+                    id=dev_id,
+                    home_id="h1",
+                    kind=kind,
+                    heartbeat_s=heartbeat_s,
+                    enabled=True,
+                    secret_hash=(secret_hashes or {}).get(dev_id),
+                    created_at=NOW,
                 )
             )

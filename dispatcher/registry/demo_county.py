@@ -214,9 +214,7 @@ class _Gen:
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
 
-    def near(
-        self, lat: float, lon: float, max_km: float, min_km: float = 0.0
-    ) -> tuple[float, float]:
+    def near(self, lat: float, lon: float, max_km: float, min_km: float = 0.0) -> tuple[float, float]:
         # sqrt spreads points evenly over the disc instead of bunching them at the centre.
         u = self.rng.random()
         km = math.sqrt(min_km**2 + u * (max_km**2 - min_km**2))
@@ -268,9 +266,7 @@ def _stations(g: _Gen) -> list[_StationPlan]:
     villages = list(_VILLAGES)
     g.rng.shuffle(villages)
     for slug, name, area, bearing, km, roads in _STREETS:
-        lat, lon = _offset(
-            SEAT_LAT, SEAT_LON, bearing + g.rng.uniform(-8, 8), km + g.rng.uniform(-0.4, 0.4)
-        )
+        lat, lon = _offset(SEAT_LAT, SEAT_LON, bearing + g.rng.uniform(-8, 8), km + g.rng.uniform(-0.4, 0.4))
         street = StationRow(
             id=slug,
             name=f"{name}综合养老服务中心",
@@ -291,26 +287,18 @@ def _stations(g: _Gen) -> list[_StationPlan]:
             names = [urban_names.pop() for _ in range(_URBAN_DC + _URBAN_HP)]
             for i in range(_URBAN_DC):
                 title = f"{name}{names[i]}社区日间照料中心"
-                specs.append(
-                    (f"{slug}-dc{i + 1}", title, StationKind.day_care_centre, (0.3, 2.5), None)
-                )
+                specs.append((f"{slug}-dc{i + 1}", title, StationKind.day_care_centre, (0.3, 2.5), None))
             for i in range(_URBAN_HP):
                 title = f"{name}{names[_URBAN_DC + i]}社区居家养老服务点"
-                specs.append(
-                    (f"{slug}-hp{i + 1}", title, StationKind.home_care_point, (0.3, 2.5), None)
-                )
+                specs.append((f"{slug}-hp{i + 1}", title, StationKind.home_care_point, (0.3, 2.5), None))
         else:
             names = g.rng.sample(_TOWN_COMMUNITIES, _TOWN_DC + _TOWN_HP)
             for i in range(_TOWN_DC):
                 title = f"{name}{names[i]}社区日间照料中心"
-                specs.append(
-                    (f"{slug}-dc{i + 1}", title, StationKind.day_care_centre, (0.2, 1.5), None)
-                )
+                specs.append((f"{slug}-dc{i + 1}", title, StationKind.day_care_centre, (0.2, 1.5), None))
             for i in range(_TOWN_HP):
                 title = f"{name}{names[_TOWN_DC + i]}社区居家养老服务点"
-                specs.append(
-                    (f"{slug}-hp{i + 1}", title, StationKind.home_care_point, (0.2, 1.5), None)
-                )
+                specs.append((f"{slug}-hp{i + 1}", title, StationKind.home_care_point, (0.2, 1.5), None))
             for i in range(_TOWN_VP):
                 village_name = villages.pop()
                 title = f"{name}{village_name}村互助养老点"
@@ -441,9 +429,7 @@ def _contacts(g: _Gen, family: str, rural: bool) -> list[ContactRow]:
         else:
             relation = "村干部" if rural else "社区网格员"
             name = g.young_name(g.rng.choice("MF"))
-        contacts.append(
-            ContactRow(name=name, relation=relation, phone=g.mobile(), priority=priority)
-        )
+        contacts.append(ContactRow(name=name, relation=relation, phone=g.mobile(), priority=priority))
     return contacts
 
 
@@ -565,9 +551,7 @@ def generate_demo_county(seed: int = DEMO_SEED) -> DemoCounty:
 
     community = [p for p in plans if p.weight > 0]
     beds_per_station = dict.fromkeys((p.row.id for p in community), 1)
-    for plan in g.rng.choices(
-        community, weights=[p.weight for p in community], k=210 - len(community)
-    ):
+    for plan in g.rng.choices(community, weights=[p.weight for p in community], k=210 - len(community)):
         beds_per_station[plan.row.id] += 1
     far = set(g.rng.sample(range(210), FAR_HOMES))
 
@@ -605,9 +589,7 @@ def generate_demo_county(seed: int = DEMO_SEED) -> DemoCounty:
             if couple:
                 contacts = _contacts(g, husband, rural)
                 people = [
-                    _resident(
-                        g, f"{home_id}-r1", home, "M", g.elder_name("M", husband), False, contacts
-                    ),
+                    _resident(g, f"{home_id}-r1", home, "M", g.elder_name("M", husband), False, contacts),
                     _resident(g, f"{home_id}-r2", home, "F", g.elder_name("F"), False, contacts),
                 ]
             else:
@@ -615,9 +597,7 @@ def generate_demo_county(seed: int = DEMO_SEED) -> DemoCounty:
                 own = g.surname()
                 family = own if sex == "M" else husband
                 contacts = _contacts(g, family, rural)
-                people = [
-                    _resident(g, f"{home_id}-r1", home, sex, g.elder_name(sex, own), True, contacts)
-                ]
+                people = [_resident(g, f"{home_id}-r1", home, sex, g.elder_name(sex, own), True, contacts)]
             residents.extend(people)
             devices.extend(_devices(g, home, people))
 

@@ -73,9 +73,7 @@ class RowError:
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.row}" if self.row else self.file
-        return (
-            f"{where}: {self.column}: {self.reason}" if self.column else f"{where}: {self.reason}"
-        )
+        return f"{where}: {self.column}: {self.reason}" if self.column else f"{where}: {self.reason}"
 
 
 class RegistryImportError(Exception):
@@ -88,9 +86,7 @@ class RegistryImportError(Exception):
         if len(self.errors) > _MAX_LISTED_ERRORS:
             lines.append(f"... and {len(self.errors) - _MAX_LISTED_ERRORS} more")
         count = len(self.errors)
-        super().__init__(
-            f"{file}: refused, {count} problem{'s' if count != 1 else ''}:\n" + "\n".join(lines)
-        )
+        super().__init__(f"{file}: refused, {count} problem{'s' if count != 1 else ''}:\n" + "\n".join(lines))
 
 
 @dataclass(frozen=True)
@@ -181,9 +177,7 @@ def _read_csv(path: Path) -> _Sheet:
     except csv.Error as exc:
         raise RegistryImportError(name, [RowError(name, 0, f"malformed CSV: {exc}")]) from exc
     except OSError as exc:
-        raise RegistryImportError(
-            name, [RowError(name, 0, f"cannot read: {exc.strerror}")]
-        ) from exc
+        raise RegistryImportError(name, [RowError(name, 0, f"cannot read: {exc.strerror}")]) from exc
     if header is None:
         raise RegistryImportError(name, [RowError(name, 1, "empty file: expected a header row")])
     return _Sheet(header, rows)
@@ -197,13 +191,9 @@ def _read_xlsx(path: Path) -> _Sheet:
     try:
         wb = load_workbook(path, read_only=True, data_only=True)
     except (InvalidFileException, zipfile.BadZipFile, KeyError, ValueError) as exc:
-        raise RegistryImportError(
-            name, [RowError(name, 0, f"not a readable .xlsx workbook: {exc}")]
-        ) from exc
+        raise RegistryImportError(name, [RowError(name, 0, f"not a readable .xlsx workbook: {exc}")]) from exc
     except OSError as exc:
-        raise RegistryImportError(
-            name, [RowError(name, 0, f"cannot read: {exc.strerror}")]
-        ) from exc
+        raise RegistryImportError(name, [RowError(name, 0, f"cannot read: {exc.strerror}")]) from exc
     try:
         if not wb.worksheets:
             raise RegistryImportError(name, [RowError(name, 0, "the workbook has no sheet")])
@@ -230,11 +220,7 @@ def _read_sheet(path: Path) -> _Sheet:
         return _read_xlsx(path)
     raise RegistryImportError(
         path.name,
-        [
-            RowError(
-                path.name, 0, f"unsupported file type {suffix or '(none)'!r}; use .csv or .xlsx"
-            )
-        ],
+        [RowError(path.name, 0, f"unsupported file type {suffix or '(none)'!r}; use .csv or .xlsx")],
     )
 
 
@@ -244,9 +230,7 @@ def _check_header(kind: str, sheet: _Sheet, name: str) -> list[str]:
         header.pop()
     problems: list[str] = []
     if not header or header[0] != "id":
-        problems.append(
-            f"the first column must be 'id', found {header[0] if header else 'nothing'!r}"
-        )
+        problems.append(f"the first column must be 'id', found {header[0] if header else 'nothing'!r}")
     allowed = IMPORT_COLUMNS[kind]
     for position, column in enumerate(header, start=1):
         if not column:
@@ -298,9 +282,7 @@ async def _existing_ids(session: AsyncSession, model: Any, ids: Iterable[str]) -
     wanted = sorted(set(ids))
     found: set[str] = set()
     for start in range(0, len(wanted), _CHUNK):
-        result = await session.scalars(
-            select(model.id).where(model.id.in_(wanted[start : start + _CHUNK]))
-        )
+        result = await session.scalars(select(model.id).where(model.id.in_(wanted[start : start + _CHUNK])))
         found.update(result.all())
     return found
 
@@ -324,9 +306,7 @@ async def check_references(
     for number, row in rows:
         if row.id in first_row:
             errors.append(
-                RowError(
-                    file, number, f"duplicate id {row.id!r} (also on row {first_row[row.id]})", "id"
-                )
+                RowError(file, number, f"duplicate id {row.id!r} (also on row {first_row[row.id]})", "id")
             )
         else:
             first_row[row.id] = number
@@ -348,9 +328,7 @@ async def check_references(
         ref = getattr(row, column)
         if ref not in known:
             errors.append(
-                RowError(
-                    file, number, f"unknown {noun} {ref!r} (import {target_kind} first)", column
-                )
+                RowError(file, number, f"unknown {noun} {ref!r} (import {target_kind} first)", column)
             )
     return errors
 
@@ -386,9 +364,7 @@ async def _check_station_tree(
                         f"(row {first_row[parent]}); list parent stations first"
                     )
                 elif parent in bad_rows:
-                    reason = (
-                        f"parent station {parent!r} is on row {bad_rows[parent]}, which has errors"
-                    )
+                    reason = f"parent station {parent!r} is on row {bad_rows[parent]}, which has errors"
                 else:
                     reason = f"unknown parent station {parent!r}"
                 errors.append(RowError(file, number, reason, "parent_id"))
@@ -434,14 +410,10 @@ def _assign(kind: str, obj: Any, row: RegistryRow, now: datetime, *, is_new: boo
         setattr(obj, column, _plain(getattr(row, column)))
     if isinstance(row, ResidentRow):
         wanted = [(c.name, c.relation, c.phone, c.priority) for c in row.contacts]
-        current = (
-            [] if is_new else [(c.name, c.relation, c.phone, c.priority) for c in obj.contacts]
-        )
+        current = [] if is_new else [(c.name, c.relation, c.phone, c.priority) for c in obj.contacts]
         # Rewriting identical contacts would churn their ids on every re-import.
         if is_new or wanted != current:
-            obj.contacts = [
-                Contact(name=n, relation=r, phone=p, priority=pr) for n, r, p, pr in wanted
-            ]
+            obj.contacts = [Contact(name=n, relation=r, phone=p, priority=pr) for n, r, p, pr in wanted]
     if isinstance(row, DeviceRow) and row.secret is not None:
         obj.secret_hash = hash_secret(row.secret.get_secret_value())
         obj.rekeyed_at = now
@@ -509,9 +481,7 @@ def _format_validation(file: str, number: int, exc: ValidationError) -> list[Row
             and len(loc) == 1
         ):
             message = f"{message} (got {given!r})"
-        errors.append(
-            RowError(file, number, f"{path.lstrip('.') + ': ' if path else ''}{message}", column)
-        )
+        errors.append(RowError(file, number, f"{path.lstrip('.') + ': ' if path else ''}{message}", column))
     return errors
 
 
@@ -525,9 +495,7 @@ async def _validate_sheet(
         if not any(cells):
             continue
         if any(cells[len(header) :]):
-            errors.append(
-                RowError(file, number, f"more cells than the {len(header)} header columns")
-            )
+            errors.append(RowError(file, number, f"more cells than the {len(header)} header columns"))
             continue
         raw_rows.append((number, dict(zip(header, cells, strict=False))))
 
@@ -641,9 +609,7 @@ def _write_csv(out: Path, columns: Sequence[str], rows: Sequence[Sequence[CellVa
             writer.writerow([_csv_text(v) for v in row])
 
 
-def _write_xlsx(
-    out: Path, kind: str, columns: Sequence[str], rows: Sequence[Sequence[CellValue]]
-) -> None:
+def _write_xlsx(out: Path, kind: str, columns: Sequence[str], rows: Sequence[Sequence[CellValue]]) -> None:
     from openpyxl import Workbook
 
     wb = Workbook()

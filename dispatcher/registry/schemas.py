@@ -164,9 +164,7 @@ class StationRow(_Row):
         if self.tier is not Tier.county and self.parent_id is None:
             parent_tier = PARENT_TIER[self.tier]
             assert parent_tier is not None
-            raise ValueError(
-                f"a {self.tier.value} station needs parent_id (a {parent_tier.value} station)"
-            )
+            raise ValueError(f"a {self.tier.value} station needs parent_id (a {parent_tier.value} station)")
         if self.parent_id == self.id:
             raise ValueError("a station cannot be its own parent")
         return self

@@ -110,9 +110,7 @@ async def rekey_existing(
     """Issue fresh secrets to existing devices; unknown ids raise before anything changes."""
     _require_aware(now)
     wanted = list(dict.fromkeys(device_ids))
-    found = {
-        d.id: d for d in (await session.scalars(select(Device).where(Device.id.in_(wanted)))).all()
-    }
+    found = {d.id: d for d in (await session.scalars(select(Device).where(Device.id.in_(wanted)))).all()}
     missing = [d for d in wanted if d not in found]
     if missing:
         raise ValueError(f"unknown device(s): {', '.join(sorted(missing))}")

@@ -79,17 +79,11 @@ async def seed(maker: async_sessionmaker[AsyncSession]) -> None:
                     created_at=now,
                 )
             )
-        s.add(
-            Device(
-                id="dev-nosecret", home_id="home-1", kind="button", secret_hash=None, created_at=now
-            )
-        )
+        s.add(Device(id="dev-nosecret", home_id="home-1", kind="button", secret_hash=None, created_at=now))
 
 
 @pytest.fixture
-async def maker(
-    template_db: Path, tmp_path: Path
-) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+async def maker(template_db: Path, tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
     db = tmp_path / "t.db"
     shutil.copy(template_db, db)
     engine = make_engine(f"sqlite:///{db}")
@@ -201,9 +195,7 @@ async def test_bad_logins_are_refused(
 
 
 async def test_anonymous_is_refused(broker: EmbeddedBroker) -> None:
-    assert await refused(
-        aiomqtt.Client("127.0.0.1", broker.port, identifier="anon", timeout=WAIT_S)
-    )
+    assert await refused(aiomqtt.Client("127.0.0.1", broker.port, identifier="anon", timeout=WAIT_S))
 
 
 @pytest.mark.parametrize("clean_session", [True, False])
@@ -215,9 +207,7 @@ async def test_refused_login_cannot_disturb_a_connected_device(
     async with platform_client(broker) as gw, device_client(broker, "dev-a") as dev:
         await gw.subscribe(events("dev-a"), qos=1)
         await dev.subscribe(topic("dev-a", "ack"), qos=1)
-        assert await refused(
-            device_client(broker, "dev-a", secret="wrong", clean_session=clean_session)
-        )
+        assert await refused(device_client(broker, "dev-a", secret="wrong", clean_session=clean_session))
         await dev.publish(events("dev-a"), b"still-here", qos=1)
         assert (await next_message(gw)).payload == b"still-here"
         await gw.publish(topic("dev-a", "ack"), b"still-subscribed", qos=1)
@@ -240,21 +230,17 @@ async def test_cache_expires_and_failures_are_not_cached(
     )
     ok = await policy.authenticate(client_id="gen-1", username="gen-1", password="secret-gen")
     assert ok == Principal("gen-1", privileged=True)
-    assert (
-        await policy.authenticate(client_id="gen-1", username="gen-1", password="secret-gen") == ok
-    )
+    assert await policy.authenticate(client_id="gen-1", username="gen-1", password="secret-gen") == ok
     assert policy.db_lookups == 1
     assert await policy.authenticate(client_id="gen-1", username="gen-1", password="nope") is None
     assert await policy.authenticate(client_id="gen-1", username="gen-1", password="nope") is None
     assert policy.db_lookups == 3
     now[0] += AUTH_CACHE_TTL_S + 1
-    assert (
-        await policy.authenticate(client_id="gen-1", username="gen-1", password="secret-gen") == ok
-    )
+    assert await policy.authenticate(client_id="gen-1", username="gen-1", password="secret-gen") == ok
     assert policy.db_lookups == 4
-    assert await policy.authenticate(
-        client_id="x", username=PLATFORM_USER, password="pw"
-    ) == Principal(PLATFORM_USER, platform=True)
+    assert await policy.authenticate(client_id="x", username=PLATFORM_USER, password="pw") == Principal(
+        PLATFORM_USER, platform=True
+    )
 
 
 # --------------------------------------------------------------------------- topics
@@ -359,9 +345,7 @@ async def connect_with_will(
 ) -> tuple[int, asyncio.StreamReader, asyncio.StreamWriter]:
     """A raw MQTT 3.1.1 CONNECT with a retained QoS 1 will: client libraries always send
     DISCONNECT on close, and a will is only published when a device drops without one."""
-    flags = (
-        0x80 | 0x40 | 0x20 | 0x08 | 0x04 | 0x02
-    )  # user, password, will retain, will QoS 1, will, clean
+    flags = 0x80 | 0x40 | 0x20 | 0x08 | 0x04 | 0x02  # user, password, will retain, will QoS 1, will, clean
     body = _mqtt_str("MQTT") + bytes([4, flags]) + (60).to_bytes(2, "big")
     body += _mqtt_str(device_id) + _mqtt_str(will_topic) + _mqtt_str(will_payload)
     body += _mqtt_str(device_id) + _mqtt_str(SECRETS[device_id])
@@ -380,9 +364,7 @@ async def test_will_on_status_is_delivered_and_retained_when_device_drops(
     status = topic("dev-a", "status")
     async with platform_client(broker) as gw:
         await gw.subscribe(status, qos=1)
-        rc, _reader, writer = await connect_with_will(
-            broker, "dev-a", status, '{"state":"offline"}'
-        )
+        rc, _reader, writer = await connect_with_will(broker, "dev-a", status, '{"state":"offline"}')
         assert rc == 0
         writer.transport.abort()  # the device loses power: no DISCONNECT
         live = await next_message(gw)
@@ -422,9 +404,7 @@ async def test_device_persistent_session_gets_queued_qos1_ack(broker: EmbeddedBr
     async with device_client(broker, "dev-b", clean_session=False) as dev:
         await dev.subscribe(topic("dev-b", "ack"), qos=1)
     async with platform_client(broker) as gw:
-        await gw.publish(
-            topic("dev-b", "ack"), b'{"event_id":"e1","state":"received","ts":1}', qos=1
-        )
+        await gw.publish(topic("dev-b", "ack"), b'{"event_id":"e1","state":"received","ts":1}', qos=1)
     await _until_queued(broker, "dev-b")
     async with device_client(broker, "dev-b", clean_session=False) as dev:
         msg = await next_message(dev)

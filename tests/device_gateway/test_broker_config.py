@@ -32,20 +32,14 @@ def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-async def maker(
-    template_db: Path, tmp_path: Path
-) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+async def maker(template_db: Path, tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
     db = tmp_path / "t.db"
     shutil.copy(template_db, db)
     engine = make_engine(f"sqlite:///{db}")
     sm = make_sessionmaker(engine)
     now = datetime.now(UTC)
     async with session_scope(sm) as s:
-        s.add(
-            Station(
-                id="st-1", name="S", tier="community", kind="community_station", lat=32, lon=112
-            )
-        )
+        s.add(Station(id="st-1", name="S", tier="community", kind="community_station", lat=32, lon=112))
         await s.flush()
         s.add(Home(id="home-1", station_id="st-1", address="1 Test Road", lat=32, lon=112))
         await s.flush()
@@ -61,9 +55,7 @@ async def maker(
                     created_at=now,
                 )
             )
-        s.add(
-            Device(id="dev-new", home_id="home-1", kind="button", secret_hash=None, created_at=now)
-        )
+        s.add(Device(id="dev-new", home_id="home-1", kind="button", secret_hash=None, created_at=now))
     yield sm
     await engine.dispose()
 
@@ -147,9 +139,7 @@ async def test_rewrite_replaces_files_without_leftovers(
 ) -> None:
     out = tmp_path / "broker"
     await write_broker_config(maker, out, platform_username=PLATFORM_USER, platform_password="a")
-    files = await write_broker_config(
-        maker, out, platform_username=PLATFORM_USER, platform_password="b"
-    )
+    files = await write_broker_config(maker, out, platform_username=PLATFORM_USER, platform_password="b")
     assert names(out) == ["acl", "data", "mosquitto.conf", "passwd"]
     platform_hash = files.passwd.read_text().splitlines()[-1].split(":", 1)[1]
     assert verify_secret("b", platform_hash)
@@ -159,14 +149,10 @@ async def test_rewrite_replaces_files_without_leftovers(
 async def test_rewrite_keeps_the_owner_given_to_the_files(
     maker: async_sessionmaker[AsyncSession], tmp_path: Path
 ) -> None:
-    files = await write_broker_config(
-        maker, tmp_path, platform_username=PLATFORM_USER, platform_password="a"
-    )
+    files = await write_broker_config(maker, tmp_path, platform_username=PLATFORM_USER, platform_password="a")
     nobody = pwd.getpwnam("nobody")
     os.chown(files.passwd, nobody.pw_uid, nobody.pw_gid)
-    await write_broker_config(
-        maker, tmp_path, platform_username=PLATFORM_USER, platform_password="b"
-    )
+    await write_broker_config(maker, tmp_path, platform_username=PLATFORM_USER, platform_password="b")
     assert files.passwd.stat().st_uid == nobody.pw_uid
     assert stat.S_IMODE(files.passwd.stat().st_mode) == 0o600
 
@@ -176,16 +162,12 @@ async def test_unsafe_platform_username_is_refused(
     maker: async_sessionmaker[AsyncSession], tmp_path: Path, username: str
 ) -> None:
     with pytest.raises(ValueError):
-        await write_broker_config(
-            maker, tmp_path, platform_username=username, platform_password="pw"
-        )
+        await write_broker_config(maker, tmp_path, platform_username=username, platform_password="pw")
 
 
 async def test_platform_username_must_not_be_a_device(
     maker: async_sessionmaker[AsyncSession], tmp_path: Path
 ) -> None:
     with pytest.raises(ValueError, match="equals the platform username"):
-        await write_broker_config(
-            maker, tmp_path, platform_username="dev-a", platform_password="pw"
-        )
+        await write_broker_config(maker, tmp_path, platform_username="dev-a", platform_password="pw")
     assert not (tmp_path / "passwd").exists()

@@ -100,9 +100,7 @@ def test_telemetry_example() -> None:
     }
 
 
-@pytest.mark.parametrize(
-    ("payload", "state"), [(STATUS_ONLINE, "online"), (STATUS_OFFLINE, "offline")]
-)
+@pytest.mark.parametrize(("payload", "state"), [(STATUS_ONLINE, "online"), (STATUS_OFFLINE, "offline")])
 def test_status_examples(payload: bytes, state: str) -> None:
     st_ = parse_status(payload)
     assert isinstance(st_, StatusMessage) and st_.state == state
@@ -188,9 +186,7 @@ def test_too_large() -> None:
     assert isinstance(parse_event(EVENT_EXAMPLE, max_bytes=len(EVENT_EXAMPLE)), EventMessage)
 
 
-@pytest.mark.parametrize(
-    "payload", [b"\xff", b'{"id":"\xc3"}', b"\xed\xa0\x80", b"\xef\xbb\xbf{}"[1:]]
-)
+@pytest.mark.parametrize("payload", [b"\xff", b'{"id":"\xc3"}', b"\xed\xa0\x80", b"\xef\xbb\xbf{}"[1:]])
 def test_not_utf8(payload: bytes) -> None:
     rejected(parse_event(payload), Reason.not_utf8)
 
@@ -544,8 +540,7 @@ def shaped(values: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
             "ts": values,
             "type": values,
             "sensor": values,
-            "data": values
-            | st.fixed_dictionaries({}, optional={"location": values, "ref": values}),
+            "data": values | st.fixed_dictionaries({}, optional={"location": values, "ref": values}),
             "metrics": values,
             "state": values,
         },

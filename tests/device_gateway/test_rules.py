@@ -257,9 +257,7 @@ def _out_of_range_runs(values: list[int | None], n: int) -> int:
 
 
 @given(
-    values=st.lists(
-        st.one_of(st.none(), st.sampled_from([30, 49, 50, 80, 110, 111, 180])), max_size=40
-    ),
+    values=st.lists(st.one_of(st.none(), st.sampled_from([30, 49, 50, 80, 110, 111, 180])), max_size=40),
     n=st.integers(min_value=1, max_value=5),
 )
 def test_one_vital_event_per_long_enough_run(values: list[int | None], n: int) -> None:
@@ -274,9 +272,7 @@ def test_one_vital_event_per_long_enough_run(values: list[int | None], n: int) -
 
 
 def night_exit(hour: int = NIGHT) -> tuple[RuleState, list[DerivedEvent]]:
-    return run(
-        [({"presence": "in_bed"}, minutes(0)), ({"presence": "out_of_bed"}, minutes(1))], hour=hour
-    )
+    return run([({"presence": "in_bed"}, minutes(0)), ({"presence": "out_of_bed"}, minutes(1))], hour=hour)
 
 
 def test_not_back_in_bed_at_night_fires_once_after_m_minutes() -> None:
@@ -291,9 +287,7 @@ def test_not_back_in_bed_at_night_fires_once_after_m_minutes() -> None:
     assert ev.event_id == f"rule-bed-exit-{ms(minutes(1))}"
     assert ev.data == {"returned": False, "minutes": 20, "left_at": "2025-11-26T10:01:00.000+00:00"}
     # still out: no second call; moving between out_of_bed and absent is the same episode
-    state, events = run(
-        [({"presence": "absent"}, minutes(40)), ({}, minutes(90))], state=state, hour=0
-    )
+    state, events = run([({"presence": "absent"}, minutes(40)), ({}, minutes(90))], state=state, hour=0)
     assert events == []
     # back in bed, out again: a new episode with its own id
     state, events = run(
@@ -310,9 +304,7 @@ def test_not_back_in_bed_at_night_fires_once_after_m_minutes() -> None:
 
 def test_back_in_time_or_by_day_raises_nothing() -> None:
     state, _ = night_exit()
-    _, events = run(
-        [({"presence": "in_bed"}, minutes(15)), ({}, minutes(60))], state=state, hour=NIGHT
-    )
+    _, events = run([({"presence": "in_bed"}, minutes(15)), ({}, minutes(60))], state=state, hour=NIGHT)
     assert events == []
     state, _ = night_exit(hour=DAY)
     assert not state.out_at_night
@@ -331,9 +323,7 @@ def test_out_of_bed_first_reading_starts_no_episode() -> None:
     [(22, 6, [22, 23, 0, 5], [6, 12, 21]), (0, 6, [0, 3, 5], [6, 23])],
 )
 def test_night_window_wraps_or_not(start: int, end: int, night: list[int], day: list[int]) -> None:
-    cfg = RulesConfig.model_validate(
-        {"bed_exit": {"night_start_hour": start, "night_end_hour": end}}
-    )
+    cfg = RulesConfig.model_validate({"bed_exit": {"night_start_hour": start, "night_end_hour": end}})
     assert all(cfg.bed_exit.is_night(h) for h in night)
     assert not any(cfg.bed_exit.is_night(h) for h in day)
 

@@ -29,28 +29,76 @@ def cheap_argon2(monkeypatch: pytest.MonkeyPatch) -> None:
 
     import dispatcher.auth as auth
 
-    monkeypatch.setattr(auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1), raising=False)
+    monkeypatch.setattr(
+        auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1), raising=False
+    )
 
 
 @pytest.fixture
 async def world(maker: async_sessionmaker[AsyncSession]) -> AsyncIterator[dict[str, Any]]:
     await add_small_registry(maker, {"h1-btn": "button"})
     async with maker() as s, s.begin():
-        s.add(Station(id="st2", name="另一街道", tier="street", kind="street_centre", parent_id="county", lat=32.6, lon=112.9))
+        s.add(
+            Station(
+                id="st2",
+                name="另一街道",
+                tier="street",
+                kind="street_centre",
+                parent_id="county",
+                lat=32.6,
+                lon=112.9,
+            )
+        )
         await s.flush()
-        s.add(Station(id="cm2", name="另一社区", tier="community", kind="day_care_centre", parent_id="st2", lat=32.601, lon=112.901))
+        s.add(
+            Station(
+                id="cm2",
+                name="另一社区",
+                tier="community",
+                kind="day_care_centre",
+                parent_id="st2",
+                lat=32.601,
+                lon=112.901,
+            )
+        )
         await s.flush()
         s.add(Home(id="h2", station_id="cm2", address="另一路2号", lat=32.602, lon=112.902))
-        s.add_all([
-            Staff(id="cm1-r1", station_id="cm1", name="李师傅", role="responder", phone="13800000001", on_duty=True),
-            Staff(id="cm2-r1", station_id="cm2", name="钱师傅", role="responder", phone="13800000009", on_duty=True),
-        ])
+        s.add_all(
+            [
+                Staff(
+                    id="cm1-r1",
+                    station_id="cm1",
+                    name="李师傅",
+                    role="responder",
+                    phone="13800000001",
+                    on_duty=True,
+                ),
+                Staff(
+                    id="cm2-r1",
+                    station_id="cm2",
+                    name="钱师傅",
+                    role="responder",
+                    phone="13800000009",
+                    on_duty=True,
+                ),
+            ]
+        )
         for username, role, station in (
-            ("op-cm1", "operator", "cm1"), ("op-cm1-b", "operator", "cm1"), ("op-cm2", "operator", "cm2"),
-            ("sup-st1", "supervisor", "st1"), ("op-county", "operator", "county"),
+            ("op-cm1", "operator", "cm1"),
+            ("op-cm1-b", "operator", "cm1"),
+            ("op-cm2", "operator", "cm2"),
+            ("sup-st1", "supervisor", "st1"),
+            ("op-county", "operator", "county"),
         ):
-            await create_user(s, username=username, password="password-123", role=role, station_id=station,
-                              display_name=username, now=T0)
+            await create_user(
+                s,
+                username=username,
+                password="password-123",
+                role=role,
+                station_id=station,
+                display_name=username,
+                now=T0,
+            )
     settings = load_settings(database_url="sqlite:///unused.db")
     clock = ManualClock(T0)
     bus = MemoryBus()
@@ -66,7 +114,9 @@ async def login(client: httpx.AsyncClient, user: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
-async def test_full_lifecycle_through_the_api(world: dict[str, Any], maker: async_sessionmaker[AsyncSession]) -> None:
+async def test_full_lifecycle_through_the_api(
+    world: dict[str, Any], maker: async_sessionmaker[AsyncSession]
+) -> None:
     c: httpx.AsyncClient = world["client"]
     d: Dispatcher = world["dispatcher"]
     clock: ManualClock = world["clock"]
@@ -77,9 +127,25 @@ async def test_full_lifecycle_through_the_api(world: dict[str, Any], maker: asyn
     assert r.status_code == 200
     [call] = r.json()
     assert call["status"] == "assigned" and call["priority"] in ("P1", "P2") and call["tier"] == "community"
-    assert {k: call["events"][0][k] for k in ("device_id", "event_id", "type")} == {"device_id": "h1-btn", "event_id": "e1", "type": "sos"}
-    assert {"id", "status", "priority", "priority_reasons", "home_id", "station_id", "tier", "events",
-            "opened_at", "acknowledged_at", "resolved_at", "outcome"} <= set(call)
+    assert {k: call["events"][0][k] for k in ("device_id", "event_id", "type")} == {
+        "device_id": "h1-btn",
+        "event_id": "e1",
+        "type": "sos",
+    }
+    assert {
+        "id",
+        "status",
+        "priority",
+        "priority_reasons",
+        "home_id",
+        "station_id",
+        "tier",
+        "events",
+        "opened_at",
+        "acknowledged_at",
+        "resolved_at",
+        "outcome",
+    } <= set(call)
     assert call["opened_at"].endswith("Z") or "+" in call["opened_at"]
     cid = call["id"]
 
@@ -104,8 +170,17 @@ async def test_full_lifecycle_through_the_api(world: dict[str, Any], maker: asyn
     body = r.json()
     assert r.status_code == 200 and body["status"] == "resolved" and body["outcome"] == "taken_to_hospital"
     kinds = [row["kind"] for row in body["timeline"]]
-    for k in ("event_received", "call_opened", "assigned", "acknowledged", "responder_dispatched",
-              "en_route", "on_scene", "note", "resolved"):
+    for k in (
+        "event_received",
+        "call_opened",
+        "assigned",
+        "acknowledged",
+        "responder_dispatched",
+        "en_route",
+        "on_scene",
+        "note",
+        "resolved",
+    ):
         assert k in kinds, k
     assert {"at", "kind", "actor", "station_id", "detail"} <= set(body["timeline"][0])
     opened = datetime.fromisoformat(body["opened_at"])

@@ -59,9 +59,7 @@ class Api:
 @pytest.fixture(autouse=True)
 def cheap_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Production argon2 parameters cost ~0.2 s a hash; these tests are about access rules."""
-    monkeypatch.setattr(
-        auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-    )
+    monkeypatch.setattr(auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
 
 
 @pytest.fixture
@@ -340,9 +338,7 @@ async def test_validation_errors_name_the_field(api: Api) -> None:
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "home_id"]
     r = await api.post("admin", "/api/v1/devices", {"id": "d9", "home_id": "h1", "kind": "toaster"})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "kind"]
-    r = await api.post(
-        "admin", "/api/v1/devices", {"id": "bad id!", "home_id": "h1", "kind": "hub"}
-    )
+    r = await api.post("admin", "/api/v1/devices", {"id": "bad id!", "home_id": "h1", "kind": "hub"})
     assert r.status_code == 422
 
     r = await api.post(
@@ -398,9 +394,7 @@ async def test_validation_errors_name_the_field(api: Api) -> None:
 async def test_admin_patches_and_deletes_with_conflicts(api: Api) -> None:
     r = await api.patch("admin", "/api/v1/stations/cm2", {"kind": "village_point"})
     assert r.status_code == 200 and r.json()["kind"] == "village_point"
-    r = await api.patch(
-        "admin", "/api/v1/stations/st2", {"kind": "village_point", "parent_id": "st1"}
-    )
+    r = await api.patch("admin", "/api/v1/stations/st2", {"kind": "village_point", "parent_id": "st1"})
     assert r.status_code == 409 and "child station" in r.json()["detail"]
     r = await api.patch("admin", "/api/v1/homes/h2", {"station_id": "cm1", "notes": "钥匙在门卫"})
     assert r.status_code == 200 and r.json()["station_id"] == "cm1"

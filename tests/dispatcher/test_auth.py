@@ -101,9 +101,7 @@ def test_signer_refuses_short_secret() -> None:
 
 def test_secret_key_from_env_or_shared_file(tmp_path: Path) -> None:
     assert load_secret_key(environ={"CARECALL_SECRET_KEY": "e" * 40}) == b"e" * 40
-    assert load_secret_key(configured="c" * 32, environ={"CARECALL_SECRET_KEY": "e" * 40}) == (
-        b"c" * 32
-    )
+    assert load_secret_key(configured="c" * 32, environ={"CARECALL_SECRET_KEY": "e" * 40}) == (b"c" * 32)
     with pytest.raises(ValueError, match="CARECALL_SECRET_KEY"):
         load_secret_key(environ={"CARECALL_SECRET_KEY": "too-short"})
     path = tmp_path / "carecall-secret.key"
@@ -120,9 +118,7 @@ def test_secret_key_from_env_or_shared_file(tmp_path: Path) -> None:
 @pytest.fixture
 def cheap_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Production argon2 parameters cost ~0.2 s a hash; the tests below are not about them."""
-    monkeypatch.setattr(
-        auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-    )
+    monkeypatch.setattr(auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
 
 
 @pytest.mark.usefixtures("cheap_hashing")
@@ -285,20 +281,14 @@ async def test_login_and_me(client: httpx.AsyncClient) -> None:
     body = r.json()
     assert body["token_type"] == "bearer" and body["expires_in"] == 12 * 3600
     assert body["user"]["username"] == "op" and "password_hash" not in body["user"]
-    me = await client.get(
-        "/api/v1/auth/me", headers={"Authorization": f"Bearer {body['access_token']}"}
-    )
+    me = await client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {body['access_token']}"})
     assert me.status_code == 200
     assert me.json()["scope"] == ["cm1"] and me.json()["user"]["role"] == "operator"
 
     admin = (
-        await client.post(
-            "/api/v1/auth/token", json={"username": "admin", "password": "admin-password"}
-        )
+        await client.post("/api/v1/auth/token", json={"username": "admin", "password": "admin-password"})
     ).json()
-    me = await client.get(
-        "/api/v1/auth/me", headers={"Authorization": f"Bearer {admin['access_token']}"}
-    )
+    me = await client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {admin['access_token']}"})
     assert me.json()["scope"] is None
 
 

@@ -57,13 +57,43 @@ async def setup(
     async with maker() as s, s.begin():
         s.add_all(
             [
-                Staff(id="cm1-r1", station_id="cm1", name="李师傅", role="responder", phone="13800000001", on_duty=True),
-                Staff(id="cm1-r2", station_id="cm1", name="赵护士", role="nurse", phone="13800000002", on_duty=False),
-                Staff(id="st1-r1", station_id="st1", name="周主任", role="responder", phone="13800000003", on_duty=True),
-                Staff(id="cty-r1", station_id="county", name="县值班", role="responder", phone="13800000004", on_duty=True),
+                Staff(
+                    id="cm1-r1",
+                    station_id="cm1",
+                    name="李师傅",
+                    role="responder",
+                    phone="13800000001",
+                    on_duty=True,
+                ),
+                Staff(
+                    id="cm1-r2",
+                    station_id="cm1",
+                    name="赵护士",
+                    role="nurse",
+                    phone="13800000002",
+                    on_duty=False,
+                ),
+                Staff(
+                    id="st1-r1",
+                    station_id="st1",
+                    name="周主任",
+                    role="responder",
+                    phone="13800000003",
+                    on_duty=True,
+                ),
+                Staff(
+                    id="cty-r1",
+                    station_id="county",
+                    name="县值班",
+                    role="responder",
+                    phone="13800000004",
+                    on_duty=True,
+                ),
                 Contact(resident_id="r1", name="王强", relation="儿子", phone="13900000001", priority=1),
                 Contact(resident_id="r1", name="王丽", relation="女儿", phone="13900000002", priority=2),
-                User(username="sup-st1", password_hash="x", role="supervisor", station_id="st1", created_at=T0),
+                User(
+                    username="sup-st1", password_hash="x", role="supervisor", station_id="st1", created_at=T0
+                ),
             ]
         )
     policy = tmp_path / "escalation.yaml"
@@ -75,12 +105,36 @@ async def setup(
     yield d, clock, notifier
 
 
-async def store_event(maker: async_sessionmaker[AsyncSession], device: str, event_id: str, type_: str, at: datetime,
-                      cls: str = "emergency", data: dict[str, object] | None = None) -> None:
+async def store_event(
+    maker: async_sessionmaker[AsyncSession],
+    device: str,
+    event_id: str,
+    type_: str,
+    at: datetime,
+    cls: str = "emergency",
+    data: dict[str, object] | None = None,
+) -> None:
     async with maker() as s, s.begin():
-        await insert_events(s, [EventRow(device_id=device, event_id=event_id, home_id="h1", type=type_, event_class=cls,
-                                         sensor=None, data=data or {}, source="device", device_ts=at, received_at=at,
-                                         clock_skew_s=0.0, clock_suspect=False, gateway="test")])
+        await insert_events(
+            s,
+            [
+                EventRow(
+                    device_id=device,
+                    event_id=event_id,
+                    home_id="h1",
+                    type=type_,
+                    event_class=cls,
+                    sensor=None,
+                    data=data or {},
+                    source="device",
+                    device_ts=at,
+                    received_at=at,
+                    clock_skew_s=0.0,
+                    clock_suspect=False,
+                    gateway="test",
+                )
+            ],
+        )
 
 
 async def run_until(d: Dispatcher, clock: ManualClock, seconds: float, step: float = 0.5) -> None:
@@ -97,10 +151,14 @@ async def run_until(d: Dispatcher, clock: ManualClock, seconds: float, step: flo
 
 async def kinds(maker: async_sessionmaker[AsyncSession], call_id: int) -> list[str]:
     async with maker() as s:
-        return list(await s.scalars(select(AuditRow.kind).where(AuditRow.call_id == call_id).order_by(AuditRow.seq)))
+        return list(
+            await s.scalars(select(AuditRow.kind).where(AuditRow.call_id == call_id).order_by(AuditRow.seq))
+        )
 
 
-async def test_unacknowledged_sos_climbs_street_then_county_notifies_contacts_and_reminds(setup, maker) -> None:  # type: ignore[no-untyped-def]
+async def test_unacknowledged_sos_climbs_street_then_county_notifies_contacts_and_reminds(
+    setup, maker
+) -> None:  # type: ignore[no-untyped-def]
     d, clock, notifier = setup
     await store_event(maker, "h1-btn", "e1", "sos", T0)
     await d.intake_once()
@@ -111,7 +169,11 @@ async def test_unacknowledged_sos_climbs_street_then_county_notifies_contacts_an
     await run_until(d, clock, 20)
     async with maker() as s:
         call = (await s.scalars(select(Call))).one()
-        targets = list(await s.scalars(select(Notification.target).where(Notification.channel == "log").order_by(Notification.id)))
+        targets = list(
+            await s.scalars(
+                select(Notification.target).where(Notification.channel == "log").order_by(Notification.id)
+            )
+        )
     assert call.station_id == "county" and call.escalation_level == 2
     k = await kinds(maker, call.id)
     assert k.count("escalated") == 2
@@ -129,14 +191,26 @@ async def test_acknowledging_stops_all_escalation_at_once(setup, maker) -> None:
     await run_until(d, clock, 3)  # one reminder fired
     async with maker() as s, s.begin():
         call = (await s.scalars(select(Call))).one()
-        await calls.act(s, call_id=call.id, action="acknowledge", actor=calls.Actor("user:op"), body={}, now=clock.now(), ctx=d.ctx)
+        await calls.act(
+            s,
+            call_id=call.id,
+            action="acknowledge",
+            actor=calls.Actor("user:op"),
+            body={},
+            now=clock.now(),
+            ctx=d.ctx,
+        )
     before = await kinds(maker, call.id)
     await run_until(d, clock, 30)
     after = await kinds(maker, call.id)
-    new = after[len(before):]
+    new = after[len(before) :]
     assert "reminder" not in new and "escalated" not in new, new
     async with maker() as s:
-        pending = await s.scalar(select(func.count()).select_from(Timer).where(Timer.status == "pending", Timer.action != "alert_supervisor"))
+        pending = await s.scalar(
+            select(func.count())
+            .select_from(Timer)
+            .where(Timer.status == "pending", Timer.action != "alert_supervisor")
+        )
         assert pending == 0
         call = (await s.scalars(select(Call))).one()
     assert call.station_id == "cm1"
@@ -148,10 +222,26 @@ async def test_second_acknowledge_is_told_who_did_it(setup, maker) -> None:  # t
     await d.intake_once()
     async with maker() as s, s.begin():
         cid = (await s.scalars(select(Call.id))).one()
-        await calls.act(s, call_id=cid, action="acknowledge", actor=calls.Actor("user:alice"), body={}, now=clock.now(), ctx=d.ctx)
+        await calls.act(
+            s,
+            call_id=cid,
+            action="acknowledge",
+            actor=calls.Actor("user:alice"),
+            body={},
+            now=clock.now(),
+            ctx=d.ctx,
+        )
     with pytest.raises(calls.CallError) as exc:
         async with maker() as s, s.begin():
-            await calls.act(s, call_id=cid, action="acknowledge", actor=calls.Actor("user:bob"), body={}, now=clock.now(), ctx=d.ctx)
+            await calls.act(
+                s,
+                call_id=cid,
+                action="acknowledge",
+                actor=calls.Actor("user:bob"),
+                body={},
+                now=clock.now(),
+                ctx=d.ctx,
+            )
     assert exc.value.status == 409 and exc.value.detail["by"] == "user:alice"
 
 
@@ -163,7 +253,9 @@ async def test_repeated_presses_join_one_call_and_cancel_before_dispatch_closes_
     await run_until(d, clock, 8)
     async with maker() as s:
         assert await s.scalar(select(func.count()).select_from(Call)) == 1
-    await store_event(maker, "h1-btn", "c1", "cancel", T0 + timedelta(seconds=9), cls="cancel", data={"ref": "e0"})
+    await store_event(
+        maker, "h1-btn", "c1", "cancel", T0 + timedelta(seconds=9), cls="cancel", data={"ref": "e0"}
+    )
     await run_until(d, clock, 2)
     async with maker() as s:
         call = (await s.scalars(select(Call))).one()
@@ -177,9 +269,18 @@ async def test_cancel_after_dispatch_is_only_noted(setup, maker) -> None:  # typ
     await d.intake_once()
     async with maker() as s, s.begin():
         cid = (await s.scalars(select(Call.id))).one()
-        await calls.act(s, call_id=cid, action="dispatch", actor=calls.Actor("user:op"), body={"staff_ids": ["cm1-r1"]},
-                        now=clock.now(), ctx=d.ctx)
-    await store_event(maker, "h1-btn", "c1", "cancel", T0 + timedelta(seconds=5), cls="cancel", data={"ref": "e1"})
+        await calls.act(
+            s,
+            call_id=cid,
+            action="dispatch",
+            actor=calls.Actor("user:op"),
+            body={"staff_ids": ["cm1-r1"]},
+            now=clock.now(),
+            ctx=d.ctx,
+        )
+    await store_event(
+        maker, "h1-btn", "c1", "cancel", T0 + timedelta(seconds=5), cls="cancel", data={"ref": "e1"}
+    )
     await run_until(d, clock, 6)
     async with maker() as s:
         call = await s.get(Call, cid)
@@ -194,7 +295,15 @@ async def test_full_lifecycle_and_responder_rules(setup, maker) -> None:  # type
 
     async def act(action: str, body: dict[str, object] | None = None) -> None:
         async with maker() as s, s.begin():
-            out = await calls.act(s, call_id=cid, action=action, actor=calls.Actor("user:op"), body=body or {}, now=clock.now(), ctx=d.ctx)
+            out = await calls.act(
+                s,
+                call_id=cid,
+                action=action,
+                actor=calls.Actor("user:op"),
+                body=body or {},
+                now=clock.now(),
+                ctx=d.ctx,
+            )
             await calls.queue_device_notices(s, out.device_notices, clock.now())
 
     async with maker() as s:
@@ -204,7 +313,9 @@ async def test_full_lifecycle_and_responder_rules(setup, maker) -> None:  # type
     await act("acknowledge")
     clock.advance(30)
     await act("dispatch", {"staff_ids": ["cm1-r1"]})
-    await store_event(maker, "h1-hub", "e9", "gas", T0 + timedelta(seconds=40))  # another home? same home joins
+    await store_event(
+        maker, "h1-hub", "e9", "gas", T0 + timedelta(seconds=40)
+    )  # another home? same home joins
     clock.advance(60)
     await act("en-route")
     clock.advance(300)
@@ -229,8 +340,15 @@ async def test_full_lifecycle_and_responder_rules(setup, maker) -> None:  # type
     async with maker() as s:
         cid2 = max(await s.scalars(select(Call.id)))
     async with maker() as s, s.begin():
-        await calls.act(s, call_id=cid2, action="dispatch", actor=calls.Actor("user:op"), body={"staff_ids": ["cm1-r1"]},
-                        now=clock.now(), ctx=d.ctx)
+        await calls.act(
+            s,
+            call_id=cid2,
+            action="dispatch",
+            actor=calls.Actor("user:op"),
+            body={"staff_ids": ["cm1-r1"]},
+            now=clock.now(),
+            ctx=d.ctx,
+        )
 
 
 async def test_offline_trouble_call_cleared_by_restore(setup, maker) -> None:  # type: ignore[no-untyped-def]

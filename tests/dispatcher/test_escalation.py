@@ -168,9 +168,7 @@ policies:
     steps: [{action: alert_station, after_s: 0, until: closed}]
 """,
     )
-    with pytest.raises(
-        EscalationConfigError, match=r"policies\[trouble\]\.steps\[1\]\.repeat_evry_s"
-    ):
+    with pytest.raises(EscalationConfigError, match=r"policies\[trouble\]\.steps\[1\]\.repeat_evry_s"):
         load_policies(bad)
 
 

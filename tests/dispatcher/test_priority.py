@@ -46,9 +46,7 @@ def prio(event_class: str, event_type: str = "sos", **kw: object) -> tuple[str, 
 
 
 def test_opens_call() -> None:
-    assert [
-        c for c in ("emergency", "urgent", "info", "test", "trouble", "cancel") if opens_call(c)
-    ] == [
+    assert [c for c in ("emergency", "urgent", "info", "test", "trouble", "cancel") if opens_call(c)] == [
         "emergency",
         "urgent",
         "trouble",
@@ -95,9 +93,7 @@ def test_urgent_and_trouble_examples() -> None:
     alone=st.booleans(),
     night=st.booleans(),
     recent=st.integers(0, 50),
-    other=st.tuples(
-        st.none() | st.integers(0, 4), st.booleans(), st.booleans(), st.integers(0, 50)
-    ),
+    other=st.tuples(st.none() | st.integers(0, 4), st.booleans(), st.booleans(), st.integers(0, 50)),
 )
 def test_class_order_never_inverts(
     event_type: str,
@@ -118,12 +114,8 @@ def test_class_order_never_inverts(
         recent_calls_24h=recent,
     )
     oc, oa, on, orc = other
-    u, _ = prio(
-        "urgent", event_type, capacity_level=oc, living_alone=oa, night=on, recent_calls_24h=orc
-    )
-    t, _ = prio(
-        "trouble", event_type, capacity_level=oc, living_alone=oa, night=on, recent_calls_24h=orc
-    )
+    u, _ = prio("urgent", event_type, capacity_level=oc, living_alone=oa, night=on, recent_calls_24h=orc)
+    t, _ = prio("trouble", event_type, capacity_level=oc, living_alone=oa, night=on, recent_calls_24h=orc)
     assert priority_rank(e) <= priority_rank(u) < priority_rank(t)
     assert e in ("P1", "P2") and u in ("P2", "P3") and t == "P4"
     assert all(r in REASONS for r in e_reasons)

@@ -211,9 +211,7 @@ def test_haversine_and_travel_minutes() -> None:
 async def test_distance_engine() -> None:
     target = node("c1", "community", "s1", lat=32.69, lon=112.83)
     got = await DistanceEngine(CFG).minutes((32.68, 112.83), [target], "urban")
-    assert got["c1"] == pytest.approx(
-        travel_minutes(CFG, straight_km(32.68, 112.83, 32.69, 112.83), "urban")
-    )
+    assert got["c1"] == pytest.approx(travel_minutes(CFG, straight_km(32.68, 112.83, 32.69, 112.83), "urban"))
 
 
 async def test_osrm_engine_reads_the_table_and_falls_back() -> None:
@@ -225,18 +223,13 @@ async def test_osrm_engine_reads_the_table_and_falls_back() -> None:
 
     targets = [node("a", "community", "s1", lat=32.69), node("b", "community", "s1", lat=32.70)]
     cfg = RoutingConfig(engine="osrm", osrm_url="http://osrm.test")
-    engine = OsrmEngine(
-        "http://osrm.test/", cfg, client=httpx.AsyncClient(transport=httpx.MockTransport(ok))
-    )
+    engine = OsrmEngine("http://osrm.test/", cfg, client=httpx.AsyncClient(transport=httpx.MockTransport(ok)))
     got = await engine.minutes((32.68, 112.83), targets, "urban")
     assert got["a"] == 5.0
     assert got["b"] == pytest.approx(
         (await DistanceEngine(cfg).minutes((32.68, 112.83), targets, "urban"))["b"]
     )
-    assert (
-        seen[0].path
-        == "/table/v1/driving/112.830000,32.680000;112.830000,32.690000;112.830000,32.700000"
-    )
+    assert seen[0].path == "/table/v1/driving/112.830000,32.680000;112.830000,32.690000;112.830000,32.700000"
     assert seen[0].params["sources"] == "0" and seen[0].params["annotations"] == "duration"
     assert engine.failures == 0
 
@@ -257,9 +250,7 @@ async def test_osrm_engine_reads_the_table_and_falls_back() -> None:
 
     many = [node(f"c{i:03}", "community", "s1") for i in range(250)]
     client = httpx.AsyncClient(transport=httpx.MockTransport(sized))
-    got = await OsrmEngine("http://osrm.test", cfg, client=client).minutes(
-        (32.68, 112.83), many, "urban"
-    )
+    got = await OsrmEngine("http://osrm.test", cfg, client=client).minutes((32.68, 112.83), many, "urban")
     assert calls == [99, 99, 52] and len(got) == 250 and set(got.values()) == {1.0}
     assert isinstance(make_engine(cfg), OsrmEngine)
     assert isinstance(make_engine(CFG), DistanceEngine)

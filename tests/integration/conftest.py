@@ -83,3 +83,13 @@ async def pg_maker(pg_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession
     engine = make_engine(pg_url)
     yield make_sessionmaker(engine)
     await engine.dispose()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """In CI a skipped integration test is a failed one: the service must be there."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if os.environ.get("CI") and report.skipped and item.get_closest_marker("integration"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, which counts as a failure: {report.longrepr}"

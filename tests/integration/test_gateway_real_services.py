@@ -73,7 +73,11 @@ def malformed_messages(known: str, n: int) -> list[tuple[str, bytes, str]]:
         (f"{ROOT}/{known}/status", b'{"state":"sleepy"}', "bad_value"),
         (f"{ROOT}/{known}/bogus", b"{}", "bad_topic"),
         (f"{ROOT}/{known}/events/extra", b"{}", "bad_topic"),
-        (f"{ROOT}/nobody-{uuid.uuid4().hex[:6]}/events", b'{"id":"a","ts":1764120600123,"type":"sos"}', "unknown_device"),
+        (
+            f"{ROOT}/nobody-{uuid.uuid4().hex[:6]}/events",
+            b'{"id":"a","ts":1764120600123,"type":"sos"}',
+            "unknown_device",
+        ),
     ]
     return [kinds[i % len(kinds)] for i in range(n)]
 
@@ -97,8 +101,12 @@ async def test_sos_three_times_stored_once_acked_fast_amid_1000_malformed(
     )
     bus = RedisBus(redis_url)
     gw = Gateway(
-        settings=settings, maker=pg_maker, bus=bus, clock=SystemClock(),
-        mqtt=MqttTarget.from_url(settings.mqtt_url or ""), shared_group=settings.mqtt_shared_group,
+        settings=settings,
+        maker=pg_maker,
+        bus=bus,
+        clock=SystemClock(),
+        mqtt=MqttTarget.from_url(settings.mqtt_url or ""),
+        shared_group=settings.mqtt_shared_group,
     )
     hints: list[dict[str, object]] = []
 
@@ -113,8 +121,13 @@ async def test_sos_three_times_stored_once_acked_fast_amid_1000_malformed(
         await asyncio.wait_for(gw.connected.wait(), 10)
         await asyncio.sleep(0.3)  # let the Redis subscription settle
         bad = malformed_messages(dev, 1000)
-        sos = json.dumps({"id": "sos-1", "ts": int(time.time() * 1000), "type": "sos", "sensor": "bedside-button"}).encode()
-        async with device_client(host, port, dev) as c, aiomqtt.Client(host, port, identifier=uniq("noise")) as noise:
+        sos = json.dumps(
+            {"id": "sos-1", "ts": int(time.time() * 1000), "type": "sos", "sensor": "bedside-button"}
+        ).encode()
+        async with (
+            device_client(host, port, dev) as c,
+            aiomqtt.Client(host, port, identifier=uniq("noise")) as noise,
+        ):
             t0 = 0.0
             ack_at: float | None = None
             received: list[dict[str, object]] = []
@@ -139,7 +152,9 @@ async def test_sos_three_times_stored_once_acked_fast_amid_1000_malformed(
             await asyncio.wait_for(reader, 10)
         assert ack_at is not None
         first_ack_ms = (ack_at - t0) * 1000
-        print(f"\nfirst 'received' ack seen by the device {first_ack_ms:.1f} ms after it published (amid 1000 malformed)")
+        print(
+            f"\nfirst 'received' ack seen by the device {first_ack_ms:.1f} ms after it published (amid 1000 malformed)"
+        )
         assert first_ack_ms < 100
 
         deadline = time.monotonic() + 15
@@ -153,9 +168,17 @@ async def test_sos_three_times_stored_once_acked_fast_amid_1000_malformed(
         await gw._flush()  # rejections are kept for inspection
         async with pg_maker() as s:
             n = await s.scalar(
-                select(func.count()).select_from(DeviceEvent).where(DeviceEvent.device_id == dev, DeviceEvent.event_id == "sos-1")
+                select(func.count())
+                .select_from(DeviceEvent)
+                .where(DeviceEvent.device_id == dev, DeviceEvent.event_id == "sos-1")
             )
-            kept = dict((await s.execute(select(RejectedMessage.reason, func.count()).group_by(RejectedMessage.reason))).all())
+            kept = dict(
+                (
+                    await s.execute(
+                        select(RejectedMessage.reason, func.count()).group_by(RejectedMessage.reason)
+                    )
+                ).all()
+            )
             row = (await s.scalars(select(DeviceEvent).where(DeviceEvent.device_id == dev))).one()
         assert n == 1, "sent three times, stored once"
         assert kept == dict(expected)
@@ -181,7 +204,9 @@ async def test_sos_three_times_stored_once_acked_fast_amid_1000_malformed(
 # --------------------------------------------------------------------------- processes
 
 
-def start_gateway(pg_url: str, redis_url: str, instance: str, group: str, host: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_gateway(
+    pg_url: str, redis_url: str, instance: str, group: str, host: str, port: int, log: Path
+) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env.update(
         CARECALL_MQTT_URL=f"mqtt://{host}:{port}",
@@ -193,7 +218,9 @@ def start_gateway(pg_url: str, redis_url: str, instance: str, group: str, host: 
     fh = log.open("ab")
     return subprocess.Popen(
         [sys.executable, "-m", "dispatcher.cli", "gateway", "--instance", instance],
-        env=env, stdout=fh, stderr=subprocess.STDOUT,
+        env=env,
+        stdout=fh,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -241,7 +268,11 @@ async def wait_all_acked(devs: list[ResendingDevice], total: int, timeout: float
 
 
 async def test_sigkilled_gateway_loses_nothing_and_duplicates_nothing(
-    mosquitto: tuple[str, int], pg_url: str, pg_maker: async_sessionmaker[AsyncSession], redis_url: str, tmp_path: Path
+    mosquitto: tuple[str, int],
+    pg_url: str,
+    pg_maker: async_sessionmaker[AsyncSession],
+    redis_url: str,
+    tmp_path: Path,
 ) -> None:
     host, port = mosquitto
     ids = {uniq("dev"): "hub" for _ in range(3)}
@@ -274,8 +305,10 @@ async def test_sigkilled_gateway_loses_nothing_and_duplicates_nothing(
         sent = {(d.id, f"e{i:04d}") for d in devs for i in range(per_device)}
         lost = sent - set(stored)
         dupes = [k for k, v in stored.items() if v > 1]
-        print(f"\nkilled after {killed_at} acks; all {len(sent)} acked {recovery:.2f} s after restart; "
-              f"{sum(d.sends for d in devs)} sends; lost {len(lost)}, duplicates {len(dupes)}")
+        print(
+            f"\nkilled after {killed_at} acks; all {len(sent)} acked {recovery:.2f} s after restart; "
+            f"{sum(d.sends for d in devs)} sends; lost {len(lost)}, duplicates {len(dupes)}"
+        )
         assert not lost and not dupes and set(stored) == sent
     finally:
         done.set()
@@ -290,7 +323,11 @@ async def test_sigkilled_gateway_loses_nothing_and_duplicates_nothing(
 
 
 async def test_two_gateway_copies_share_the_load_and_store_each_event_once(
-    mosquitto: tuple[str, int], pg_url: str, pg_maker: async_sessionmaker[AsyncSession], redis_url: str, tmp_path: Path
+    mosquitto: tuple[str, int],
+    pg_url: str,
+    pg_maker: async_sessionmaker[AsyncSession],
+    redis_url: str,
+    tmp_path: Path,
 ) -> None:
     host, port = mosquitto
     ids = {uniq("dev"): "hub" for _ in range(4)}
@@ -308,7 +345,9 @@ async def test_two_gateway_copies_share_the_load_and_store_each_event_once(
         done.set()
         await asyncio.gather(*runs)
         async with pg_maker() as s:
-            rows = (await s.execute(select(DeviceEvent.device_id, DeviceEvent.event_id, DeviceEvent.gateway))).all()
+            rows = (
+                await s.execute(select(DeviceEvent.device_id, DeviceEvent.event_id, DeviceEvent.gateway))
+            ).all()
         per_copy = Counter(r.gateway for r in rows)
         keys = Counter((r.device_id, r.event_id) for r in rows)
         print(f"\nstored per copy: {dict(per_copy)}; sends {sum(d.sends for d in devs)}; rows {len(rows)}")

@@ -58,11 +58,7 @@ async def provision(db: Path, out_dir: Path, port: int) -> BrokerConfigFiles:
     now = datetime.now(UTC)
     try:
         async with session_scope(maker) as s:
-            s.add(
-                Station(
-                    id="st-1", name="S", tier="community", kind="community_station", lat=32, lon=112
-                )
-            )
+            s.add(Station(id="st-1", name="S", tier="community", kind="community_station", lat=32, lon=112))
             await s.flush()
             s.add(Home(id="home-1", station_id="st-1", address="1 Test Road", lat=32, lon=112))
             await s.flush()
@@ -113,9 +109,7 @@ def mosquitto_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     hand_to_broker_user(files)
     log_path = tmp_path_factory.mktemp("log") / "mosquitto.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [binary, "-c", str(files.conf)], stdout=log, stderr=subprocess.STDOUT
-        )
+        proc = subprocess.Popen([binary, "-c", str(files.conf)], stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -177,9 +171,7 @@ def granted(result: tuple[int, ...] | list[ReasonCode]) -> list[int]:
 async def test_device_publishes_its_own_events(mosquitto_port: int) -> None:
     async with platform(mosquitto_port, "gw-it-1") as gw, device(mosquitto_port, "dev-a") as dev:
         await gw.subscribe("carecall/v1/devices/+/events", qos=1)
-        await dev.publish(
-            topic("dev-a", "events"), b'{"id":"e1","ts":1764120600123,"type":"sos"}', qos=1
-        )
+        await dev.publish(topic("dev-a", "events"), b'{"id":"e1","ts":1764120600123,"type":"sos"}', qos=1)
         msg = await next_message(gw)
         assert (msg.topic.value, msg.payload) == (
             topic("dev-a", "events"),
@@ -208,9 +200,7 @@ async def test_publish_under_another_device_never_arrives(mosquitto_port: int) -
         (PLATFORM_USER, "wrong"),
     ],
 )
-async def test_bad_credentials_are_refused(
-    mosquitto_port: int, username: str, password: str
-) -> None:
+async def test_bad_credentials_are_refused(mosquitto_port: int, username: str, password: str) -> None:
     client = aiomqtt.Client(
         "127.0.0.1",
         mosquitto_port,

@@ -42,9 +42,7 @@ async def next_status(client: aiomqtt.Client) -> tuple[dict[str, str], bool]:
     return json.loads(message.payload), message.retain
 
 
-async def test_online_status_is_published_retained(
-    broker_port: int, device: SimulatedDevice
-) -> None:
+async def test_online_status_is_published_retained(broker_port: int, device: SimulatedDevice) -> None:
     # A client that subscribes after the fact still learns the device is online.
     async with aiomqtt.Client("127.0.0.1", broker_port, identifier="observer") as observer:
         await observer.subscribe(topic_for("btn-1", Channel.status), qos=1)
@@ -53,9 +51,7 @@ async def test_online_status_is_published_retained(
     assert retained
 
 
-async def test_resends_until_received_then_stops(
-    device: SimulatedDevice, platform_factory: Factory
-) -> None:
+async def test_resends_until_received_then_stops(device: SimulatedDevice, platform_factory: Factory) -> None:
     platform = await platform_factory(
         ack_on_copy=2, then=(AckState.assigned, AckState.en_route, AckState.resolved)
     )
@@ -71,9 +67,7 @@ async def test_resends_until_received_then_stops(
     assert not device.pending
 
 
-async def test_event_ids_are_unique_and_carry_a_run_prefix(
-    broker_port: int, device: SimulatedDevice
-) -> None:
+async def test_event_ids_are_unique_and_carry_a_run_prefix(broker_port: int, device: SimulatedDevice) -> None:
     ids = [device.raise_event("test").event_id for _ in range(3)]
     assert len(set(ids)) == 3
     assert all(i.startswith(device.run_id + "-") for i in ids)
@@ -117,9 +111,7 @@ async def test_will_fires_when_the_device_drops_and_events_wait_for_its_return(
 
 
 async def test_telemetry_at_heartbeat_and_config_changes_it(broker_port: int) -> None:
-    sim = SimulatedDevice(
-        spec("mat-1", "mattress"), host="127.0.0.1", port=broker_port, clock=Clock(600)
-    )
+    sim = SimulatedDevice(spec("mat-1", "mattress"), host="127.0.0.1", port=broker_port, clock=Clock(600))
     async with aiomqtt.Client("127.0.0.1", broker_port, identifier="observer") as observer:
         await observer.subscribe(topic_for("mat-1", Channel.telemetry))
         sim.start()
@@ -141,9 +133,7 @@ async def test_reconnects_after_the_broker_goes_away_and_resends() -> None:
     port = free_port()
     broker = await start_broker(port)
     scenario = Scenario(reconnect=Backoff(initial_s=1, max_s=5))
-    sim = SimulatedDevice(
-        spec(), host="127.0.0.1", port=port, clock=Clock(SPEED), scenario=scenario
-    )
+    sim = SimulatedDevice(spec(), host="127.0.0.1", port=port, clock=Clock(SPEED), scenario=scenario)
     sim.start()
     try:
         async with asyncio.timeout(5):

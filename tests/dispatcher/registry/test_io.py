@@ -31,9 +31,7 @@ binhe-dc1,建设社区日间照料中心,community,day_care_centre,binhe,32.67,1
 HOMES_CSV = """id,station_id,address,lat,lon
 h1,binhe-dc1,唐河县滨河街道建设路12号,32.671,112.832
 """
-RESIDENTS_HEADER = (
-    "id,home_id,name,sex,birth_date,capacity_level,living_alone,conditions,contacts\n"
-)
+RESIDENTS_HEADER = "id,home_id,name,sex,birth_date,capacity_level,living_alone,conditions,contacts\n"
 
 
 def write(path: Path, text: str, *, bom: bool = False) -> Path:
@@ -74,15 +72,11 @@ async def test_round_trip(
     source, _ = demo_db
     files = tmp_path / "files"
     files.mkdir()
-    written = {
-        kind: await export_kind(source, kind, fmt, files / f"{kind}.{fmt}") for kind in KINDS
-    }
+    written = {kind: await export_kind(source, kind, fmt, files / f"{kind}.{fmt}") for kind in KINDS}
     assert written["stations"] == 85 and written["homes"] == 210
 
     reports = await import_files(second_db, [files / f"{kind}.{fmt}" for kind in reversed(KINDS)])
-    assert [(r.kind, r.status, r.created) for r in reports] == [
-        (k, "applied", written[k]) for k in KINDS
-    ]
+    assert [(r.kind, r.status, r.created) for r in reports] == [(k, "applied", written[k]) for k in KINDS]
 
     # Compare both databases through the (cheap, exact) CSV export.
     for kind in KINDS:
@@ -145,9 +139,7 @@ async def test_residents_with_contacts_and_partial_update(empty_db: Maker, tmp_p
         assert [(c.name, c.priority) for c in resident.contacts] == [("张伟", 1)]
 
 
-async def test_bad_rows_are_reported_and_nothing_is_written(
-    empty_db: Maker, tmp_path: Path
-) -> None:
+async def test_bad_rows_are_reported_and_nothing_is_written(empty_db: Maker, tmp_path: Path) -> None:
     await base_registry(empty_db, tmp_path)
     before = await counts(empty_db)
     path = write(
@@ -260,9 +252,7 @@ async def test_xlsx_with_typed_cells(empty_db: Maker, tmp_path: Path) -> None:
     wb = Workbook()
     ws = wb.active
     assert ws is not None
-    ws.append(
-        ["id", "home_id", "name", "sex", "birth_date", "capacity_level", "living_alone", "contacts"]
-    )
+    ws.append(["id", "home_id", "name", "sex", "birth_date", "capacity_level", "living_alone", "contacts"])
     ws.append(["r1", "h1", "王秀英", "女", date(1940, 3, 1), 2, True, "王强/儿子/13812345678"])
     ws.append([None] * 8)  # blank rows are skipped but still counted
     ws.append([7, "h1", "李桂兰", "F", date(1941, 5, 2), 2.0, False, None])
@@ -281,13 +271,9 @@ async def test_xlsx_with_typed_cells(empty_db: Maker, tmp_path: Path) -> None:
     assert [(e.row, e.column) for e in info.value.errors] == [(5, "birth_date")]
 
 
-async def test_import_files_orders_and_stops_at_first_failure(
-    empty_db: Maker, tmp_path: Path
-) -> None:
+async def test_import_files_orders_and_stops_at_first_failure(empty_db: Maker, tmp_path: Path) -> None:
     stations = write(tmp_path / "stations.csv", STATIONS_CSV)
-    homes = write(
-        tmp_path / "homes.csv", "id,station_id,address,lat,lon\nh1,nowhere,某地,32.6,112.8\n"
-    )
+    homes = write(tmp_path / "homes.csv", "id,station_id,address,lat,lon\nh1,nowhere,某地,32.6,112.8\n")
     devices = write(tmp_path / "devices.csv", "id,home_id,kind\nh1-hub,h1,hub\n")
     reports = await import_files(empty_db, [devices, homes, stations])
     assert [(r.file, r.status) for r in reports] == [

@@ -114,23 +114,17 @@ def test_resident_blank_vitals_are_none() -> None:
 def test_device_heartbeat_defaults_by_kind() -> None:
     button = DeviceRow.model_validate({"id": "h1-button", "home_id": "h1", "kind": "button"})
     assert button.heartbeat_s == DEFAULT_HEARTBEAT_S[DeviceKind.button]
-    hub = DeviceRow.model_validate(
-        {"id": "h1-hub", "home_id": "h1", "kind": "hub", "heartbeat_s": "30"}
-    )
+    hub = DeviceRow.model_validate({"id": "h1-hub", "home_id": "h1", "kind": "hub", "heartbeat_s": "30"})
     assert hub.heartbeat_s == 30
 
 
 def test_device_secret_is_never_exported_or_shown() -> None:
-    row = DeviceRow.model_validate(
-        {"id": "h1-hub", "home_id": "h1", "kind": "hub", "secret": "s" * 20}
-    )
+    row = DeviceRow.model_validate({"id": "h1-hub", "home_id": "h1", "kind": "hub", "secret": "s" * 20})
     assert "secret" not in EXPORT_COLUMNS["devices"]
     assert "secret" not in row.model_dump()
     assert "s" * 20 not in repr(row)
     with pytest.raises(ValidationError, match="at least 16"):
-        DeviceRow.model_validate(
-            {"id": "h1-hub", "home_id": "h1", "kind": "hub", "secret": "short"}
-        )
+        DeviceRow.model_validate({"id": "h1-hub", "home_id": "h1", "kind": "hub", "secret": "short"})
 
 
 def test_device_errors() -> None:

@@ -27,9 +27,7 @@ async def one_home(maker: Maker, tmp_path: Path) -> None:
         encoding="utf-8",
     )
     homes = tmp_path / "homes.csv"
-    homes.write_text(
-        "id,station_id,address,lat,lon\nh1,m,建设路1号,32.692,112.852\n", encoding="utf-8"
-    )
+    homes.write_text("id,station_id,address,lat,lon\nh1,m,建设路1号,32.692,112.852\n", encoding="utf-8")
     await import_file(maker, stations)
     await import_file(maker, homes)
 
@@ -37,9 +35,7 @@ async def one_home(maker: Maker, tmp_path: Path) -> None:
 async def test_issue_then_rekey(empty_db: Maker, tmp_path: Path) -> None:
     await one_home(empty_db, tmp_path)
     async with empty_db() as session, session.begin():
-        first = await issue_device(
-            session, device_id="h1-hub", home_id="h1", kind="hub", model="X", now=NOW
-        )
+        first = await issue_device(session, device_id="h1-hub", home_id="h1", kind="hub", model="X", now=NOW)
     async with empty_db() as session:
         device = await get_device(session, "h1-hub")
     assert device is not None
@@ -72,9 +68,7 @@ async def test_issue_then_rekey(empty_db: Maker, tmp_path: Path) -> None:
         ({"device_id": "h1-x", "home_id": "h1"}, "kind is required"),
     ],
 )
-async def test_issue_errors(
-    empty_db: Maker, tmp_path: Path, kwargs: dict[str, str], message: str
-) -> None:
+async def test_issue_errors(empty_db: Maker, tmp_path: Path, kwargs: dict[str, str], message: str) -> None:
     await one_home(empty_db, tmp_path)
     async with empty_db() as session:
         with pytest.raises(ValueError, match=message):
