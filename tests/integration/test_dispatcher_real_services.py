@@ -1,0 +1,222 @@
+"""The dispatcher as real processes on PostgreSQL: two copies fire every escalation step
+exactly once, and a copy killed with SIGKILL mid-wait still escalates on time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from device_gateway.store import EventRow, insert_events
+from dispatcher.audit import verify_log
+from dispatcher.models import AuditRow, Call, Device, Home, Resident, Staff, Station, Timer
+
+pytestmark = pytest.mark.integration
+
+POLICY = """
+policies:
+  - name: fast
+    steps:
+      - {action: alert_station, after_s: 0, until: closed}
+      - {action: remind, after_s: 1, repeat_every_s: 1, max_repeats: 6, until: acknowledged}
+      - {action: escalate_street, after_s: 3, until: acknowledged}
+      - {action: escalate_county, after_s: 6, until: acknowledged}
+      - {action: notify_contacts, after_s: 6, until: acknowledged}
+"""
+
+
+async def county(maker: async_sessionmaker[AsyncSession], homes: int) -> None:
+    now = datetime.now(UTC)
+    async with maker() as s, s.begin():
+        s.add(Station(id="county", name="县中心", tier="county", kind="county_centre", lat=32.68, lon=112.84))
+        await s.flush()
+        s.add(
+            Station(
+                id="st1",
+                name="街道",
+                tier="street",
+                kind="street_centre",
+                parent_id="county",
+                lat=32.69,
+                lon=112.85,
+            )
+        )
+        await s.flush()
+        s.add(
+            Station(
+                id="cm1",
+                name="社区",
+                tier="community",
+                kind="day_care_centre",
+                parent_id="st1",
+                lat=32.691,
+                lon=112.851,
+            )
+        )
+        await s.flush()
+        s.add(Staff(id="r1", station_id="cm1", name="李", role="responder", phone="1", on_duty=True))
+        for i in range(homes):
+            s.add(Home(id=f"h{i}", station_id="cm1", address=f"路{i}号", lat=32.692, lon=112.852))
+        await s.flush()
+        for i in range(homes):
+            s.add(
+                Resident(
+                    id=f"r{i}",
+                    home_id=f"h{i}",
+                    name="王",
+                    sex="F",
+                    birth_date=date(1940, 1, 1),
+                    capacity_level=2,
+                )
+            )
+            s.add(Device(id=f"b{i}", home_id=f"h{i}", kind="button", heartbeat_s=3600, created_at=now))
+
+
+async def sos_for_each_home(maker: async_sessionmaker[AsyncSession], homes: int) -> datetime:
+    now = datetime.now(UTC)
+    async with maker() as s, s.begin():
+        await insert_events(
+            s,
+            [
+                EventRow(
+                    device_id=f"b{i}",
+                    event_id="e1",
+                    home_id=f"h{i}",
+                    type="sos",
+                    event_class="emergency",
+                    sensor=None,
+                    data={},
+                    source="device",
+                    device_ts=now,
+                    received_at=now,
+                    clock_skew_s=0.0,
+                    clock_suspect=False,
+                    gateway="test",
+                )
+                for i in range(homes)
+            ],
+        )
+    return now
+
+
+def start_dispatcher(env: dict[str, str], instance: str, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "dispatcher.cli", "dispatcher", "--instance", instance],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(15)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(5)
+
+
+@pytest.fixture
+def env(pg_url: str, redis_url: str, mosquitto: tuple[str, int], tmp_path: Path) -> dict[str, str]:
+    policy = tmp_path / "escalation.yaml"
+    policy.write_text(POLICY, encoding="utf-8")
+    e = dict(os.environ)
+    e.update(
+        CARECALL_DATABASE_URL=pg_url,
+        CARECALL_REDIS_URL=redis_url,
+        CARECALL_MQTT_URL=f"mqtt://{mosquitto[0]}:{mosquitto[1]}",
+        CARECALL_ESCALATION_FILE=str(policy),
+        CARECALL_TIMER_POLL_S="0.1",
+        CARECALL_LOG_FORMAT="json",
+    )
+    return e
+
+
+async def audit_rows(maker: async_sessionmaker[AsyncSession], kind: str) -> list[AuditRow]:
+    async with maker() as s:
+        return list((await s.scalars(select(AuditRow).where(AuditRow.kind == kind))).all())
+
+
+async def test_two_dispatcher_copies_fire_each_step_exactly_once(
+    env: dict[str, str], pg_maker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    homes = 30
+    await county(pg_maker, homes)
+    procs = [start_dispatcher(env, f"d{i}", tmp_path / f"d{i}.log") for i in range(2)]
+    try:
+        await asyncio.sleep(2.5)  # both up and polling
+        await sos_for_each_home(pg_maker, homes)
+        await asyncio.sleep(9)
+    finally:
+        for p in procs:
+            stop(p)
+    async with pg_maker() as s:
+        calls = (await s.scalars(select(Call))).all()
+        fired = (
+            await s.execute(
+                select(Timer.call_id, Timer.step, Timer.repeat, Timer.fired_by).where(Timer.status == "fired")
+            )
+        ).all()
+    assert len(calls) == homes, "one call per home"
+    assert all(c.station_id == "county" and c.escalation_level == 2 for c in calls)
+    keys = Counter((f.call_id, f.step, f.repeat) for f in fired)
+    assert max(keys.values()) == 1, "a timer fired twice"
+    by_copy = Counter(f.fired_by for f in fired)
+    esc = await audit_rows(pg_maker, "escalated")
+    per_call = Counter((r.call_id, r.detail.get("to")) for r in esc)
+    reminders = await audit_rows(pg_maker, "reminder")
+    rem_keys = Counter((r.call_id, r.detail["repeat"]) for r in reminders)
+    print(
+        f"\n{len(fired)} timers fired, by copy {dict(by_copy)}; {len(esc)} escalations; {len(reminders)} reminders"
+    )
+    assert set(per_call.values()) == {1} and len(per_call) == homes * 2, "street and county once per call"
+    assert max(rem_keys.values()) == 1, "a reminder went out twice"
+    assert len(by_copy) == 2, "both copies shared the work"
+    assert (await verify_log(pg_maker)).ok
+
+
+async def test_dispatcher_killed_mid_wait_still_escalates_on_time(
+    env: dict[str, str], pg_maker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    await county(pg_maker, 3)
+    log = tmp_path / "d.log"
+    proc = start_dispatcher(env, "k1", log)
+    try:
+        await asyncio.sleep(2.5)
+        opened = await sos_for_each_home(pg_maker, 3)
+        deadline = time.monotonic() + 10
+        while not await audit_rows(pg_maker, "call_opened") and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.8)  # mid-wait: the street escalation is due 3 s after opening
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(5)
+        await asyncio.sleep(0.5)
+        proc = start_dispatcher(env, "k1", log)
+        await asyncio.sleep(8)
+    finally:
+        stop(proc)
+    esc = [r for r in await audit_rows(pg_maker, "escalated") if r.detail.get("to") == "street"]
+    opened_rows = {r.call_id: r.at for r in await audit_rows(pg_maker, "call_opened")}
+    assert len(esc) == 3, "every call escalated to the street centre, once"
+    late = []
+    for r in esc:
+        due = (opened_rows[r.call_id] - opened).total_seconds() + 3
+        late.append((r.at - opened).total_seconds() - due)
+    print(
+        f"\nstreet escalation fired {[round(x, 3) for x in late]} s after due, across a SIGKILL and restart"
+    )
+    assert max(late) < 1.0
+    assert (await verify_log(pg_maker)).ok
