@@ -222,7 +222,9 @@ class Gateway:
         await self._flush()
 
     def _subscriptions(self) -> list[str]:
-        base = [f"{p.TOPIC_PREFIX}/+/+", f"{p.TOPIC_PREFIX}/+/+/#", f"{p.TOPIC_PREFIX}/+"]
+        # non-overlapping filters (an overlap would deliver one message twice on some
+        # brokers): the contract's 5 levels, anything deeper, anything shallower
+        base = [f"{p.TOPIC_PREFIX}/+/+", f"{p.TOPIC_PREFIX}/+/+/+/#", f"{p.TOPIC_PREFIX}/+"]
         if self.shared_group:
             return [f"$share/{self.shared_group}/{t}" for t in base]
         return base
