@@ -21,6 +21,7 @@ import typer
 
 from config.settings import Settings, SettingsError, load_settings
 from dispatcher.logs import configure_logging
+from dispatcher.oversight.cli import report_app
 
 T = TypeVar("T")
 
@@ -39,6 +40,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(devices_app, name="devices")
 app.add_typer(audit_app, name="audit")
 app.add_typer(users_app, name="users")
+app.add_typer(report_app, name="report")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

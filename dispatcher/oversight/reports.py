@@ -1,0 +1,262 @@
+"""The reports as plain data: one function per report, shared by the API and the CLI.
+
+Both front ends call these and only render the result, which is how the dashboard, the
+downloads and ``carecall report`` are kept from ever disagreeing. Each report carries
+``rows`` (the flat table every export writes) beside whatever structure it has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from dispatcher.oversight import service
+from dispatcher.oversight.coverage import by_street, coverage, coverage_rows, what_if
+from dispatcher.oversight.figures import CallFigures, Grouping, Period, group_rows, summary
+from dispatcher.oversight.health import device_rows
+from dispatcher.oversight.review import review_list, review_rows
+from dispatcher.oversight.targets import Targets
+from dispatcher.routing import RoutingConfig
+
+__all__ = [
+    "ReportScope",
+    "aggregates_report",
+    "coverage_report",
+    "devices_report",
+    "monthly_data",
+    "review_report",
+    "summary_report",
+    "timeline_report",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ReportScope:
+    """Whose figures: the caller's scope (None = whole county) narrowed to ``station_id``."""
+
+    scope: frozenset[str] | None
+    station_id: str | None = None
+
+
+def _period_json(period: Period) -> dict[str, str]:
+    return {"from": period.start.isoformat(), "to": period.end.isoformat()}
+
+
+async def _figures(
+    session: AsyncSession, where: ReportScope, period: Period, targets: Targets, now: datetime
+) -> list[CallFigures]:
+    scope = await service.narrow_scope(session, where.scope, where.station_id)
+    return await service.load_call_figures(session, period=period, scope=scope, targets=targets, now=now)
+
+
+async def summary_report(
+    maker: async_sessionmaker[AsyncSession],
+    *,
+    where: ReportScope,
+    period: Period,
+    targets: Targets,
+    now: datetime,
+) -> dict[str, Any]:
+    async with maker() as s:
+        figs = await _figures(s, where, period, targets, now)
+    row = {"station_id": where.station_id, **_period_json(period), **summary(figs, targets)}
+    row["review"] = len(review_list(figs))
+    return {"period": _period_json(period), "station_id": where.station_id, "summary": row, "rows": [row]}
+
+
+async def aggregates_report(
+    maker: async_sessionmaker[AsyncSession],
+    *,
+    where: ReportScope,
+    period: Period,
+    by: Grouping,
+    targets: Targets,
+    now: datetime,
+) -> dict[str, Any]:
+    async with maker() as s:
+        figs = await _figures(s, where, period, targets, now)
+    rows = group_rows(figs, by, targets)
+    return {"period": _period_json(period), "station_id": where.station_id, "by": by, "rows": rows}
+
+
+async def review_report(
+    maker: async_sessionmaker[AsyncSession],
+    *,
+    where: ReportScope,
+    period: Period,
+    targets: Targets,
+    now: datetime,
+    timelines: bool = True,
+) -> dict[str, Any]:
+    async with maker() as s:
+        figs = await _figures(s, where, period, targets, now)
+        items = review_list(figs)
+        lines = await service.load_timelines(s, [i.figures.info.call_id for i in items]) if timelines else {}
+    rows = review_rows(items)
+    calls = [{**row, "timeline": [t.as_dict() for t in lines.get(row["call_id"], [])]} for row in rows]
+    return {"period": _period_json(period), "station_id": where.station_id, "calls": calls, "rows": rows}
+
+
+async def timeline_report(
+    maker: async_sessionmaker[AsyncSession],
+    *,
+    call_id: int,
+    scope: frozenset[str] | None,
+) -> dict[str, Any] | None:
+    """One call's audit rows; None when it does not exist or lies outside the scope."""
+    async with maker() as s:
+        if not await service.call_in_scope(s, call_id, scope):
+            return None
+        rows = [t.as_dict() for t in (await service.load_timelines(s, [call_id]))[call_id]]
+    flat = [{**r, "call_id": call_id, "detail": _json_text(r["detail"])} for r in rows]
+    return {"call_id": call_id, "timeline": rows, "rows": flat}
+
+
+def _json_text(value: Any) -> str:
+    import json
+
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+async def coverage_report(
+    maker: async_sessionmaker[AsyncSession],
+    *,
+    where: ReportScope,
+    routing: RoutingConfig,
+    targets: Targets,
+    add_staff_station: str | None = None,
+    add: int = 1,
+) -> dict[str, Any]:
+    limits = {"urban": targets.arrival.urban_min, "rural": targets.arrival.rural_min}
+    async with maker() as s:
+        scope = await service.narrow_scope(s, where.scope, where.station_id)
+        homes, stations = await service.load_coverage_inputs(s, scope)
+    now_cov = coverage(homes, stations, routing, limits)
+    out: dict[str, Any] = {
+        "station_id": where.station_id,
+        "limits_min": limits,
+        "homes": coverage_rows(now_cov),
+        "by_street": by_street(now_cov),
+        "stations": [
+            {
+                "id": st.id,
+                "name": st.name,
+                "tier": st.tier,
+                "lat": st.lat,
+                "lon": st.lon,
+                "on_duty": st.on_duty,
+            }
+            for st in stations
+            if scope is None or st.id in scope
+        ],
+        "what_if": None,
+    }
+    if add_staff_station is not None:
+        if scope is not None and add_staff_station not in scope:
+            raise LookupError(add_staff_station)
+        result, after = what_if(homes, stations, routing, limits, station_id=add_staff_station, add=add)
+        out["what_if"] = {
+            "station_id": result.station_id,
+            "added": result.added,
+            "covered_before": result.covered_before,
+            "covered_after": result.covered_after,
+            "newly_covered": list(result.newly_covered),
+            "newly_uncovered": list(result.newly_uncovered),
+            "nearest_changed": list(result.nearest_changed),
+            "by_street": by_street(after),
+        }
+    out["rows"] = out["homes"]
+    return out
+
+
+async def devices_report(
+    maker: async_sessionmaker[AsyncSession],
+    *,
+    where: ReportScope,
+    period: Period,
+    targets: Targets,
+    now: datetime,
+) -> dict[str, Any]:
+    async with maker() as s:
+        scope = await service.narrow_scope(s, where.scope, where.station_id)
+        stations = await service.load_stations(s)
+        tz = service.home_timezone(stations, where.station_id)
+        start, end = service.period_bounds(period, tz)
+        facts = await service.load_device_facts(s, scope=scope, start=start, end=min(end, now))
+    rows = device_rows(
+        facts,
+        now=now,
+        test_every_days=targets.devices.test_every_days,
+        low_battery_pct=targets.devices.low_battery_pct,
+    )
+    counts = {
+        "devices": len(rows),
+        "offline_now": sum(r["offline_now"] for r in rows),
+        "not_tested": sum(r["not_tested"] for r in rows),
+        "low_battery": sum(r["low_battery"] for r in rows),
+        "rejected_messages": sum(r["rejected_messages"] for r in rows),
+    }
+    return {
+        "period": _period_json(period),
+        "station_id": where.station_id,
+        "timezone": tz,
+        "counts": counts,
+        "rows": rows,
+    }
+
+
+def month_period(month: str) -> Period:
+    """YYYY-MM → its first and last day."""
+    try:
+        year, mon = (int(p) for p in month.split("-"))
+        first = date(year, mon, 1)
+    except ValueError:
+        raise ValueError(f"month must be YYYY-MM, got {month!r}") from None
+    nxt = date(year + (mon == 12), mon % 12 + 1, 1)
+    return Period(first, date.fromordinal(nxt.toordinal() - 1))
+
+
+async def monthly_data(
+    maker: async_sessionmaker[AsyncSession],
+    *,
+    where: ReportScope,
+    month: str,
+    targets: Targets,
+    routing: RoutingConfig,
+    now: datetime,
+) -> dict[str, Any]:
+    """Everything the printable monthly report shows, as data (render.monthly_html draws it)."""
+    period = month_period(month)
+    async with maker() as s:
+        figs = await _figures(s, where, period, targets, now)
+        stations = await service.load_stations(s)
+    name = stations[where.station_id].name if where.station_id in stations else "全县 / whole county"
+    items = review_list(figs)
+    cov = await coverage_report(maker, where=where, routing=routing, targets=targets)
+    dev = await devices_report(maker, where=where, period=period, targets=targets, now=now)
+    return {
+        "month": month,
+        "period": _period_json(period),
+        "station_id": where.station_id,
+        "station_name": name,
+        "generated_at": now.isoformat(timespec="seconds"),
+        "summary": summary(figs, targets),
+        "answer_times": sorted(f.answer_s for f in figs if f.answer_s is not None),
+        "by_day": group_rows(figs, "day", targets),
+        "by_type": group_rows(figs, "type", targets),
+        "by_hour": group_rows(figs, "hour", targets),
+        "by_station": group_rows(figs, "station", targets),
+        "review": review_rows(items),
+        "coverage": cov,
+        "devices": dev["counts"],
+        "targets": targets.model_dump(mode="json"),
+    }
+
+
+def rows_of(report: dict[str, Any]) -> Sequence[dict[str, Any]]:
+    rows: Sequence[dict[str, Any]] = report["rows"]
+    return rows

@@ -1,0 +1,529 @@
+"""Loading the inputs of the oversight figures from the database, with scope applied.
+
+Each report is a handful of set-based queries, whatever the number of calls: one pass
+over the audit log groups the moments of every call in the window with conditional
+aggregates (the same on SQLite and PostgreSQL), one query reads the calls and homes, one
+the first event of each call. The pure modules then do the arithmetic, so the figures
+are the same whichever database answered.
+
+Scope: a call belongs to a supervisor's subtree when its home's station or the station
+it was first assigned to lies in it; a home or device when its home's station does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import and_, case, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dispatcher.auth import station_subtree
+from dispatcher.chain import AuditKind
+from dispatcher.models import (
+    AuditRow,
+    Call,
+    CallEvent,
+    Device,
+    DeviceEvent,
+    DeviceState,
+    Home,
+    RejectedMessage,
+    Staff,
+    Station,
+)
+from dispatcher.oversight.coverage import CoverageHome, CoverageStation
+from dispatcher.oversight.figures import CallFigures, CallInfo, CallMarks, Period, call_figures, in_period
+from dispatcher.oversight.health import DeviceFacts, offline_seconds
+from dispatcher.oversight.review import TimelineEntry
+from dispatcher.oversight.targets import Targets
+
+__all__ = [
+    "RESPONDER_ROLES",
+    "StationInfo",
+    "call_in_scope",
+    "home_timezone",
+    "load_call_figures",
+    "load_coverage_inputs",
+    "load_device_facts",
+    "load_stations",
+    "load_timelines",
+    "narrow_scope",
+    "period_bounds",
+    "utc_window",
+    "visible",
+]
+
+# Staff who can be sent to a door (as dispatcher.calls.station_nodes counts them).
+RESPONDER_ROLES = ("responder", "nurse", "doctor")
+# Time zones run from UTC-12 to UTC+14: a local day lies inside this margin of UTC.
+_TZ_MARGIN = timedelta(hours=15)
+
+
+@dataclass(frozen=True, slots=True)
+class StationInfo:
+    id: str
+    name: str
+    tier: str
+    parent_id: str | None
+    timezone: str
+    area: str
+    lat: float
+    lon: float
+    street_id: str | None
+    county_id: str | None
+
+
+async def load_stations(session: AsyncSession) -> dict[str, StationInfo]:
+    """Every station with the street and county above it (itself when it is one)."""
+    rows = (
+        await session.execute(
+            select(
+                Station.id,
+                Station.name,
+                Station.tier,
+                Station.parent_id,
+                Station.timezone,
+                Station.area,
+                Station.lat,
+                Station.lon,
+            )
+        )
+    ).all()
+    raw = {r.id: r for r in rows}
+
+    def up(sid: str, tier: str) -> str | None:
+        seen: set[str] = set()
+        cur: str | None = sid
+        while cur is not None and cur in raw and cur not in seen:
+            if raw[cur].tier == tier:
+                return cur
+            seen.add(cur)
+            cur = raw[cur].parent_id
+        return None
+
+    return {
+        r.id: StationInfo(
+            r.id,
+            r.name,
+            r.tier,
+            r.parent_id,
+            r.timezone or "Asia/Shanghai",
+            r.area,
+            r.lat,
+            r.lon,
+            up(r.id, "street"),
+            up(r.id, "county"),
+        )
+        for r in rows
+    }
+
+
+async def narrow_scope(
+    session: AsyncSession, scope: frozenset[str] | None, station_id: str | None
+) -> frozenset[str] | None:
+    """The caller's scope narrowed to one station's subtree (a report for that station).
+
+    Raises LookupError when the station is unknown or outside the caller's scope, so the
+    API can answer 404 without telling whether it exists.
+    """
+    if station_id is None:
+        return scope
+    if scope is not None and station_id not in scope:
+        raise LookupError(station_id)
+    sub = await station_subtree(session, station_id)
+    if not sub:
+        raise LookupError(station_id)
+    return sub if scope is None else sub & scope
+
+
+def utc_window(period: Period) -> tuple[datetime, datetime]:
+    """A UTC range that surely holds every local day of the period in any time zone."""
+    lo = datetime.combine(period.start, time(0), tzinfo=UTC) - _TZ_MARGIN
+    hi = datetime.combine(period.end + timedelta(days=1), time(0), tzinfo=UTC) + _TZ_MARGIN
+    return lo, hi
+
+
+def _first(cond: Any) -> Any:
+    return func.min(case((cond, AuditRow.at)))
+
+
+_K = AuditKind
+_MARK_KINDS = [
+    _K.event_received.value,
+    _K.call_opened.value,
+    _K.acknowledged.value,
+    _K.responder_dispatched.value,
+    _K.on_scene.value,
+    _K.resolved.value,
+    _K.cancelled.value,
+    _K.restored.value,
+    _K.escalated.value,
+]
+
+
+async def _marks(session: AsyncSession, candidates: Any) -> dict[int, tuple[CallMarks, str | None]]:
+    """Every candidate call's moments (and first assigned station) in one grouped pass:
+    the set-based twin of figures.marks_from_rows."""
+    ar = AuditRow
+    closing = ar.kind.in_((_K.resolved.value, _K.cancelled.value, _K.restored.value))
+    stmt = (
+        select(
+            ar.call_id,
+            _first(ar.kind == _K.event_received.value),
+            _first(ar.kind == _K.call_opened.value),
+            _first(ar.kind == _K.acknowledged.value),
+            _first(and_(ar.kind.in_((_K.resolved.value, _K.cancelled.value)), ar.actor.like("user:%"))),
+            _first(ar.kind == _K.responder_dispatched.value),
+            _first(ar.kind == _K.on_scene.value),
+            _first(closing),
+            func.sum(case((ar.kind == _K.escalated.value, 1), else_=0)),
+            func.min(case((ar.kind == _K.call_opened.value, ar.station_id))),
+        )
+        .where(ar.call_id.in_(candidates), ar.kind.in_(_MARK_KINDS))
+        .group_by(ar.call_id)
+    )
+    out: dict[int, tuple[CallMarks, str | None]] = {}
+    for cid, rec, opened, ack, op_close, disp, scene, closed, esc, first_station in (
+        await session.execute(stmt)
+    ).all():
+        out[int(cid)] = (
+            CallMarks(
+                received_at=_utc(rec),
+                opened_at=_utc(opened),
+                acknowledged_at=_utc(ack) or _utc(op_close),
+                dispatched_at=_utc(disp),
+                on_scene_at=_utc(scene),
+                closed_at=_utc(closed),
+                escalations=int(esc or 0),
+            ),
+            first_station,
+        )
+    # Which escalations reached for the county is in the row's detail: read only those
+    # rows (few) and decide in Python, the same on every database's JSON dialect.
+    county: set[int] = set()
+    for cid, detail in (
+        await session.execute(
+            select(ar.call_id, ar.detail).where(ar.call_id.in_(candidates), ar.kind == _K.escalated.value)
+        )
+    ).all():
+        if isinstance(detail, dict) and detail.get("to") == "county":
+            county.add(int(cid))
+    for cid in county:
+        if cid in out:
+            m, st = out[cid]
+            out[cid] = (
+                CallMarks(
+                    m.received_at,
+                    m.opened_at,
+                    m.acknowledged_at,
+                    m.dispatched_at,
+                    m.on_scene_at,
+                    m.closed_at,
+                    m.escalations,
+                    True,
+                ),
+                st,
+            )
+    return out
+
+
+def _utc(value: datetime | str | None) -> datetime | None:
+    """Aggregates over a UTC column come back typed on PostgreSQL; on SQLite min() of a
+    CASE can come back as the stored text, so both are accepted."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def visible(scope: frozenset[str] | None, *station_ids: str | None) -> bool:
+    return scope is None or any(s is not None and s in scope for s in station_ids)
+
+
+async def load_call_figures(
+    session: AsyncSession,
+    *,
+    period: Period,
+    scope: frozenset[str] | None,
+    targets: Targets,
+    now: datetime,
+) -> list[CallFigures]:
+    """Figures of every call in scope that started in the period (by its station's day)."""
+    lo, hi = utc_window(period)
+    candidates = (
+        select(AuditRow.call_id)
+        .where(
+            AuditRow.kind == _K.event_received.value,
+            AuditRow.at >= lo,
+            AuditRow.at < hi,
+            AuditRow.call_id.is_not(None),
+        )
+        .distinct()
+        .scalar_subquery()
+    )
+    marks = await _marks(session, candidates)
+    if not marks:
+        return []
+    calls = (
+        await session.execute(
+            select(
+                Call.id,
+                Call.priority,
+                Call.event_class,
+                Call.status,
+                Call.outcome,
+                Call.home_id,
+                Home.station_id,
+                Home.area,
+            )
+            .join(Home, Home.id == Call.home_id)
+            .where(Call.id.in_(candidates))
+        )
+    ).all()
+    first_ev = (
+        select(CallEvent.call_id.label("cid"), func.min(CallEvent.event_pk).label("pk"))
+        .where(CallEvent.call_id.in_(candidates))
+        .group_by(CallEvent.call_id)
+        .subquery()
+    )
+    types: dict[int, str] = dict(
+        (
+            await session.execute(
+                select(first_ev.c.cid, DeviceEvent.type).join(DeviceEvent, DeviceEvent.id == first_ev.c.pk)
+            )
+        ).all()
+    )
+    stations = await load_stations(session)
+    figs: list[CallFigures] = []
+    for cid, prio, cls, status, outcome, home_id, home_station, area in calls:
+        if cid not in marks:
+            continue
+        m, first_station = marks[cid]
+        if not visible(scope, home_station, first_station):
+            continue
+        hs = stations.get(home_station)
+        fs = stations.get(first_station or "") or hs
+        street = stations.get(hs.street_id or "") if hs else None
+        county = stations.get(hs.county_id or "") if hs else None
+        info = CallInfo(
+            call_id=cid,
+            station_id=fs.id if fs else None,
+            station_name=fs.name if fs else "",
+            home_id=home_id,
+            home_station_id=home_station,
+            street_id=street.id if street else None,
+            street_name=street.name if street else "",
+            county_id=county.id if county else None,
+            county_name=county.name if county else "",
+            timezone=fs.timezone if fs else "Asia/Shanghai",
+            area=area,
+            priority=prio,
+            event_type=types.get(cid, cls),
+            event_class=cls,
+            status=status,
+            outcome=outcome,
+        )
+        if m.start is None:
+            continue
+        figs.append(call_figures(info, m, targets, now))
+    figs = in_period(figs, period)
+    figs.sort(key=lambda f: (f.marks.start or now, f.info.call_id))
+    return figs
+
+
+async def load_timelines(session: AsyncSession, call_ids: Sequence[int]) -> dict[int, list[TimelineEntry]]:
+    """The audit rows of the given calls, in chain order."""
+    out: dict[int, list[TimelineEntry]] = {cid: [] for cid in call_ids}
+    if not call_ids:
+        return out
+    for chunk_start in range(0, len(call_ids), 1000):
+        chunk = list(call_ids[chunk_start : chunk_start + 1000])
+        rows = (
+            await session.scalars(select(AuditRow).where(AuditRow.call_id.in_(chunk)).order_by(AuditRow.seq))
+        ).all()
+        for r in rows:
+            if r.call_id is not None:
+                out[r.call_id].append(
+                    TimelineEntry(r.seq, _utc(r.at) or r.at, r.kind, r.actor, r.station_id, r.detail or {})
+                )
+    return out
+
+
+async def call_in_scope(session: AsyncSession, call_id: int, scope: frozenset[str] | None) -> bool:
+    """Whether a call exists and belongs to the scope (home station or first station)."""
+    home_station = await session.scalar(
+        select(Home.station_id).join(Call, Call.home_id == Home.id).where(Call.id == call_id)
+    )
+    if home_station is None:
+        return False
+    first_station = await session.scalar(
+        select(AuditRow.station_id)
+        .where(AuditRow.call_id == call_id, AuditRow.kind == _K.call_opened.value)
+        .order_by(AuditRow.seq)
+        .limit(1)
+    )
+    return visible(scope, home_station, first_station)
+
+
+async def load_coverage_inputs(
+    session: AsyncSession, scope: frozenset[str] | None
+) -> tuple[list[CoverageHome], list[CoverageStation]]:
+    """Homes in scope and every station with its on-duty responders now.
+
+    Every station, not only those in scope: a bed near the street boundary may well be
+    covered by the neighbour's station, and the circle does not stop at the boundary.
+    """
+    stations = await load_stations(session)
+    counts = dict(
+        (
+            await session.execute(
+                select(Staff.station_id, func.count())
+                .where(Staff.on_duty.is_(True), Staff.role.in_(RESPONDER_ROLES))
+                .group_by(Staff.station_id)
+            )
+        ).all()
+    )
+    homes_q = select(Home.id, Home.station_id, Home.lat, Home.lon, Home.area, Home.address).order_by(Home.id)
+    if scope is not None:
+        homes_q = homes_q.where(Home.station_id.in_(sorted(scope)))
+    homes: list[CoverageHome] = []
+    for hid, sid, lat, lon, area, address in (await session.execute(homes_q)).all():
+        st = stations.get(sid)
+        street = stations.get(st.street_id or "") if st else None
+        homes.append(
+            CoverageHome(
+                hid,
+                sid,
+                street.id if street else None,
+                street.name if street else "",
+                lat,
+                lon,
+                area,
+                address,
+            )
+        )
+    cstations = [
+        CoverageStation(s.id, s.name, s.tier, s.lat, s.lon, int(counts.get(s.id, 0)))
+        for s in sorted(stations.values(), key=lambda s: s.id)
+    ]
+    return homes, cstations
+
+
+async def load_device_facts(
+    session: AsyncSession,
+    *,
+    scope: frozenset[str] | None,
+    start: datetime,
+    end: datetime,
+) -> list[DeviceFacts]:
+    """Registry devices in scope with their state, offline seconds in [start, end) and
+    rejected messages in it."""
+    stations = await load_stations(session)
+    q = (
+        select(
+            Device.id,
+            Device.home_id,
+            Home.station_id,
+            Device.kind,
+            Device.enabled,
+            Device.created_at,
+            DeviceState.online,
+            DeviceState.offline_since,
+            DeviceState.last_seen_at,
+            DeviceState.battery_pct,
+            DeviceState.last_test_at,
+        )
+        .join(Home, Home.id == Device.home_id)
+        .outerjoin(DeviceState, DeviceState.device_id == Device.id)
+        .order_by(Device.id)
+    )
+    if scope is not None:
+        q = q.where(Home.station_id.in_(sorted(scope)))
+    devices = (await session.execute(q)).all()
+    sup_types = ("offline", "online")
+    changes: dict[str, list[tuple[datetime, str]]] = {}
+    for dev, at, typ in (
+        await session.execute(
+            select(DeviceEvent.device_id, DeviceEvent.received_at, DeviceEvent.type).where(
+                DeviceEvent.type.in_(sup_types),
+                DeviceEvent.received_at >= start,
+                DeviceEvent.received_at < end,
+            )
+        )
+    ).all():
+        changes.setdefault(dev, []).append((_utc(at) or at, typ))
+    last_before = (
+        select(DeviceEvent.device_id.label("dev"), func.max(DeviceEvent.id).label("pk"))
+        .where(DeviceEvent.type.in_(sup_types), DeviceEvent.received_at < start)
+        .group_by(DeviceEvent.device_id)
+        .subquery()
+    )
+    state_at_start: dict[str, str] = dict(
+        (
+            await session.execute(
+                select(last_before.c.dev, DeviceEvent.type).join(
+                    DeviceEvent, DeviceEvent.id == last_before.c.pk
+                )
+            )
+        ).all()
+    )
+    rejected = dict(
+        (
+            await session.execute(
+                select(RejectedMessage.device_id, func.count())
+                .where(RejectedMessage.received_at >= start, RejectedMessage.received_at < end)
+                .group_by(RejectedMessage.device_id)
+            )
+        ).all()
+    )
+    out: list[DeviceFacts] = []
+    for d in devices:
+        st = stations.get(d.station_id)
+        out.append(
+            DeviceFacts(
+                id=d.id,
+                home_id=d.home_id,
+                station_id=d.station_id,
+                street_id=st.street_id if st else None,
+                kind=d.kind,
+                enabled=d.enabled,
+                created_at=_utc(d.created_at) or d.created_at,
+                online=d.online,
+                offline_since=_utc(d.offline_since),
+                last_seen_at=_utc(d.last_seen_at),
+                battery_pct=d.battery_pct,
+                last_test_at=_utc(d.last_test_at),
+                offline_s_in_period=offline_seconds(
+                    changes.get(d.id, []),
+                    start=start,
+                    end=end,
+                    offline_at_start=state_at_start.get(d.id) == "offline",
+                ),
+                rejected_in_period=int(rejected.get(d.id, 0)),
+            )
+        )
+    return out
+
+
+def period_bounds(period: Period, timezone: str) -> tuple[datetime, datetime]:
+    """UTC instants of local midnight at the period's first day and after its last, in
+    ``timezone``: device hours are counted over the same local days as the calls."""
+    tz = ZoneInfo(timezone)
+    return (
+        datetime.combine(period.start, time(0), tzinfo=tz).astimezone(UTC),
+        datetime.combine(period.end + timedelta(days=1), time(0), tzinfo=tz).astimezone(UTC),
+    )
+
+
+def home_timezone(stations: dict[str, StationInfo], station_id: str | None) -> str:
+    """The time zone reports for a station's subtree are read in (the whole county's,
+    when no station is given)."""
+    if station_id and station_id in stations:
+        return stations[station_id].timezone
+    counties = sorted(s.id for s in stations.values() if s.tier == "county")
+    return stations[counties[0]].timezone if counties else "Asia/Shanghai"

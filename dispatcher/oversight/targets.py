@@ -1,0 +1,118 @@
+"""Oversight targets (config/oversight.yaml) as a validated, frozen model.
+
+The targets are what supervisors are graded against, so a misspelt key must stop the
+command rather than leave a target at a value nobody chose: unknown keys are errors and
+the message names the file and the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from config.settings import CONFIG_DIR
+
+__all__ = [
+    "DEFAULT_TARGETS_FILE",
+    "AnswerTarget",
+    "ArrivalTarget",
+    "DeviceTargets",
+    "ReviewTargets",
+    "Targets",
+    "TargetsError",
+    "load_targets",
+]
+
+DEFAULT_TARGETS_FILE = CONFIG_DIR / "oversight.yaml"
+
+
+class AnswerTarget(BaseModel):
+    """At least ``min_share`` of calls acknowledged within ``within_s`` seconds."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    within_s: float = Field(gt=0)
+    min_share: float = Field(gt=0, le=1)
+
+
+class ArrivalTarget(BaseModel):
+    """A responder on scene within the service circle, by the home's area."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    urban_min: float = Field(default=15.0, gt=0)
+    rural_min: float = Field(default=30.0, gt=0)
+    min_share: float = Field(default=0.95, gt=0, le=1)
+
+    def limit_s(self, area: str) -> float:
+        return (self.rural_min if area == "rural" else self.urban_min) * 60.0
+
+
+class ReviewTargets(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    answer_over_s: float = Field(default=180.0, gt=0)
+
+
+class DeviceTargets(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    test_every_days: int = Field(default=7, ge=1)
+    low_battery_pct: float = Field(default=20.0, ge=0, le=100)
+
+
+def _default_answer() -> tuple[AnswerTarget, ...]:
+    return (AnswerTarget(within_s=60, min_share=0.975), AnswerTarget(within_s=180, min_share=0.99))
+
+
+class Targets(BaseModel):
+    """The whole of config/oversight.yaml; the defaults equal the shipped file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    answer: tuple[AnswerTarget, ...] = Field(default_factory=_default_answer)
+    arrival: ArrivalTarget = ArrivalTarget()
+    review: ReviewTargets = ReviewTargets()
+    devices: DeviceTargets = DeviceTargets()
+
+    @field_validator("answer")
+    @classmethod
+    def _sorted_unique(cls, value: tuple[AnswerTarget, ...]) -> tuple[AnswerTarget, ...]:
+        # Columns are named after the seconds (answered_within_60s): two targets with
+        # the same time would write one column twice.
+        seconds = [t.within_s for t in value]
+        if len(set(seconds)) != len(seconds):
+            raise ValueError("two answer targets have the same within_s")
+        return tuple(sorted(value, key=lambda t: t.within_s))
+
+
+class TargetsError(ValueError):
+    """config/oversight.yaml cannot be used; the message names the file and the bad key."""
+
+
+def load_targets(path: Path | None = None) -> Targets:
+    """Read and validate the targets file (default: the shipped config/oversight.yaml)."""
+    path = path or DEFAULT_TARGETS_FILE
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise TargetsError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise TargetsError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise TargetsError(f"{path}: must hold a mapping, not {type(data).__name__}")
+    try:
+        return Targets.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            key = ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
+            if err.get("type") == "extra_forbidden":
+                problems.append(f"unknown key {key!r}")
+            else:
+                problems.append(f"{key!r}: {str(err.get('msg', 'invalid')).removeprefix('Value error, ')}")
+        raise TargetsError(f"{path}: " + "; ".join(problems)) from exc
