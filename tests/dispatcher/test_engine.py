@@ -19,7 +19,7 @@ from dispatcher.bus import MemoryBus
 from dispatcher.clock import Clock
 from dispatcher.engine import Dispatcher
 from dispatcher.models import AuditRow, Call, Contact, Notification, Staff, Timer, User
-from dispatcher.notifiers import LogNotifier
+from dispatcher.notifiers import LogNotifier, Message, NotifyError
 from tests.conftest import add_small_registry
 
 T0 = datetime(2026, 11, 26, 3, 0, tzinfo=UTC)  # 11:00 in the county: daytime
@@ -379,3 +379,57 @@ async def test_watchdog_repairs_a_call_that_lost_its_timers(setup, maker) -> Non
     assert "watchdog_repair" in await kinds(maker, cid)
     await run_until(d, clock, 8)
     assert "escalated" in await kinds(maker, cid)
+
+
+class FlakyNotifier(LogNotifier):
+    """Fails the first attempts of every notification, like an SMS gateway having a bad minute."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.attempts: dict[int, int] = {}
+
+    async def send(self, message: Message) -> str:
+        n = self.attempts[message.notification_id] = self.attempts.get(message.notification_id, 0) + 1
+        if n <= self.failures:
+            raise NotifyError("gateway timeout")
+        return await super().send(message)
+
+
+async def test_failed_notifications_are_retried_recorded_and_never_block_the_call(setup, maker) -> None:  # type: ignore[no-untyped-def]
+    d, clock, _ = setup
+    d.notifier = FlakyNotifier(failures=2)
+    await store_event(maker, "h1-btn", "e1", "sos", T0)
+    await run_until(d, clock, 20)
+    async with maker() as s:
+        call = (await s.scalars(select(Call))).one()
+        statuses = list(await s.scalars(select(Notification.status).where(Notification.channel == "log")))
+    k = await kinds(maker, call.id)
+    assert call.escalation_level == 2, "escalation went on while notifications failed"
+    assert k.count("notification_failed") >= 2 and "notification_sent" in k
+    assert "sent" in statuses
+
+
+async def test_webhook_notifier_posts_json_and_reports_http_errors() -> None:
+    import httpx
+
+    from dispatcher.notifiers import WebhookNotifier
+
+    seen: list[dict[str, object]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        import json
+
+        seen.append(json.loads(request.content))
+        return httpx.Response(200 if len(seen) == 1 else 503, text="busy")
+
+    n = WebhookNotifier("http://bridge.invalid/notify")
+    n._client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    msg = Message(
+        notification_id=7, call_id=3, purpose="notify_contact", target="phone:139", body={"name": "王强"}
+    )
+    assert await n.send(msg) == "HTTP 200"
+    with pytest.raises(NotifyError, match="503"):
+        await n.send(msg)
+    assert seen[0]["target"] == "phone:139" and seen[0]["body"] == {"name": "王强"}
+    await n.close()
