@@ -30,6 +30,14 @@ async def _head(session: AsyncSession) -> list[Any]:
     return [head.seq, head.hash]
 
 
+async def lock_head(session: AsyncSession) -> None:
+    """Take the chain's lock at the start of a transaction, before any call row: every
+    writer then locks in the same order (head, then calls), so two dispatcher copies can
+    never deadlock on a call and the head."""
+    if _HEAD_KEY not in session.info:
+        session.info[_HEAD_KEY] = tuple(await _head(session))
+
+
 async def append(
     session: AsyncSession,
     *,

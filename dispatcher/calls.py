@@ -121,7 +121,19 @@ def _is_pg(session: AsyncSession) -> bool:
 
 
 async def station_nodes(session: AsyncSession) -> dict[str, routing.StationNode]:
-    """Every station with its count of on-duty responders not busy on a call."""
+    """Every station with its count of on-duty responders not busy on a call.
+
+    Cached for the transaction: an alarm storm opens hundreds of calls per batch, and
+    staffing does not change inside one (operators send responders in their own)."""
+    cached = session.info.get("carecall.station_nodes")
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    nodes = await _load_station_nodes(session)
+    session.info["carecall.station_nodes"] = nodes
+    return nodes
+
+
+async def _load_station_nodes(session: AsyncSession) -> dict[str, routing.StationNode]:
     busy = select(Assignment.staff_id).where(Assignment.active.is_(True))
     counts = dict(
         (
@@ -664,6 +676,7 @@ async def act(
     operator was first; 422 for bad input)."""
     if action not in _TRANSITIONS:
         raise CallError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}", 404)
+    await audit.lock_head(session)
     call = await _lock_call(session, call_id)
     if call is None:
         raise CallError("no such call", 404)

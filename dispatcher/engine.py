@@ -204,6 +204,8 @@ class Dispatcher:
         try:
             async with self.maker() as session, session.begin():
                 events = await calls.claim_events(session, limit)
+                if events:
+                    await audit.lock_head(session)
                 for ev in events:
                     o = await calls.handle_event(session, ev, self.ctx, now=now, actor=self.name)
                     await calls.queue_device_notices(session, o.device_notices, now)
@@ -231,6 +233,7 @@ class Dispatcher:
             out = calls.Outcome()
             try:
                 async with self.maker() as session, session.begin():
+                    await audit.lock_head(session)
                     out = await calls.handle_event(session, ev, self.ctx, now=now, actor=self.name)
                     await calls.queue_device_notices(session, out.device_notices, now)
             except IntegrityError:
@@ -270,6 +273,8 @@ class Dispatcher:
         fired = 0
         async with self.maker() as session, session.begin():
             due = await calls.claim_due_timers(session, now, limit)
+            if due:
+                await audit.lock_head(session)
             for timer in due:
                 o = await calls.fire_timer(session, timer, now=now, worker=self.name, ctx=self.ctx)
                 await calls.queue_device_notices(session, o.device_notices, now)
@@ -410,6 +415,7 @@ class Dispatcher:
     async def watchdog_once(self) -> int:
         now = self.clock.now()
         async with self.maker() as session, session.begin():
+            await audit.lock_head(session)
             repaired = await calls.watchdog(session, now=now, actor=f"{self.name}:watchdog")
         if repaired:
             self.stats.repairs += len(repaired)
