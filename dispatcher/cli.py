@@ -22,6 +22,7 @@ import typer
 from config.settings import Settings, SettingsError, load_settings
 from dispatcher.logs import configure_logging
 from dispatcher.oversight.cli import report_app
+from simulators.bench_cli import bench_command
 
 T = TypeVar("T")
 
@@ -41,6 +42,7 @@ app.add_typer(devices_app, name="devices")
 app.add_typer(audit_app, name="audit")
 app.add_typer(users_app, name="users")
 app.add_typer(report_app, name="report")
+app.command("bench")(bench_command)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
