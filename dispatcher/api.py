@@ -1,4 +1,5 @@
-"""The HTTP surface: health, metrics, logins, the registry, calls and oversight reports."""
+"""The HTTP surface: health, metrics, logins, the registry, calls, the live stream and the
+operator console."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from device_gateway.metrics import REGISTRY
+from dispatcher.api_stream import StreamConfig
 from dispatcher.auth import TokenSigner
 from dispatcher.bus import MemoryBus, RedisBus
 from dispatcher.calls import DispatchContext, Outcome
@@ -46,9 +48,15 @@ def create_app(
     clock: Clock | None = None,
     bus: MemoryBus | RedisBus | None = None,
     mqtt_connected: Callable[[], bool] | None = None,
+    stream_config: StreamConfig | None = None,
+    console_tile_url: str | None = None,
 ) -> FastAPI:
     """The whole HTTP surface. Without a signer (unit tests of health/metrics) only the
-    unauthenticated system endpoints exist."""
+    unauthenticated system endpoints exist.
+
+    ``stream_config`` tunes the live feed's heartbeat and stream lifetime (tests shorten
+    them); ``console_tile_url`` (``…/{z}/{x}/{y}.png`` on the station's own network) adds a
+    base map under the console's map, which is otherwise drawn with no online service."""
     app = FastAPI(
         title="CareCall",
         version="0.1.0",
@@ -79,6 +87,15 @@ def create_app(
                     after_commit=announce,
                 )
             )
+        from dispatcher.api_console import console_router
+        from dispatcher.console import mount_console
+
+        app.include_router(console_router(maker, signer, ctx=ctx, tile_url=console_tile_url))
+        if bus is not None:
+            from dispatcher.api_stream import stream_router
+
+            app.include_router(stream_router(maker, signer, bus, stream_config))
+        mount_console(app)
         from dispatcher.oversight.api import reports_router
 
         app.include_router(

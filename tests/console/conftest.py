@@ -1,0 +1,142 @@
+"""Browser-test support: Debian's Chromium through Playwright, and a real ``carecall
+demo`` server in a temporary working folder that can be stopped and started again.
+
+Browser tests skip (saying why) when Chromium or Playwright is missing on a developer's
+machine, and fail in CI (``CI`` set), where a missing browser is a broken pipeline.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+CHROMIUM = os.environ.get("CARECALL_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PASSWORD = "browser-test-pw"
+CARECALL = str(Path(sys.executable).with_name("carecall"))
+
+
+def browser_missing() -> str | None:
+    if importlib.util.find_spec("playwright") is None:
+        return "the playwright package is not installed (pip install -e '.[test]')"
+    if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
+        return f"no Chromium at {CHROMIUM} (apt-get install -y chromium)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    why = browser_missing()
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"browser tests must run in CI: {why}")
+        pytest.skip(why)
+    return CHROMIUM
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class DemoServer:
+    """``carecall demo --no-sim`` as a child process; ``stop``/``start`` keep the folder
+    and the ports, as an operator's server restarting would."""
+
+    workdir: Path
+    http_port: int
+    mqtt_port: int
+    proc: subprocess.Popen[bytes] | None = None
+    log: list[Path] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout: float = 40.0) -> None:
+        logfile = self.workdir / f"demo-{len(self.log)}.log"
+        self.log.append(logfile)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "CARECALL_ADMIN_PASSWORD": "admin-password-1"}
+        env.pop("CARECALL_CONFIG", None)
+        with logfile.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [CARECALL, "demo", "--no-sim", "--port", str(self.http_port), "--mqtt-port", str(self.mqtt_port)],
+                cwd=self.workdir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"carecall demo exited: {logfile.read_text(errors='replace')[-2000:]}")
+            if "CareCall demo is running" in logfile.read_text(errors="replace"):
+                try:
+                    if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.1)
+        raise RuntimeError(f"carecall demo did not start in {timeout}s: {logfile.read_text(errors='replace')[-2000:]}")
+
+    def stop(self, timeout: float = 25.0, *, crash: bool = False) -> None:
+        """SIGTERM and wait (a graceful stop drains open streams within their lifetime),
+        or with ``crash`` SIGKILL: the server vanishing mid-shift."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGKILL if crash else signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def create_user(self, username: str, station: str, role: str = "operator") -> None:
+        env = {**os.environ, "CARECALL_NEW_USER_PASSWORD": PASSWORD}
+        subprocess.run(
+            [CARECALL, "users", "create", username, "--role", role, "--station", station, "--name", username],
+            cwd=self.workdir,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+
+    def query(self, sql: str) -> list[tuple[object, ...]]:
+        with sqlite3.connect(self.workdir / "carecall.db") as db:
+            return list(db.execute(sql).fetchall())
+
+
+@pytest.fixture(scope="module")
+def demo(chromium_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
+    if shutil.which(CARECALL) is None and not Path(CARECALL).exists():
+        pytest.fail(f"the carecall command is missing next to {sys.executable}")
+    server = DemoServer(tmp_path_factory.mktemp("demo"), free_port(), free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
