@@ -15,6 +15,7 @@ raises exactly one event.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import socket
@@ -77,8 +78,39 @@ class MqttTarget:
         )
 
 
+class UplinkQueue(asyncio.Queue[aiomqtt.Message]):
+    """Incoming messages, alarms first.
+
+    One broker connection carries thousands of telemetry readings a second and, now and
+    then, an SOS. In arrival order the SOS would wait behind every reading queued before
+    it; here events and status jump the queue (FIFO within each class), so the alarm
+    path's latency does not grow with the telemetry backlog."""
+
+    def _init(self, maxsize: int) -> None:
+        self._urgent: collections.deque[aiomqtt.Message] = collections.deque()
+        self._bulk: collections.deque[aiomqtt.Message] = collections.deque()
+
+    def qsize(self) -> int:
+        return len(self._urgent) + len(self._bulk)
+
+    def empty(self) -> bool:
+        return not (self._urgent or self._bulk)
+
+    def _put(self, item: aiomqtt.Message) -> None:
+        topic = item.topic.value
+        (self._bulk if topic.endswith("/telemetry") else self._urgent).append(item)
+
+    def _get(self) -> aiomqtt.Message:
+        return self._urgent.popleft() if self._urgent else self._bulk.popleft()
+
+
 def mqtt_client(
-    target: MqttTarget, identifier: str, *, clean_session: bool, keepalive: int = 30
+    target: MqttTarget,
+    identifier: str,
+    *,
+    clean_session: bool,
+    keepalive: int = 30,
+    queue_type: type[asyncio.Queue[aiomqtt.Message]] | None = None,
 ) -> aiomqtt.Client:
     """A platform MQTT client: TCP_NODELAY (no Nagle tail spikes), deep queues."""
     client = aiomqtt.Client(
@@ -95,6 +127,7 @@ def mqtt_client(
         max_queued_outgoing_messages=100_000,
         tls_context=ssl.create_default_context() if target.tls else None,
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        queue_type=queue_type,
     )
     client.pending_calls_threshold = 100_000
     return client
@@ -239,6 +272,7 @@ class Gateway:
                     f"carecall-{self.name}",
                     clean_session=False,
                     keepalive=self.settings.mqtt_keepalive_s,
+                    queue_type=UplinkQueue,
                 )
                 async with client:
                     self._client = client

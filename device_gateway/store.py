@@ -160,14 +160,15 @@ async def insert_events(session: AsyncSession, rows: Sequence[EventRow]) -> set[
     seen: dict[tuple[str, str], EventRow] = {}
     for r in rows:
         seen.setdefault((r.device_id, r.event_id), r)
-    ins = _insert(session)
+    # executemany form: SQLAlchemy compiles the statement once and caches it, then sends
+    # the rows as multi-row VALUES batches ("insertmanyvalues"); a .values([...]) list
+    # would be compiled anew for every batch size, which dominated the gateway's CPU.
     stmt = (
-        ins(DeviceEvent)
-        .values([r.values() for r in seen.values()])
+        _insert(session)(DeviceEvent)
         .on_conflict_do_nothing(index_elements=["device_id", "event_id"])
         .returning(DeviceEvent.device_id, DeviceEvent.event_id)
     )
-    result = await session.execute(stmt)
+    result = await session.execute(stmt, [r.values() for r in seen.values()])
     return {(d, e) for d, e in result.all()}
 
 
@@ -175,20 +176,19 @@ async def insert_rejects(session: AsyncSession, rows: Sequence[RejectRow]) -> No
     if not rows:
         return
     await session.execute(
-        _insert(session)(RejectedMessage).values(
-            [
-                {
-                    "received_at": r.received_at,
-                    "device_id": r.device_id,
-                    "topic": r.topic,
-                    "reason": r.reason,
-                    "detail": r.detail,
-                    "payload_size": r.payload_size,
-                    "payload_excerpt": r.payload_excerpt,
-                }
-                for r in rows
-            ]
-        )
+        _insert(session)(RejectedMessage),
+        [
+            {
+                "received_at": r.received_at,
+                "device_id": r.device_id,
+                "topic": r.topic,
+                "reason": r.reason,
+                "detail": r.detail,
+                "payload_size": r.payload_size,
+                "payload_excerpt": r.payload_excerpt,
+            }
+            for r in rows
+        ],
     )
 
 
@@ -271,7 +271,7 @@ async def flush_states(
         )
     if not rows:
         return restored
-    stmt = _insert(session)(DeviceState).values(rows)
+    stmt = _insert(session)(DeviceState)  # executemany below: compiled once, cached
     ex = stmt.excluded
     t = DeviceState.__table__.c
     stmt = stmt.on_conflict_do_update(
@@ -294,5 +294,5 @@ async def flush_states(
             "last_test_at": func.coalesce(ex.last_test_at, t.last_test_at),
         },
     )
-    await session.execute(stmt)
+    await session.execute(stmt, rows)
     return restored

@@ -194,3 +194,17 @@ async def test_metrics_endpoint_counts_what_flowed(running: dict[str, Any]) -> N
     assert 'carecall_gateway_rejected_total{reason="not_utf8"}' in text
     assert "carecall_gateway_messages_total" in text
     assert health.status_code == 200
+
+
+async def test_uplink_queue_serves_alarms_before_queued_telemetry() -> None:
+    from device_gateway.service import UplinkQueue
+
+    q = UplinkQueue()
+    for i in range(3):
+        q.put_nowait(aiomqtt.Message(f"{ROOT}/d/telemetry", str(i).encode(), 0, False, 1, None))
+    q.put_nowait(aiomqtt.Message(f"{ROOT}/d/events", b"sos", 1, False, 2, None))
+    q.put_nowait(aiomqtt.Message(f"{ROOT}/d/status", b"on", 1, False, 3, None))
+    assert q.qsize() == 5 and not q.empty()
+    order = [(await q.get()).topic.value.rsplit("/", 1)[1] for _ in range(5)]
+    assert order == ["events", "status", "telemetry", "telemetry", "telemetry"]
+    assert q.empty()
