@@ -2,7 +2,9 @@
 
 Appends lock the single ``audit_head`` row first (an UPDATE, which takes the row lock on
 PostgreSQL and the write lock on SQLite), so concurrent dispatcher copies append one after
-another and the chain never forks. Rows are never updated or deleted by the code.
+another and the chain never forks. The new head is written once, just before the commit,
+and the rows go in with the transaction's other inserts. Rows are never updated or deleted
+by the code.
 """
 
 from __future__ import annotations
@@ -11,13 +13,30 @@ from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from dispatcher.chain import ChainRow, ChainVerdict, canonical, link, verify
 from dispatcher.models import AuditHead, AuditRow
 
 _HEAD_KEY = "carecall.audit_head"
+
+
+_DIRTY_KEY = "carecall.audit_head_dirty"
+
+
+def _write_head(session: Session) -> None:
+    """before_commit: store the chain head once per transaction, not once per row."""
+    if session.info.pop(_DIRTY_KEY, False):
+        seq, digest = session.info[_HEAD_KEY]
+        session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=digest))
+
+
+def _drop_head(session: Session, *_: Any) -> None:
+    """After commit or rollback the cached head is no longer ours to trust."""
+    session.info.pop(_HEAD_KEY, None)
+    session.info.pop(_DIRTY_KEY, None)
 
 
 async def _head(session: AsyncSession) -> list[Any]:
@@ -27,6 +46,11 @@ async def _head(session: AsyncSession) -> list[Any]:
         return list(cached)
     await session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq))
     head = (await session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1))).one()
+    sync = session.sync_session
+    if not event.contains(sync, "before_commit", _write_head):
+        event.listen(sync, "before_commit", _write_head)
+        event.listen(sync, "after_commit", _drop_head)
+        event.listen(sync, "after_rollback", _drop_head)
     return [head.seq, head.hash]
 
 
@@ -66,9 +90,9 @@ async def append(
         prev_hash=prev,
         hash=digest,
     )
-    session.add(row)
-    await session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=digest))
+    session.add(row)  # inserted with the transaction's other rows at the next flush
     session.info[_HEAD_KEY] = (seq, digest)
+    session.info[_DIRTY_KEY] = True
     return row
 
 

@@ -198,7 +198,7 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ intake
 
-    async def intake_once(self, limit: int = 100) -> int:
+    async def intake_once(self, limit: int = 25) -> int:
         now = self.clock.now()
         out = calls.Outcome()
         try:

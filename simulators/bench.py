@@ -46,7 +46,7 @@ import paho.mqtt.client as paho
 import psutil
 
 from simulators.fleet import Fleet, provision_fleet
-from simulators.loadgen import LoadGenerator, latency_summary, paho_client, subscribe_and_wait
+from simulators.loadgen import LoadGenerator, latency_summary, paho_client
 
 PG_ADMIN_URL = os.environ.get("CARECALL_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -186,7 +186,9 @@ class ProcessMeter:
     """CPU seconds and resident memory of named processes between start() and stop()."""
 
     def __init__(self, procs: dict[str, list[int]]) -> None:
-        self._procs = {name: [psutil.Process(p) for p in pids if psutil.pid_exists(p)] for name, pids in procs.items()}
+        self._procs = {
+            name: [psutil.Process(p) for p in pids if psutil.pid_exists(p)] for name, pids in procs.items()
+        }
         self._t0 = 0.0
         self._cpu0: dict[str, float] = {}
         self._rss_peak: dict[str, float] = {}
@@ -249,64 +251,116 @@ def service_pids() -> dict[str, list[int]]:
 # --------------------------------------------------------------------------- baseline
 
 
+_BASELINE_SUBSCRIBER = r"""
+import json, socket, sys, threading, time
+import paho.mqtt.client as paho
+host, port, topic, expect, user, pwd = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6]
+got, first, last, lat = [0], [0.0], [0.0], []
+done = threading.Event()
+def on_message(c, u, m):
+    now = time.time()
+    if got[0] == 0:
+        first[0] = now
+    got[0] += 1
+    last[0] = now
+    if m.payload[:5] == b'{"t":':
+        try:
+            lat.append((now - json.loads(m.payload)["t"]) * 1000)
+        except (ValueError, KeyError):
+            pass
+    if got[0] >= expect:
+        done.set()
+def on_subscribe(c, u, mid, rc, props):
+    print("ready", flush=True)
+c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-sub-" + topic.rsplit("/", 2)[-2], clean_session=True)
+if user != "-":
+    c.username_pw_set(user, pwd)
+c.on_message, c.on_subscribe = on_message, on_subscribe
+c.connect(host, port)
+c.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+c.subscribe(topic, 1)
+c.loop_start()
+done.wait(float(sys.argv[7]))
+c.disconnect(); c.loop_stop()
+print(json.dumps({"received": got[0], "first": first[0], "last": last[0], "lat_ms": lat}), flush=True)
+"""
+
+
+def _subscriber(
+    host: str, port: int, topic: str, expect: int, creds: tuple[str | None, str | None], wait_s: float
+) -> subprocess.Popen[str]:
+    """The baseline's subscriber in its own process: in one process, two paho network
+    threads fight over the GIL and QoS 1 collapses to a few hundred msg/s, which would
+    measure Python's threading rather than the broker."""
+    user, pwd = creds
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _BASELINE_SUBSCRIBER,
+            host,
+            str(port),
+            topic,
+            str(expect),
+            user or "-",
+            pwd or "-",
+            str(wait_s),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if line != "ready":
+        proc.kill()
+        raise RuntimeError(f"baseline subscriber did not start: {line!r}")
+    return proc
+
+
+def _subscriber_result(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    out, _ = proc.communicate(timeout=120)
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
 def baseline(
     host: str, port: int, creds: tuple[str | None, str | None], cfg: BenchConfig, say: Progress
 ) -> dict[str, Any]:
     """Raw paho → broker → paho, QoS 1, 200-byte JSON, without CareCall: throughput (median
-    of repeats) and latency at 1,000 msg/s."""
+    of repeats) and latency at 1,000 msg/s. Publisher here, subscriber in its own process."""
     user, pwd = creds
     tag = secrets.token_hex(3)
     topic = f"carecall/bench/{tag}/baseline"
-    sub = paho_client(host, port, f"bench-sub-{tag}", username=user, password=pwd)
     pub = paho_client(host, port, f"bench-pub-{tag}", username=user, password=pwd, max_inflight=200)
-    received = [0]
-    lat: list[float] = []
-    done = threading.Event()
-    want = [0]
-
-    def on_message(_c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
-        now = time.monotonic()
-        received[0] += 1
-        if msg.payload[:1] == b"{" and b'"t":' in msg.payload[:40]:
-            with contextlib.suppress(ValueError, KeyError):
-                lat.append((now - json.loads(msg.payload)["t"]) * 1000)
-        if received[0] >= want[0]:
-            done.set()
-
-    sub.on_message = on_message
-    subscribe_and_wait(sub, topic, 1)
     rates: list[float] = []
+    lat: list[float] = []
     try:
         body = json.dumps({"k": "x" * (PAYLOAD_BYTES - 10)}).encode()[:PAYLOAD_BYTES]
         for r in range(cfg.repeats):
-            received[0] = 0
-            done.clear()
-            want[0] = cfg.baseline_messages
-            t0 = time.monotonic()
+            sub = _subscriber(host, port, topic, cfg.baseline_messages, creds, 60)
+            t0 = time.time()
             for _ in range(cfg.baseline_messages):
                 while pub.publish(topic, body, qos=1).rc == paho.MQTT_ERR_QUEUE_SIZE:
                     time.sleep(0.001)
-            done.wait(60)
-            rate = received[0] / (time.monotonic() - t0)
+            res = _subscriber_result(sub)
+            rate = res["received"] / max(res["last"] - t0, 1e-6) if res["received"] else 0.0
             rates.append(rate)
-            say(f"baseline throughput run {r + 1}/{cfg.repeats}: {rate:,.0f} msg/s ({received[0]} received)")
-        # latency at 1,000 msg/s, timestamps inside the same 200-byte payload
-        received[0] = 0
-        done.clear()
+            say(
+                f"baseline throughput run {r + 1}/{cfg.repeats}: {rate:,.0f} msg/s ({res['received']} received)"
+            )
+        # latency at 1,000 msg/s, wall-clock stamps inside the same 200-byte payload
         n = int(1000 * cfg.latency_s)
-        want[0] = n
+        sub = _subscriber(host, port, topic, n, creds, 30)
         t0 = time.monotonic()
         for i in range(n):
             while time.monotonic() < t0 + i / 1000:
                 time.sleep(0.0002)
-            head = f'{{"t":{time.monotonic():.6f},"p":"'
+            head = f'{{"t":{time.time():.6f},"p":"'
             payload = head + "x" * max(0, PAYLOAD_BYTES - len(head) - 2) + '"}'
             pub.publish(topic, payload.encode(), qos=1)
-        done.wait(30)
+        lat = list(_subscriber_result(sub)["lat_ms"])
     finally:
-        for c in (pub, sub):
-            c.disconnect()
-            c.loop_stop()
+        pub.disconnect()
+        pub.loop_stop()
     summary = latency_summary(lat)
     say(f"baseline latency at 1,000 msg/s: p50 {summary['p50']} ms, p99 {summary['p99']} ms")
     return {
@@ -316,7 +370,7 @@ def baseline(
         "messages": cfg.baseline_messages,
         "payload_bytes": PAYLOAD_BYTES,
         "qos": 1,
-        "client": f"paho-mqtt {paho_version()}",
+        "client": f"paho-mqtt {paho_version()} (publisher and subscriber in separate processes)",
     }
 
 
@@ -407,7 +461,9 @@ def ingest(t: Target, base_rate: float, cfg: BenchConfig, say: Progress) -> dict
                     "ok": ok,
                 }
             )
-            say(f"ingest {rate:,.0f} msg/s: sent {sent}, gateway counted {got}, drained in {drained:.2f} s → {'ok' if ok else 'over the limit'}")
+            say(
+                f"ingest {rate:,.0f} msg/s: sent {sent}, gateway counted {got}, drained in {drained:.2f} s → {'ok' if ok else 'over the limit'}"
+            )
             if not ok:
                 break
             sustained = rate
@@ -431,7 +487,12 @@ def _event_rows(db_url: str, prefix: str) -> list[tuple[str, str, str | None, in
             async with make_sessionmaker(engine)() as s:
                 rows = (
                     await s.execute(
-                        select(DeviceEvent.device_id, DeviceEvent.event_id, EventIntake.decision, EventIntake.call_id)
+                        select(
+                            DeviceEvent.device_id,
+                            DeviceEvent.event_id,
+                            EventIntake.decision,
+                            EventIntake.call_id,
+                        )
                         .outerjoin(EventIntake, EventIntake.event_pk == DeviceEvent.id)
                         .where(DeviceEvent.event_id.like(f"{prefix}-%"))
                     )
@@ -463,7 +524,9 @@ def _timer_lateness(db_url: str) -> list[float]:
     return asyncio.run(go())
 
 
-def wait_routed(db_url: str, prefix: str, n: int, timeout_s: float) -> list[tuple[str, str, str | None, int | None]]:
+def wait_routed(
+    db_url: str, prefix: str, n: int, timeout_s: float
+) -> list[tuple[str, str, str | None, int | None]]:
     deadline = time.monotonic() + timeout_s
     rows = _event_rows(db_url, prefix)
     while time.monotonic() < deadline:
@@ -505,12 +568,16 @@ def alarm_path(t: Target, cfg: BenchConfig, sustained: float, say: Progress) -> 
     finally:
         gen.close()
     summary = latency_summary(lat)
-    say(f"alarm path: {len(keys)} events at 100/s + {behind:,.0f} telemetry/s: ack p50 {summary['p50']} ms, p99 {summary['p99']} ms")
+    say(
+        f"alarm path: {len(keys)} events at 100/s + {behind:,.0f} telemetry/s: ack p50 {summary['p50']} ms, p99 {summary['p99']} ms"
+    )
     rows = wait_routed(t.db_url, prefix, len(keys), 10 if cfg.quick else 30)
     console = t.console()
     opened = [(r[0], r[1], r[3]) for r in rows if r[2] == "opened" and r[3] is not None]
     console_ms = [
-        (console[cid] - sent_at[(d, e)]) * 1000 for d, e, cid in opened if cid in console and (d, e) in sent_at
+        (console[cid] - sent_at[(d, e)]) * 1000
+        for d, e, cid in opened
+        if cid in console and (d, e) in sent_at
     ]
     csum = latency_summary(console_ms)
     say(f"event → call on a console: p50 {csum['p50']} ms, p99 {csum['p99']} ms ({csum['count']} calls)")
@@ -694,7 +761,11 @@ def real_target(cfg: BenchConfig, workdir: Path, say: Progress) -> Iterator[Targ
 
     missing = [
         n
-        for n, a in (("Mosquitto", MOSQUITTO), ("PostgreSQL", ("127.0.0.1", 5432)), ("Redis", ("127.0.0.1", 6379)))
+        for n, a in (
+            ("Mosquitto", MOSQUITTO),
+            ("PostgreSQL", ("127.0.0.1", 5432)),
+            ("Redis", ("127.0.0.1", 6379)),
+        )
         if not reachable(a)
     ]
     if missing:
@@ -719,9 +790,13 @@ def real_target(cfg: BenchConfig, workdir: Path, say: Progress) -> Iterator[Targ
         for i in range(cfg.gateways):
             inst = f"bench-gw{i}-{secrets.token_hex(2)}"
             instances.append(f"carecall-gateway-{inst}")
-            gws.append(start_worker("gateway", f"gateway{i}", {**base_env, "CARECALL_INSTANCE": inst}, workdir))
+            gws.append(
+                start_worker("gateway", f"gateway{i}", {**base_env, "CARECALL_INSTANCE": inst}, workdir)
+            )
         dsps = [
-            start_worker("dispatcher", f"dispatcher{i}", {**base_env, "CARECALL_INSTANCE": f"bench-d{i}"}, workdir)
+            start_worker(
+                "dispatcher", f"dispatcher{i}", {**base_env, "CARECALL_INSTANCE": f"bench-d{i}"}, workdir
+            )
             for i in range(cfg.dispatchers)
         ]
         workers = gws + dsps
@@ -856,7 +931,9 @@ def render(result: dict[str, Any]) -> str:
             "baseline_p50_ms": base["latency_ms_at_1k"]["p50"],
             "baseline_p99_ms": base["latency_ms_at_1k"]["p99"],
         }
-        lines.append(f"\n== {tr['target']}  (baseline latency at 1k msg/s: p50 {ref['baseline_p50_ms']} ms, p99 {ref['baseline_p99_ms']} ms)")
+        lines.append(
+            f"\n== {tr['target']}  (baseline latency at 1k msg/s: p50 {ref['baseline_p50_ms']} ms, p99 {ref['baseline_p99_ms']} ms)"
+        )
         lines.append(f"{'figure':<58} {'value':>10} {'target':>10} {'× baseline':>11}  ")
         for key, label, ref_key in ROWS:
             value = tr["figures"].get(key)
@@ -871,7 +948,9 @@ def render(result: dict[str, Any]) -> str:
             if key in tr["missed"] or (key == "ingest_msg_s" and "ingest_ratio" in tr["missed"]):
                 mark = "MISSED"
             lines.append(f"{label:<58} {_fmt(value):>10} {goal_s:>10} {ratio:>11}  {mark}")
-        lines.append(f"{'ingest ratio to baseline':<58} {_fmt(tr['figures']['ingest_ratio']):>10} {'≥0.5':>10}")
+        lines.append(
+            f"{'ingest ratio to baseline':<58} {_fmt(tr['figures']['ingest_ratio']):>10} {'≥0.5':>10}"
+        )
         lines.append("processes during the alarm and storm phases:")
         for name, u in tr["processes"].items():
             lines.append(f"  {name:<40} CPU {u['cpu_pct']:>6.1f} %   RSS peak {u['rss_peak_mb']:>8.1f} MB")
