@@ -101,15 +101,16 @@ def forget_head(session: AsyncSession) -> None:
     session.info.pop(_HEAD_KEY, None)
 
 
-async def iter_rows(maker: async_sessionmaker[AsyncSession], batch: int = 5000) -> AsyncIterator[ChainRow]:
+async def iter_rows(
+    maker: async_sessionmaker[AsyncSession], *, upto: int | None = None, batch: int = 5000
+) -> AsyncIterator[ChainRow]:
     last = 0
     while True:
+        stmt = select(AuditRow).where(AuditRow.seq > last)
+        if upto is not None:
+            stmt = stmt.where(AuditRow.seq <= upto)
         async with maker() as s:
-            rows = (
-                await s.scalars(
-                    select(AuditRow).where(AuditRow.seq > last).order_by(AuditRow.seq).limit(batch)
-                )
-            ).all()
+            rows = (await s.scalars(stmt.order_by(AuditRow.seq).limit(batch))).all()
         if not rows:
             return
         for r in rows:
@@ -128,13 +129,18 @@ async def iter_rows(maker: async_sessionmaker[AsyncSession], batch: int = 5000) 
 
 
 async def verify_log(maker: async_sessionmaker[AsyncSession]) -> ChainVerdict:
-    """Verify the whole chain, and that the head row agrees with its last row."""
-    rows = [r async for r in iter_rows(maker)]
+    """Verify the chain up to the head as it is now, and that the head names its last row.
+
+    The head is read first: a dispatcher still appending commits its rows and the new head
+    together, so every row up to the head we read is committed, and later rows are simply
+    not part of this check. (Reading the rows first and the head last would race with a
+    live system and report rows as deleted.)"""
+    async with maker() as s:
+        head = (await s.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1))).one()
+    rows = [r async for r in iter_rows(maker, upto=head.seq)]
     verdict = verify(rows)
     if not verdict.ok:
         return verdict
-    async with maker() as s:
-        head = (await s.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1))).one()
     last_seq = rows[-1].seq if rows else 0
     last_hash = rows[-1].hash if rows else head.hash
     if head.seq != last_seq or head.hash != last_hash:
