@@ -212,6 +212,7 @@ class Gateway:
         self._reject_buf: list[RejectRow] = []
         self._pending: dict[str, PendingState] = {}
         self._rule_state: dict[str, rules_mod.RuleState] = {}
+        self._trend_last: dict[str, int] = {}
         self._client: aiomqtt.Client | None = None
         self._ack_tasks: set[asyncio.Task[None]] = set()
         self.connected = asyncio.Event()
@@ -449,6 +450,7 @@ class Gateway:
         merged.update(msg.metrics)
         st.metrics = merged
         st.metrics_at = now
+        self._trend_point(device.id, msg.metrics, now, st)
         battery = msg.metrics.get("battery_pct")
         if isinstance(battery, int | float) and not isinstance(battery, bool):
             st.battery_pct = float(battery)
@@ -462,6 +464,19 @@ class Gateway:
             info = self.directory.cached(device_id)
             if info is not None and info.enabled:
                 self._apply_rules(info, {}, now)
+
+    def _trend_point(self, device_id: str, metrics: dict[str, Any], now: datetime, st: PendingState) -> None:
+        """Keep one hr/rr point a minute for the console's trend (not every reading)."""
+        hr, rr = metrics.get("hr"), metrics.get("rr")
+        hr_n = float(hr) if isinstance(hr, int | float) and not isinstance(hr, bool) else None
+        rr_n = float(rr) if isinstance(rr, int | float) and not isinstance(rr, bool) else None
+        if hr_n is None and rr_n is None:
+            return
+        ms = int(now.timestamp() * 1000)
+        if ms - self._trend_last.get(device_id, 0) < 60_000:
+            return
+        self._trend_last[device_id] = ms
+        st.trend.append((ms, hr_n, rr_n))
 
     def _apply_rules(self, device: DeviceInfo, metrics: dict[str, Any], now: datetime) -> None:
         ranges = rules_mod.vital_ranges(

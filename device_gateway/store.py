@@ -90,6 +90,7 @@ class PendingState:
     last_seen: datetime | None = None
     metrics: dict[str, Any] | None = None
     metrics_at: datetime | None = None
+    trend: list[tuple[int, float | None, float | None]] = field(default_factory=list)
     battery_pct: float | None = None
     last_status: str | None = None
     last_test_at: datetime | None = None
@@ -224,6 +225,37 @@ async def sweep_overdue(session: AsyncSession, now: datetime) -> list[tuple[str,
     return [(d, s) for d, s in result.all()]
 
 
+TREND_POINTS = 180  # three hours at one point a minute
+
+
+async def _merged_trends(
+    session: AsyncSession, pending: dict[str, PendingState]
+) -> dict[str, list[list[float | None]]]:
+    """New hr/rr points merged with the stored ones (another gateway copy may have added
+    points for the same device), oldest dropped."""
+    fresh = {d: p.trend for d, p in pending.items() if p.trend}
+    if not fresh:
+        return {}
+    stored = dict(
+        (
+            await session.execute(
+                select(DeviceState.device_id, DeviceState.vitals_trend).where(
+                    DeviceState.device_id.in_(list(fresh))
+                )
+            )
+        ).all()
+    )
+    out: dict[str, list[list[float | None]]] = {}
+    for device_id, points in fresh.items():
+        merged: dict[int, list[float | None]] = {
+            int(p[0] or 0): list(p) for p in (stored.get(device_id) or [])
+        }
+        for ms, hr, rr in points:
+            merged[ms] = [float(ms), hr, rr]
+        out[device_id] = [merged[k] for k in sorted(merged)][-TREND_POINTS:]
+    return out
+
+
 async def flush_states(
     session: AsyncSession,
     pending: dict[str, PendingState],
@@ -249,6 +281,7 @@ async def flush_states(
             .returning(DeviceState.device_id, DeviceState.offline_since)
         )
         restored = [(d, s) for d, s in result.all()]
+    trends = await _merged_trends(session, pending)
     rows = []
     for device_id, p in pending.items():
         due = (
@@ -264,6 +297,7 @@ async def flush_states(
                 "offline_due_at": due,
                 "metrics": p.metrics,
                 "metrics_at": p.metrics_at,
+                "vitals_trend": trends.get(device_id),
                 "battery_pct": p.battery_pct,
                 "last_status": p.last_status,
                 "last_test_at": p.last_test_at,
@@ -289,6 +323,7 @@ async def flush_states(
             "online": or_(t.online, ex.online),
             "metrics": func.coalesce(ex.metrics, t.metrics),
             "metrics_at": func.coalesce(ex.metrics_at, t.metrics_at),
+            "vitals_trend": func.coalesce(ex.vitals_trend, t.vitals_trend),
             "battery_pct": func.coalesce(ex.battery_pct, t.battery_pct),
             "last_status": func.coalesce(ex.last_status, t.last_status),
             "last_test_at": func.coalesce(ex.last_test_at, t.last_test_at),

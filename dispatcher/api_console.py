@@ -6,11 +6,10 @@ it" in one request, so the detail pane fills at once instead of after six round 
 Everything here is read-only and scoped like the rest of the API (outside the caller's
 subtree is a 404).
 
-Vital-sign trend: the platform keeps only the *latest* telemetry per device
-(``device_state``), not a history. The trend is therefore built from what the record
-holds: the hr/rr values carried by the home's recent events (``vital_alert`` from a device
-or from the gateway's rules) plus the latest reading. It is short and sparse by design;
-a real history would need a telemetry table written by the gateway.
+Vital-sign trend: the gateway keeps one hr/rr point a minute per device for the last
+three hours (``device_state.vitals_trend``); the trend merges those with the hr/rr values
+of the home's recent events (``vital_alert`` from a device or the gateway's rules) and the
+latest reading.
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ from dispatcher.routing import RoutingConfig
 
 DEFAULT_TZ = "Asia/Shanghai"
 TREND_WINDOW = timedelta(hours=12)
-TREND_MAX_POINTS = 60
+TREND_MAX_POINTS = 180
 RESPONDER_ROLES = ("responder", "nurse", "doctor")
 OPEN = [s.value for s in OPEN_STATUSES]
 
@@ -111,7 +110,7 @@ class TrendPoint(BaseModel):
     at: datetime
     hr: float | None
     rr: float | None
-    source: str  # "event" (a stored vital alert) or "latest" (device_state)
+    source: str  # "telemetry" (per-minute history), "event" (a vital alert) or "latest"
 
 
 class ResponderState(BaseModel):
@@ -217,11 +216,18 @@ async def resident_briefs(session: AsyncSession, resident_ids: set[str]) -> dict
 
 
 def trend_points(
-    events: list[tuple[datetime, dict[str, Any]]], latest: list[tuple[datetime | None, dict[str, Any]]]
+    events: list[tuple[datetime, dict[str, Any]]],
+    latest: list[tuple[datetime | None, dict[str, Any]]],
+    history: list[list[float | None]] | None = None,
 ) -> list[TrendPoint]:
-    """hr/rr points in time order from events' data and the latest readings; readings
-    without either value are left out, and only the newest ``TREND_MAX_POINTS`` kept."""
+    """hr/rr points in time order from the per-minute history, events' data and the latest
+    readings; readings without either value are left out, only the newest
+    ``TREND_MAX_POINTS`` kept."""
     pts: list[TrendPoint] = []
+    for point in history or []:
+        if len(point) == 3 and point[0] is not None and (point[1] is not None or point[2] is not None):
+            at = datetime.fromtimestamp(point[0] / 1000, tz=UTC)
+            pts.append(TrendPoint(at=at, hr=point[1], rr=point[2], source="telemetry"))
     for at, data in events:
         hr, rr = _num(data.get("hr")), _num(data.get("rr"))
         if hr is not None or rr is not None:
@@ -300,7 +306,14 @@ def console_router(
             ]
             responders = await _responders(s, who, call, home)
             stations = await _map_stations(s, who, call, home)
-        trend = trend_points(events, latest)
+            history: list[list[float | None]] = []
+            for trend_ in await s.scalars(
+                select(DeviceState.vitals_trend)
+                .join(Device, Device.id == DeviceState.device_id)
+                .where(Device.home_id == home.id, DeviceState.vitals_trend.is_not(None))
+            ):
+                history.extend(trend_ or [])
+        trend = trend_points(events, latest, history)
         area = home.area or "urban"
         return CallContext(
             call_id=call.id,
@@ -455,7 +468,9 @@ def console_router(
         ids |= set(await s.scalars(select(Station.id).where(Station.parent_id.in_(sorted(ids)))))
         if who.scope is not None:
             ids &= who.scope
-        rows = (await s.scalars(select(Station).where(Station.id.in_(sorted(ids))).order_by(Station.id))).all()
+        rows = (
+            await s.scalars(select(Station).where(Station.id.in_(sorted(ids))).order_by(Station.id))
+        ).all()
         return [MapStation(id=r.id, name=r.name, tier=r.tier, lat=r.lat, lon=r.lon) for r in rows]
 
     @router.get("/board", response_model=list[BoardRow])
@@ -512,4 +527,3 @@ def console_router(
         return rows
 
     return router
-

@@ -267,6 +267,9 @@ class DeviceState(Base):
     battery_pct: Mapped[float | None] = mapped_column(Float)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     metrics_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Recent heart and breathing rate, one point a minute at most, newest last:
+    # [[epoch_ms, hr, rr], …] (the console's trend; the full stream is not kept).
+    vitals_trend: Mapped[list[list[float | None]] | None] = mapped_column(JSON(none_as_null=True))
 
 
 # =========================================================================== dispatch

@@ -45,16 +45,57 @@ def cheap_argon2(monkeypatch: pytest.MonkeyPatch) -> None:
 async def world(maker: async_sessionmaker[AsyncSession]) -> AsyncIterator[dict[str, Any]]:
     await add_small_registry(maker, {"h1-btn": "button", "h1-bed": "mattress"})
     async with maker() as s, s.begin():
-        s.add(Station(id="st2", name="另一街道", tier="street", kind="street_centre", parent_id="county", lat=32.6, lon=112.9))
+        s.add(
+            Station(
+                id="st2",
+                name="另一街道",
+                tier="street",
+                kind="street_centre",
+                parent_id="county",
+                lat=32.6,
+                lon=112.9,
+            )
+        )
         await s.flush()
-        s.add(Station(id="cm2", name="另一社区", tier="community", kind="day_care_centre", parent_id="st2", lat=32.601, lon=112.901))
+        s.add(
+            Station(
+                id="cm2",
+                name="另一社区",
+                tier="community",
+                kind="day_care_centre",
+                parent_id="st2",
+                lat=32.601,
+                lon=112.901,
+            )
+        )
         await s.flush()
         s.add(Home(id="h2", station_id="cm2", address="另一路2号", lat=32.602, lon=112.902))
         s.add_all(
             [
-                Staff(id="cm1-r1", station_id="cm1", name="李师傅", role="responder", phone="13800000001", on_duty=True),
-                Staff(id="cm1-r2", station_id="cm1", name="赵护士", role="nurse", phone="13800000002", on_duty=False),
-                Staff(id="cm2-r1", station_id="cm2", name="钱师傅", role="responder", phone="13800000009", on_duty=True),
+                Staff(
+                    id="cm1-r1",
+                    station_id="cm1",
+                    name="李师傅",
+                    role="responder",
+                    phone="13800000001",
+                    on_duty=True,
+                ),
+                Staff(
+                    id="cm1-r2",
+                    station_id="cm1",
+                    name="赵护士",
+                    role="nurse",
+                    phone="13800000002",
+                    on_duty=False,
+                ),
+                Staff(
+                    id="cm2-r1",
+                    station_id="cm2",
+                    name="钱师傅",
+                    role="responder",
+                    phone="13800000009",
+                    on_duty=True,
+                ),
                 Contact(resident_id="r1", name="王小明", relation="儿子", phone="13900000002", priority=2),
                 Contact(resident_id="r1", name="王小红", relation="女儿", phone="13900000001", priority=1),
                 DeviceState(
@@ -66,8 +107,20 @@ async def world(maker: async_sessionmaker[AsyncSession]) -> AsyncIterator[dict[s
                 ),
             ]
         )
-        for username, role, station in (("op-cm1", "operator", "cm1"), ("op-cm2", "operator", "cm2"), ("op-county", "operator", "county")):
-            await create_user(s, username=username, password="password-123", role=role, station_id=station, display_name=username, now=T0)
+        for username, role, station in (
+            ("op-cm1", "operator", "cm1"),
+            ("op-cm2", "operator", "cm2"),
+            ("op-county", "operator", "county"),
+        ):
+            await create_user(
+                s,
+                username=username,
+                password="password-123",
+                role=role,
+                station_id=station,
+                display_name=username,
+                now=T0,
+            )
     settings = load_settings(database_url="sqlite:///unused.db")
     clock = ManualClock(T0)
     bus = MemoryBus()
@@ -124,7 +177,9 @@ def call_ids(frames: list[dict[str, Any]]) -> set[int]:
     return ids
 
 
-async def open_call(world: dict[str, Any], maker: async_sessionmaker[AsyncSession], event_id: str = "e1") -> int:
+async def open_call(
+    world: dict[str, Any], maker: async_sessionmaker[AsyncSession], event_id: str = "e1"
+) -> int:
     await store_event(maker, "h1-btn", event_id, "sos", T0)
     out = await world["dispatcher"].intake_once()
     assert out is not None
@@ -165,7 +220,9 @@ async def test_stream_sends_a_snapshot_then_changes_in_scope_only(
     assert cid not in call_ids(stranger_frames)
 
 
-async def test_stream_resumes_from_last_event_id(world: dict[str, Any], maker: async_sessionmaker[AsyncSession]) -> None:
+async def test_stream_resumes_from_last_event_id(
+    world: dict[str, Any], maker: async_sessionmaker[AsyncSession]
+) -> None:
     c: httpx.AsyncClient = world["client"]
     tok = await token(c, "op-cm1")
     first = parse_sse((await c.get("/api/v1/stream", params={"token": tok})).text)
@@ -199,7 +256,9 @@ async def test_stream_reports_gone_only_for_calls_it_showed(
     tasks = [asyncio.create_task(read(t)) for t in (own, stranger)]
     await streams_started(world["bus"])
     # the county moves the call out of the community's subtree
-    r = await c.post(f"/api/v1/calls/{cid}/escalate", headers={"Authorization": f"Bearer {county}"}, json={"to": "county"})
+    r = await c.post(
+        f"/api/v1/calls/{cid}/escalate", headers={"Authorization": f"Bearer {county}"}, json={"to": "county"}
+    )
     assert r.status_code == 200, r.text
     own_frames, stranger_frames = await tasks[0], await tasks[1]
     assert own_frames[0]["data"]["calls"][0]["id"] == cid
@@ -245,9 +304,13 @@ async def test_call_context_has_what_the_detail_pane_shows(
     m = (await c.get(f"/api/v1/console/calls/{cid}/context", headers=county)).json()["map"]
     assert {s["id"] for s in m["stations"]} == {"cm1", "st1"}  # the station and its parent
     # once sent, the responder shows as dispatched on this call
-    assert (await c.post(f"/api/v1/calls/{cid}/dispatch", headers=h, json={"staff_ids": ["cm1-r1"]})).status_code == 200
+    assert (
+        await c.post(f"/api/v1/calls/{cid}/dispatch", headers=h, json={"staff_ids": ["cm1-r1"]})
+    ).status_code == 200
     ctx = (await c.get(f"/api/v1/console/calls/{cid}/context", headers=h)).json()
-    assert [(x["staff_id"], x["state"], x["call_id"]) for x in ctx["responders"]] == [("cm1-r1", "dispatched", cid)]
+    assert [(x["staff_id"], x["state"], x["call_id"]) for x in ctx["responders"]] == [
+        ("cm1-r1", "dispatched", cid)
+    ]
     # another station's operator cannot learn the call exists
     other = {"Authorization": f"Bearer {await token(c, 'op-cm2')}"}
     assert (await c.get(f"/api/v1/console/calls/{cid}/context", headers=other)).status_code == 404
@@ -260,7 +323,9 @@ async def test_board_counts_staff_and_calls_in_scope(
     c: httpx.AsyncClient = world["client"]
     cid = await open_call(world, maker)
     h = {"Authorization": f"Bearer {await token(c, 'op-cm1')}"}
-    assert (await c.post(f"/api/v1/calls/{cid}/dispatch", headers=h, json={"staff_ids": ["cm1-r1"]})).status_code == 200
+    assert (
+        await c.post(f"/api/v1/calls/{cid}/dispatch", headers=h, json={"staff_ids": ["cm1-r1"]})
+    ).status_code == 200
     rows = {r["id"]: r for r in (await c.get("/api/v1/console/board", headers=h)).json()}
     assert set(rows) == {"cm1"}
     assert rows["cm1"] | {} == {**rows["cm1"], "staff_on_duty": 1, "busy": 1, "free": 0, "open_calls": 1}
@@ -272,7 +337,9 @@ async def test_board_counts_staff_and_calls_in_scope(
 
 async def test_me_names_station_time_zone_and_tile_url(world: dict[str, Any]) -> None:
     c: httpx.AsyncClient = world["client"]
-    me = (await c.get("/api/v1/console/me", headers={"Authorization": f"Bearer {await token(c, 'op-cm1')}"})).json()
+    me = (
+        await c.get("/api/v1/console/me", headers={"Authorization": f"Bearer {await token(c, 'op-cm1')}"})
+    ).json()
     assert me["station"]["id"] == "cm1" and me["timezone"] == "Asia/Shanghai" and me["role"] == "operator"
     assert "false_alarm" in me["outcomes"] and me["tile_url"] == "http://tiles.local/{z}/{x}/{y}.png"
 
@@ -290,7 +357,9 @@ async def test_console_page_and_assets_are_served_locally(world: dict[str, Any])
     for path in STATIC_DIR.rglob("*"):
         if path.suffix in (".js", ".css", ".html"):
             text = path.read_text(encoding="utf-8")
-            assert not re.search(r"https?://(?!tiles\.)", text.replace("http://www.w3.org/2000/svg", "")), path
+            assert not re.search(r"https?://(?!tiles\.)", text.replace("http://www.w3.org/2000/svg", "")), (
+                path
+            )
     r = await c.get("/console/static/app.js")
     assert r.status_code == 200 and "javascript" in r.headers["content-type"]
 
@@ -349,3 +418,26 @@ def test_age_and_reach() -> None:
 def test_static_dir_is_packaged() -> None:
     assert (STATIC_DIR / "index.html").is_file()
     assert Path(STATIC_DIR / "i18n" / "zh-CN.json").is_file()
+
+
+def test_trend_merges_per_minute_history_events_and_latest() -> None:
+    from datetime import UTC, datetime
+
+    from dispatcher.api_console import trend_points
+
+    t0 = datetime(2026, 11, 26, 2, 0, tzinfo=UTC)
+    ms = int(t0.timestamp() * 1000)
+    history: list[list[float | None]] = [
+        [float(ms), 70.0, 15.0],
+        [float(ms + 60_000), 72.0, None],
+        [float(ms + 120_000), None, None],
+    ]
+    events = [(datetime(2026, 11, 26, 2, 1, 30, tzinfo=UTC), {"hr": 130, "rr": 28})]
+    latest = [(datetime(2026, 11, 26, 2, 5, tzinfo=UTC), {"hr": 88, "presence": "in_bed"})]
+    pts = trend_points(events, latest, history)
+    assert [(p.source, p.hr, p.rr) for p in pts] == [
+        ("telemetry", 70.0, 15.0),
+        ("telemetry", 72.0, None),
+        ("event", 130.0, 28.0),
+        ("latest", 88.0, None),
+    ]

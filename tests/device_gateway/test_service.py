@@ -113,6 +113,9 @@ async def test_vital_signs_out_of_range_raise_one_alert(running: dict[str, Any])
     async with maker() as s:
         state = await s.get(DeviceState, "mat")
     assert state is not None and state.metrics is not None and state.metrics["hr"] == 148
+    # one trend point a minute for the console: six readings in a second give one point
+    assert state.vitals_trend is not None and len(state.vitals_trend) == 1
+    assert state.vitals_trend[0][1] == 72 and state.vitals_trend[0][2] == 16
 
 
 async def test_will_raises_offline_once_and_return_raises_online(running: dict[str, Any]) -> None:
