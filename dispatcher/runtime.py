@@ -275,7 +275,7 @@ async def run_demo(
             "\n".join(
                 [
                     "CareCall demo is running (Ctrl-C stops it).",
-                    f"  web:       http://{settings.http_host}:{hport}/  (API docs /docs, health /healthz, metrics /metrics)",
+                    f"  console:   http://{settings.http_host}:{hport}/console/  (API docs /docs, health /healthz, metrics /metrics)",
                     f"  login:     {login}",
                     f"  MQTT:      mqtt://{host}:{mport}  (devices: client id = username = device id, password = its secret)",
                     f"  database:  {settings.database_url}",
