@@ -26,9 +26,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from config.yamlfile import load_yaml_model
 from device_gateway.protocol import MetricValue
 
 VitalMetric = Literal["hr", "rr"]
@@ -164,30 +164,7 @@ def load_rules(path: Path) -> RulesConfig:
     An empty file gives the defaults; unknown keys are errors, because a misspelt key
     silently ignored would leave a rule at a value nobody chose.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RulesError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise RulesError(f"{path}: not valid YAML: {exc}") from exc
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise RulesError(f"{path}: must hold a mapping of rule sections, not {type(data).__name__}")
-    try:
-        return RulesConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False):
-            key = ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
-            if err.get("type") == "extra_forbidden":
-                problems.append(f"unknown key {key!r}")
-            else:
-                msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-                problems.append(f"{key!r}: {msg}")
-        raise RulesError(f"{path}: " + "; ".join(problems)) from exc
+    return load_yaml_model(path, RulesConfig, RulesError)
 
 
 # --------------------------------------------------------------------------- ranges

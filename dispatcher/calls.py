@@ -217,6 +217,22 @@ async def handle_event(
     return out
 
 
+async def _record_received(
+    session: AsyncSession, ev: DeviceEvent, *, call_id: int, station_id: str | None, detail: Mapping[str, Any]
+) -> None:
+    """The audit fact "this device event reached this call", stamped with the time the
+    gateway received it: response times are measured from here."""
+    await audit.append(
+        session,
+        kind=AuditKind.event_received.value,
+        at=ev.received_at,
+        actor=f"device:{ev.device_id}",
+        call_id=call_id,
+        station_id=station_id,
+        detail=detail,
+    )
+
+
 async def _open_call_to_join(session: AsyncSession, ev: DeviceEvent, ctx: DispatchContext) -> Call | None:
     stmt = (
         select(Call)
@@ -323,15 +339,7 @@ async def open_call(
         "event_pk": ev.id,
         "source": ev.source,
     }
-    await audit.append(
-        session,
-        kind=AuditKind.event_received.value,
-        at=ev.received_at,
-        actor=f"device:{ev.device_id}",
-        call_id=call.id,
-        station_id=route.station_id,
-        detail=ev_detail,
-    )
+    await _record_received(session, ev, call_id=call.id, station_id=route.station_id, detail=ev_detail)
     await audit.append(
         session,
         kind=AuditKind.call_opened.value,
@@ -420,15 +428,7 @@ async def _join(
         values["priority_reasons"] = sorted(set(call.priority_reasons) | set(reasons))
         detail["priority_raised_to"] = priority
     await session.execute(update(Call).where(Call.id == call.id).values(**values))
-    await audit.append(
-        session,
-        kind=AuditKind.event_received.value,
-        at=ev.received_at,
-        actor=f"device:{ev.device_id}",
-        call_id=call.id,
-        station_id=call.station_id,
-        detail=detail,
-    )
+    await _record_received(session, ev, call_id=call.id, station_id=call.station_id, detail=detail)
     await audit.append(
         session,
         kind=AuditKind.event_joined.value,
@@ -476,11 +476,9 @@ async def _handle_cancel(
         return None, "ignored"
     session.add(CallEvent(event_pk=ev.id, call_id=target.id, joined_at=now))
     detail = {"device_id": ev.device_id, "event_id": ev.event_id, "ref": ref}
-    await audit.append(
+    await _record_received(
         session,
-        kind=AuditKind.event_received.value,
-        at=ev.received_at,
-        actor=f"device:{ev.device_id}",
+        ev,
         call_id=target.id,
         station_id=target.station_id,
         detail={**detail, "type": "cancel", "event_pk": ev.id},
@@ -541,11 +539,9 @@ async def _handle_restore(
         return None, "ignored"
     for call in rows:
         session.add(CallEvent(event_pk=ev.id, call_id=call.id, joined_at=now))
-        await audit.append(
+        await _record_received(
             session,
-            kind=AuditKind.event_received.value,
-            at=ev.received_at,
-            actor=f"device:{ev.device_id}",
+            ev,
             call_id=call.id,
             station_id=call.station_id,
             detail={"device_id": ev.device_id, "event_id": ev.event_id, "type": ev.type, "event_pk": ev.id},

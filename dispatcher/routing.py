@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from config.yamlfile import load_yaml_model
 from dispatcher.priority import CallsConfig, PriorityConfig
 
 if TYPE_CHECKING:
@@ -138,28 +138,7 @@ def load_dispatch_config(path: Path) -> DispatchConfig:
     Unknown keys are errors: a misspelt ``urban_limt_min`` silently ignored would leave
     the service circle at a value nobody chose.
     """
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DispatchConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise DispatchConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise DispatchConfigError(f"{path}: must hold a mapping, not {type(data).__name__}")
-    try:
-        return DispatchConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False):
-            key = ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
-            if err.get("type") == "extra_forbidden":
-                problems.append(f"unknown key {key!r}")
-            else:
-                msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-                problems.append(f"{key!r}: {msg}")
-        raise DispatchConfigError(f"{path}: " + "; ".join(problems)) from exc
+    return load_yaml_model(path, DispatchConfig, DispatchConfigError)
 
 
 @dataclass(frozen=True, slots=True)

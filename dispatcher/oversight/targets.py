@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from config.settings import CONFIG_DIR
+from config.yamlfile import load_yaml_model
 
 __all__ = [
     "DEFAULT_TARGETS_FILE",
@@ -95,24 +95,4 @@ class TargetsError(ValueError):
 def load_targets(path: Path | None = None) -> Targets:
     """Read and validate the targets file (default: the shipped config/oversight.yaml)."""
     path = path or DEFAULT_TARGETS_FILE
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise TargetsError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise TargetsError(f"{path}: not valid YAML: {exc}") from exc
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise TargetsError(f"{path}: must hold a mapping, not {type(data).__name__}")
-    try:
-        return Targets.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False):
-            key = ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
-            if err.get("type") == "extra_forbidden":
-                problems.append(f"unknown key {key!r}")
-            else:
-                problems.append(f"{key!r}: {str(err.get('msg', 'invalid')).removeprefix('Value error, ')}")
-        raise TargetsError(f"{path}: " + "; ".join(problems)) from exc
+    return load_yaml_model(path, Targets, TargetsError)
