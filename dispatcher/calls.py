@@ -165,7 +165,21 @@ async def _load_station_nodes(session: AsyncSession) -> dict[str, routing.Statio
 
 
 async def recent_calls(session: AsyncSession, home_id: str, now: datetime) -> int:
-    """Calls of this home opened in the last 24 h (from the audit log)."""
+    """Calls of this home opened in the last 24 h (from the audit log), counted once per
+    transaction and home; open_call adds its own (a storm joins many events per home)."""
+    cache: dict[str, int] = session.info.setdefault("carecall.recent_calls", {})
+    if home_id not in cache:
+        cache[home_id] = await _count_recent_calls(session, home_id, now)
+    return cache[home_id]
+
+
+def _count_opened(session: AsyncSession, home_id: str) -> None:
+    cache: dict[str, int] = session.info.setdefault("carecall.recent_calls", {})
+    if home_id in cache:
+        cache[home_id] += 1
+
+
+async def _count_recent_calls(session: AsyncSession, home_id: str, now: datetime) -> int:
     since = now - timedelta(hours=24)
     return int(
         await session.scalar(
@@ -331,6 +345,7 @@ async def open_call(
     )
     session.add(call)
     await session.flush()
+    _count_opened(session, home.id)
     session.add(CallEvent(event_pk=ev.id, call_id=call.id, joined_at=now))
     ev_detail = {
         "device_id": ev.device_id,
@@ -410,7 +425,9 @@ async def _join(
         "last_event_at": max(call.last_event_at, ev.received_at),
         "version": call.version + 1,
     }
-    resident = await _resident_of(session, call.home_id)
+    resident = (
+        await session.get(Resident, call.resident_id) if call.resident_id else await _resident_of(session, call.home_id)
+    )
     priority, reasons = prio.assess_priority(
         event_class=new_class,
         event_type=ev.type,

@@ -206,10 +206,15 @@ class Dispatcher:
                 events = await calls.claim_events(session, limit)
                 if events:
                     await audit.lock_head(session)
-                for ev in events:
-                    o = await calls.handle_event(session, ev, self.ctx, now=now, actor=self.name)
-                    await calls.queue_device_notices(session, o.device_notices, now)
-                    out.merge(o)
+                # One flush per batch, not one per query: the rows of a batch (calls'
+                # timers, audit rows, intake marks) go to the database together. A call
+                # itself is flushed when opened (open_call needs its id), so a later event
+                # of the same home in the batch still finds it and joins it.
+                with session.no_autoflush:
+                    for ev in events:
+                        o = await calls.handle_event(session, ev, self.ctx, now=now, actor=self.name)
+                        await calls.queue_device_notices(session, o.device_notices, now)
+                        out.merge(o)
         except IntegrityError:
             # another copy handled one of these first (SQLite has no SKIP LOCKED): retry
             return 1
