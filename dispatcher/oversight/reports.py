@@ -65,7 +65,14 @@ async def summary_report(
         figs = await _figures(s, where, period, targets, now)
     row = {"station_id": where.station_id, **_period_json(period), **summary(figs, targets)}
     row["review"] = len(review_list(figs))
-    return {"period": _period_json(period), "station_id": where.station_id, "summary": row, "rows": [row]}
+    return {
+        "period": _period_json(period),
+        "station_id": where.station_id,
+        "summary": row,
+        "rows": [row],
+        # every answered call's seconds, for the dashboard's distribution chart
+        "answer_times": sorted(f.answer_s for f in figs if f.answer_s is not None),
+    }
 
 
 async def aggregates_report(

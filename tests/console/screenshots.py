@@ -1,7 +1,9 @@
-"""Take the console screenshots for docs/console.md: queue, call detail and map, in
-Chinese and English, at 1366×768 against a fresh ``carecall demo``.
+"""Take the console screenshots for docs/console.md (queue, call detail, map, board) and
+docs/oversight.md (supervisors' dashboard and big-screen mode), in Chinese and English,
+against a fresh ``carecall demo``.
 
-    .venv/bin/python -m tests.console.screenshots [OUT_DIR]   (default docs/screenshots)
+    .venv/bin/python -m tests.console.screenshots [OUT_DIR] [--only operator|supervisor]
+    (default docs/screenshots, both sets)
 """
 
 from __future__ import annotations
@@ -14,6 +16,44 @@ from pathlib import Path
 
 from tests.console.conftest import CHROMIUM, CHROMIUM_ARGS, DemoServer, free_port
 from tests.console.test_browser import pick_home, sos
+from tests.console.test_supervisor import seed_calls
+
+
+async def shoot_supervisor(out: Path) -> None:
+    """The dashboard (a tall page, 1366 wide) and the wall display (1920×1080, what a
+    county platform's screen shows), after a handful of SOS and fall calls over MQTT that
+    the county operator answers, sends someone to and closes."""
+    from playwright.async_api import async_playwright
+
+    with tempfile.TemporaryDirectory() as tmp:
+        demo = DemoServer(Path(tmp), free_port(), free_port())
+        demo.start()
+        try:
+            await seed_calls(demo, homes=6)
+            async with async_playwright() as pw:
+                browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                for lang in ("zh-CN", "en"):
+                    ctx = await browser.new_context(viewport={"width": 1366, "height": 1330}, locale=lang)
+                    await ctx.add_init_script(f"localStorage.setItem('carecall.lang', '{lang}')")
+                    page = await ctx.new_page()
+                    await page.goto(f"{demo.url}/")
+                    await page.fill("#login-username", "county-op")
+                    await page.fill("#login-password", "carecall-demo")
+                    await page.click("#login-submit")
+                    await page.wait_for_selector("#conn-state.ok")
+                    await page.goto(f"{demo.url}/console/#/oversight")
+                    await page.wait_for_selector("#ch-coverage svg.chart-coverage")
+                    await page.wait_for_timeout(300)
+                    await page.screenshot(path=str(out / f"dashboard-{lang}.png"))
+                    await page.set_viewport_size({"width": 1920, "height": 1080})
+                    await page.goto(f"{demo.url}/console/?wall=1")
+                    await page.wait_for_selector("body.wall #view-wall .wall-grid")
+                    await page.wait_for_timeout(300)
+                    await page.screenshot(path=str(out / f"wall-{lang}.png"))
+                    await ctx.close()
+                await browser.close()
+        finally:
+            demo.stop()
 
 
 async def shoot(out: Path) -> None:
@@ -56,6 +96,15 @@ async def shoot(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs/screenshots")
+    args = sys.argv[1:]
+    only = None
+    if "--only" in args:
+        i = args.index("--only")
+        only = args[i + 1]
+        del args[i : i + 2]
+    target = Path(args[0]) if args else Path("docs/screenshots")
     target.mkdir(parents=True, exist_ok=True)
-    asyncio.run(shoot(target))
+    if only in (None, "operator"):
+        asyncio.run(shoot(target))
+    if only in (None, "supervisor"):
+        asyncio.run(shoot_supervisor(target))

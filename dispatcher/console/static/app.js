@@ -7,6 +7,7 @@
 import { LANGS, applyStatic, currentLang, fmtDateTime, fmtDuration, fmtTime, has, loadLang, setZone, t } from "./i18n.js";
 import { eventIcon } from "./icons.js";
 import { drawMap, sparkline } from "./map.js";
+import { canOversee, renderDashboard, renderDevices, renderReview, renderWall, stopWall } from "./supervisor.js";
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
@@ -660,20 +661,38 @@ async function loadDevice(deviceId, readOnly) {
 
 // ---------------------------------------------------------------- routing, login, language
 
+const VIEWS = ["queue", "board", "admin", "oversight", "review", "devices", "wall"];
+
+function openCalls() {
+  const calls = [...state.calls.values()];
+  return { total: calls.length, p1: calls.filter((c) => c.priority === "P1").length };
+}
+
 async function route() {
   if (!state.me) return;
   const hash = location.hash || "#/queue";
   const [path, query] = hash.slice(1).split("?");
   const parts = path.split("/").filter(Boolean);
-  const view = parts[0] === "board" ? "board" : parts[0] === "admin" ? "admin" : "queue";
+  const wallParam = new URLSearchParams(location.search).get("wall");
+  const view = wallParam && wallParam !== "0" ? "wall" : VIEWS.includes(parts[0]) ? parts[0] : "queue";
   state.view = view;
-  for (const v of ["queue", "board", "admin"]) $(`#view-${v}`).hidden = v !== view;
+  if (view !== "wall") stopWall();
+  for (const v of VIEWS) $(`#view-${v}`).hidden = v !== view;
   document.querySelectorAll("nav a").forEach((a) => {
     if (a.dataset.view === view) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
   });
   try {
+    const sv = { api, token: () => state.token, toast };
     if (view === "board") await renderBoard();
+    else if (view === "oversight") await renderDashboard($("#view-oversight"), sv);
+    else if (view === "review") await renderReview($("#view-review"), sv);
+    else if (view === "devices") await renderDevices($("#view-devices"), sv);
+    else if (view === "wall") {
+      // seconds between refreshes: ?every=N or #/wall?every=N (at least 2), default 30
+      const every = Math.max(2, Number(new URLSearchParams(query || location.search.slice(1)).get("every")) || 30);
+      await renderWall($("#view-wall"), { api, openCalls }, every);
+    }
     else if (view === "admin") await renderAdmin(new URLSearchParams(query || ""));
     else if (parts[0] === "call" && parts[1]) {
       const id = Number(parts[1]);
@@ -709,6 +728,8 @@ function renderHeader() {
   $("#who-name").textContent = me.display_name || me.username;
   $("#who-station").textContent = me.station ? `${me.station.name} (${t(`tier.${me.station.tier}`)})` : t("header.county");
   $("#who-role").textContent = t(`header.role.${me.role}`);
+  // the supervisors' pages only for those the reports API lets in
+  document.querySelectorAll("nav .sv-only").forEach((a) => { a.hidden = !canOversee(me); });
   // a speaker, struck through when muted (inline SVG: no emoji font needed)
   $("#mute").innerHTML = `<svg viewBox="0 0 24 24" width="18" height="18" aria-hidden="true"><path d="M4 9h4l5-4v14l-5-4H4z" fill="currentColor"/>${state.muted
     ? '<path d="M16 9l5 6M21 9l-5 6" stroke="currentColor" stroke-width="2"/>'
