@@ -15,6 +15,7 @@ import aiomqtt
 import pytest
 from amqtt.broker import Broker
 
+from device_gateway.broker import _CareCallBroker
 from device_gateway.protocol import AckState, Channel, ack_payload, topic_for
 
 
@@ -34,9 +35,16 @@ def broker_config(port: int) -> dict[str, object]:
 
 
 async def start_broker(port: int) -> Broker:
-    broker = Broker(broker_config(port))
+    """amqtt with the project's fixes (device_gateway.broker): stock 0.12.1 can lose a
+    broadcast while a client subscribes and can leave connection tasks behind on shutdown,
+    which hung this fixture's teardown now and then."""
+    broker = _CareCallBroker(broker_config(port))
     await broker.start()
     return broker
+
+
+async def stop_broker(broker: Broker) -> None:
+    await asyncio.wait_for(broker.close(), 15)
 
 
 @pytest.fixture
@@ -46,7 +54,7 @@ async def broker_port() -> AsyncIterator[int]:
     try:
         yield port
     finally:
-        await broker.shutdown()
+        await stop_broker(broker)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from device_gateway.protocol import AckState, Channel, topic_for
 from dispatcher.clock import Clock
 from simulators.device import DeviceSpec, SimulatedDevice
 from simulators.scenario import Backoff, Scenario
-from tests.simulators.conftest import FakePlatform, free_port, start_broker, until
+from tests.simulators.conftest import FakePlatform, free_port, start_broker, stop_broker, until
 
 Factory = Callable[..., Awaitable[FakePlatform]]
 SPEED = 100.0  # resend after 5 simulated s = 50 ms real
@@ -138,7 +138,7 @@ async def test_reconnects_after_the_broker_goes_away_and_resends() -> None:
     try:
         async with asyncio.timeout(5):
             await sim.wait_online()
-        await broker.shutdown()
+        await stop_broker(broker)
         await until(lambda: not sim.online)
         record = sim.raise_event("sos")
         broker = await start_broker(port)
@@ -151,4 +151,4 @@ async def test_reconnects_after_the_broker_goes_away_and_resends() -> None:
         await asyncio.gather(task, return_exceptions=True)
     finally:
         await sim.stop()
-        await broker.shutdown()
+        await stop_broker(broker)
