@@ -100,6 +100,10 @@ class EventRecord:
     received_mono: float | None = None
     later: list[AckSeen] = field(default_factory=list)
     rejected_reason: str | None = None
+    # A misbehaving device (scenario ``resend_forever``) ignores ``received`` and keeps
+    # resending; the ack still counts as received, so the report credits the platform.
+    ignore_acks: bool = False
+    acks_ignored: int = 0
 
     @property
     def received(self) -> bool:
@@ -259,8 +263,16 @@ class SimulatedDevice:
         *,
         sensor: str | None = None,
         data: dict[str, Any] | None = None,
+        ignore_acks: bool = False,
+        resend_interval_s: float | None = None,
+        max_sends: int | None = None,
     ) -> EventRecord:
-        """Record an event and deliver it in the background until the platform stores it."""
+        """Record an event and deliver it in the background until the platform stores it.
+
+        With ``ignore_acks`` the device misbehaves: it resends the same bytes every
+        ``resend_interval_s`` simulated seconds (the scenario's backoff when None) whatever
+        the platform answers, until ``max_sends`` copies (None: until stopped).
+        """
         if self._stop.is_set():
             raise RuntimeError(f"device {self.device_id} is stopped")
         self._counter += 1
@@ -278,7 +290,11 @@ class SimulatedDevice:
         self.records[event_id] = record
         settled = asyncio.Event()
         self._settled[event_id] = settled
-        self._spawn(self._deliver(record, settled))
+        if ignore_acks:
+            record.ignore_acks = True
+            self._spawn(self._deliver_forever(record, resend_interval_s, max_sends))
+        else:
+            self._spawn(self._deliver(record, settled))
         return record
 
     def _event_data(self, event_type: str) -> dict[str, Any]:
@@ -336,6 +352,35 @@ class SimulatedDevice:
                 log.debug("event %s/%s sent (copy %d)", self.device_id, record.event_id, record.sends)
             await self._wait_any(settled, session_over, timeout_s=delay)
             delay = min(delay * policy.factor, policy.max_s)
+
+    async def _deliver_forever(
+        self, record: EventRecord, interval_s: float | None, max_sends: int | None
+    ) -> None:
+        """Resend regardless of acks: a device whose firmware never hears ``received``."""
+        payload = self._event_payload(record)
+        policy = self._scenario.resend
+        delay = interval_s if interval_s is not None else policy.initial_s
+        while max_sends is None or record.sends < max_sends:
+            client = self._client
+            if client is None:
+                await self._online.wait()
+                continue
+            session_over = self._session_over
+            if self._send(client, self._topic[Channel.events], payload, qos=1):
+                record.sends += 1
+                if record.first_publish_mono is None:
+                    record.first_publish_mono = time.monotonic()
+            await self._wait_any(session_over, timeout_s=delay)
+            if interval_s is None:
+                delay = min(delay * policy.factor, policy.max_s)
+
+    def _event_payload(self, record: EventRecord) -> bytes:
+        body: dict[str, Any] = {"id": record.event_id, "ts": record.ts_ms, "type": record.type}
+        if record.sensor is not None:
+            body["sensor"] = record.sensor
+        if record.data:
+            body["data"] = record.data
+        return json.dumps(body, separators=(",", ":")).encode()
 
     # ------------------------------------------------------------------ connection
 
@@ -458,6 +503,9 @@ class SimulatedDevice:
         if ack.state is AckState.received:
             if record.received_mono is None:
                 record.received_mono = now
+            if record.ignore_acks:
+                record.acks_ignored += 1
+                return
             self._settled[ack.event_id].set()
             return
         record.later.append(AckSeen(ack.state.value, now, ack.reason))

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict
 
 from dispatcher.clock import Clock
 from simulators.device import DeviceSpec, EventRecord, SimulatedDevice
-from simulators.scenario import EMITTERS, Scenario
+from simulators.scenario import EMITTERS, Flapping, PowerCut, ResendForever, Scenario
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,8 @@ class SimReport(BaseModel):
     later_acks: dict[str, int]  # assigned, en_route, on_scene, resolved, rejected
     rejected_reasons: dict[str, int]
     pending_events: list[str]  # "device_id/event_id", first 100
+    # copies of ``received`` a misbehaving device (scenario ``resend_forever``) ignored
+    acks_ignored: int = 0
 
 
 def check_host(host: str, *, allow_remote: bool = False) -> None:
@@ -193,6 +195,17 @@ async def run_simulation(
     planned = _plan(scenario, sims, random.Random(f"{seed}:plan"))
     if planned:
         drivers.append(asyncio.create_task(_drive_planned(planned, sims, clock, start)))
+    if scenario.power_cut is not None and sims:
+        cut = _power_cut_victims(scenario.power_cut, sims, random.Random(f"{seed}:power_cut"))
+        drivers.append(asyncio.create_task(_drive_power_cut(scenario.power_cut, cut, clock, start)))
+    for flap in scenario.flapping:
+        flapper = _pick(sims, flap.kind, flap.device_index)
+        if flapper is not None:
+            drivers.append(asyncio.create_task(_drive_flapping(flap, flapper, clock, start)))
+    for item in scenario.resend_forever:
+        resender = _pick(sims, item.kind, item.device_index)
+        if resender is not None:
+            drivers.append(asyncio.create_task(_drive_resend_forever(item, resender, clock, start)))
     if on_progress is not None:
         drivers.append(asyncio.create_task(_report_progress(on_progress, stats, progress_interval_s)))
 
@@ -333,6 +346,62 @@ async def _drive_planned(
         sims[item.device].raise_event(item.type, sensor=item.sensor, data=item.data)
 
 
+def _pick(sims: Sequence[SimulatedDevice], kind: str | None, index: int) -> SimulatedDevice | None:
+    """The ``index``-th device (by id, wrapping) of ``kind``; any kind when None."""
+    found = sorted((s for s in sims if kind is None or s.spec.kind == kind), key=lambda s: s.device_id)
+    if not found:
+        log.warning("no device of kind %s for a fault story", kind)
+        return None
+    return found[index % len(found)]
+
+
+def _power_cut_victims(
+    cut: PowerCut, sims: Sequence[SimulatedDevice], rng: random.Random
+) -> list[SimulatedDevice]:
+    """Up to ``cut.devices`` devices (all when fewer), chosen reproducibly per seed."""
+    kinds = set(cut.kinds) if cut.kinds is not None else None
+    pool = sorted((s for s in sims if kinds is None or s.spec.kind in kinds), key=lambda s: s.device_id)
+    if len(pool) <= cut.devices:
+        return pool
+    return rng.sample(pool, cut.devices)
+
+
+async def _drive_power_cut(
+    cut: PowerCut, victims: Sequence[SimulatedDevice], clock: Clock, start: datetime
+) -> None:
+    await _sleep_until(clock, start, cut.at_s)
+    # All at once: start every drop before waiting for any of them to finish.
+    await asyncio.gather(*(v.go_silent() for v in victims))
+    log.info("power cut: %d devices offline", len(victims))
+    await _sleep_until(clock, start, cut.at_s + cut.duration_s)
+    for victim in victims:
+        victim.come_back()
+    log.info("power restored: %d devices reconnecting", len(victims))
+
+
+async def _drive_flapping(flap: Flapping, sim: SimulatedDevice, clock: Clock, start: datetime) -> None:
+    at_s = flap.start_s
+    for _ in range(flap.max_drops):
+        await _sleep_until(clock, start, at_s)
+        await sim.go_silent()
+        await _sleep_until(clock, start, at_s + flap.down_s)
+        sim.come_back()
+        at_s += flap.period_s
+
+
+async def _drive_resend_forever(
+    item: ResendForever, sim: SimulatedDevice, clock: Clock, start: datetime
+) -> None:
+    await _sleep_until(clock, start, item.at_s)
+    sim.raise_event(
+        item.type,
+        sensor=item.sensor,
+        ignore_acks=True,
+        resend_interval_s=item.interval_s,
+        max_sends=item.max_sends,
+    )
+
+
 async def _report_progress(
     on_progress: Callable[[SimStats], None], stats: Callable[[], SimStats], interval_s: float
 ) -> None:
@@ -439,4 +508,5 @@ def _report(
         later_acks=dict(sorted(later.items())),
         rejected_reasons=dict(sorted(reasons.items())),
         pending_events=pending[:100],
+        acks_ignored=sum(r.acks_ignored for r in records),
     )

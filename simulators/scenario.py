@@ -182,6 +182,78 @@ class Scripted(_Strict):
         return None if value is None else _check_kind(value)
 
 
+class _Pick(_Strict):
+    """Which device a per-device behaviour applies to: the ``device_index``-th (by id) of ``kind``."""
+
+    kind: str | None = None
+    device_index: Annotated[int, Field(ge=0)] = 0
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, value: str | None) -> str | None:
+        return None if value is None else _check_kind(value)
+
+
+class PowerCut(_Strict):
+    """Many devices lose power at the same moment and come back together.
+
+    At ``at_s`` up to ``devices`` devices (all of them when the county is smaller; only
+    those of ``kinds`` when given) drop abruptly, so the broker fires every will at once;
+    ``duration_s`` later they all reconnect and resend what they were holding.
+    """
+
+    at_s: NonNegative = 60.0
+    duration_s: Positive = 600.0
+    devices: Annotated[int, Field(ge=1, le=1_000_000)] = 2000
+    kinds: list[str] | None = None
+
+    @field_validator("kinds")
+    @classmethod
+    def _kinds(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            for kind in value:
+                _check_kind(kind)
+        return value
+
+
+class Flapping(_Pick):
+    """A device that drops every ``period_s`` and is back ``down_s`` later (a loose plug).
+
+    Bounded by ``max_drops`` and by the run's end.
+    """
+
+    start_s: NonNegative = 60.0
+    period_s: Positive = 180.0
+    down_s: Positive = 30.0
+    max_drops: Annotated[int, Field(ge=1, le=100_000)] = 1000
+
+    @model_validator(mode="after")
+    def _down_within_period(self) -> Flapping:
+        if self.down_s >= self.period_s:
+            raise ValueError("down_s must be shorter than period_s")
+        return self
+
+
+class ResendForever(_Pick):
+    """A device whose firmware ignores ``received`` and resends one event over and over.
+
+    It raises ``type`` at ``at_s`` and sends the same bytes every ``interval_s`` simulated
+    seconds (the scenario's resend backoff when null) until ``max_sends`` copies or the end
+    of the run, whichever comes first. The platform must store it once and ack every copy.
+    """
+
+    at_s: NonNegative = 10.0
+    type: str = "sos"
+    sensor: str | None = None
+    interval_s: Positive | None = 30.0
+    max_sends: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+
+    @field_validator("type")
+    @classmethod
+    def _type(cls, value: str) -> str:
+        return _check_type(value)
+
+
 class Scenario(_Strict):
     """A whole simulated run. Every field has a default, so ``Scenario()`` means heartbeats only."""
 
@@ -203,6 +275,11 @@ class Scenario(_Strict):
     reconnect: Backoff = Field(default_factory=lambda: Backoff(initial_s=1.0, max_s=60.0))
     burst: Burst | None = None
     scripted: list[Scripted] = Field(default_factory=list)
+    # Optional fault stories (absent = none): a mass power cut, flapping devices, and
+    # devices that resend an event forever.
+    power_cut: PowerCut | None = None
+    flapping: list[Flapping] = Field(default_factory=list)
+    resend_forever: list[ResendForever] = Field(default_factory=list)
 
     @field_validator("rates")
     @classmethod
