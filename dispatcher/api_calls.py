@@ -235,7 +235,7 @@ def calls_router(
     async def list_calls(
         status: Literal["open", "closed", "all"] = "open",
         limit: Annotated[int, Query(ge=1, le=500)] = 200,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
         who: Principal = who_dep,
     ) -> list[CallOut]:
         stmt = select(Call.id)

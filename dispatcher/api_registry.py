@@ -383,7 +383,7 @@ def _operator_may_only(p: Principal, changes: dict[str, Any], allowed: frozenset
 
 
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"page size (max {MAX_PAGE})")]
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=1_000_000_000)]  # beyond, the database's integer overflows
 StationFilter = Annotated[str | None, Query(description="only this station and the stations under it")]
 
 

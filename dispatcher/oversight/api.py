@@ -49,6 +49,11 @@ def _download(report: dict[str, Any], fmt: Format, name: str) -> Any:
     )
 
 
+def invalid(loc: list[str], message: str) -> HTTPException:
+    """A 422 shaped like FastAPI's own validation errors (the documented schema)."""
+    return HTTPException(422, [{"loc": loc, "msg": message, "type": "value_error"}])
+
+
 def reports_router(
     maker: async_sessionmaker[AsyncSession],
     signer: TokenSigner,
@@ -78,7 +83,7 @@ def reports_router(
         try:
             return Period(start or base.start, end or (base.end if start is None else max(start, base.end)))
         except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
+            raise invalid(["query", "to" if end else "from"], str(exc)) from None
 
     def not_found(station_id: str) -> HTTPException:
         return HTTPException(404, f"no such station {station_id!r}")
@@ -217,7 +222,7 @@ def reports_router(
         except LookupError:
             raise not_found(station_id or "") from None
         except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
+            raise invalid(["query", "month"], str(exc)) from None
         return HTMLResponse(monthly_html(data))
 
     return router

@@ -35,7 +35,13 @@ const state = {
 
 class ApiError extends Error {
   constructor(status, detail) {
-    super(typeof detail === "string" ? detail : (detail && detail.message) || `HTTP ${status}`);
+    super(
+      typeof detail === "string"
+        ? detail
+        : Array.isArray(detail) // FastAPI's validation errors: [{loc, msg, type}, …]
+          ? detail.map((d) => (d && d.msg) || "").join("; ") || `HTTP ${status}`
+          : (detail && detail.message) || `HTTP ${status}`,
+    );
     this.status = status;
     this.detail = detail;
   }
