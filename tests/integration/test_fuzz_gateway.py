@@ -26,7 +26,8 @@ from tests.integration.test_gateway_real_services import forget_session
 pytestmark = pytest.mark.integration
 
 N = 100_000
-RATE = 2_500  # msg/s: well within what one gateway copy parses, so the broker drops none
+RATE = 2_500  # msg/s at most
+WINDOW = 500  # published but not yet taken by the gateway
 
 
 def malformed(rng: random.Random, i: int) -> bytes:
@@ -96,11 +97,17 @@ async def test_100k_malformed_payloads_through_the_real_gateway(
             c.loop_start()
             t0 = time.monotonic()
             infos = []
+            base = gw.stats.messages
             for i, body in enumerate(payloads):
                 infos.append(c.publish(topic, body, qos=1))
                 delay = t0 + (i + 1) / RATE - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
+                # keep at most WINDOW unprocessed: the stock Mosquitto drops QoS 1
+                # messages for a client with more than 1,000 queued, and the point here
+                # is the gateway's handling of bad input, not the broker's queue limit
+                while i + 1 - (gw.stats.messages - base) > WINDOW:
+                    time.sleep(0.005)
             for info in infos[-1000:]:
                 info.wait_for_publish(30)
             good = json.dumps({"id": "after-the-storm", "ts": int(time.time() * 1000), "type": "sos"})
