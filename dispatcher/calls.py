@@ -386,17 +386,7 @@ async def open_call(
         },
     )
     for planned in esc.initial_timers(esc.from_snapshot(snap), now):
-        session.add(
-            Timer(
-                call_id=call.id,
-                generation=call.generation,
-                step=planned.step,
-                action=planned.action,
-                due_at=planned.due_at,
-                status="pending",
-                repeat=planned.repeat,
-            )
-        )
+        _schedule(session, call, planned)
     out.calls.add(call.id)
     if route.station_id:
         out.device_notices.append(DeviceNotice(call.id, ev.device_id, ev.event_id, "assigned"))
@@ -426,7 +416,9 @@ async def _join(
         "version": call.version + 1,
     }
     resident = (
-        await session.get(Resident, call.resident_id) if call.resident_id else await _resident_of(session, call.home_id)
+        await session.get(Resident, call.resident_id)
+        if call.resident_id
+        else await _resident_of(session, call.home_id)
     )
     priority, reasons = prio.assess_priority(
         event_class=new_class,
@@ -948,6 +940,21 @@ async def escalate(
 # --------------------------------------------------------------------------- timers
 
 
+def _schedule(session: AsyncSession, call: Call, planned: esc.PlannedTimer) -> None:
+    """A pending timer of the call's live escalation chain (its generation)."""
+    session.add(
+        Timer(
+            call_id=call.id,
+            generation=call.generation,
+            step=planned.step,
+            action=planned.action,
+            due_at=planned.due_at,
+            status="pending",
+            repeat=planned.repeat,
+        )
+    )
+
+
 async def claim_due_timers(session: AsyncSession, now: datetime, limit: int) -> list[Timer]:
     stmt = (
         select(Timer)
@@ -1100,17 +1107,7 @@ async def fire_timer(
             )
     if decision.next is not None:
         n = decision.next
-        session.add(
-            Timer(
-                call_id=call.id,
-                generation=call.generation,
-                step=n.step,
-                action=n.action,
-                due_at=n.due_at,
-                status="pending",
-                repeat=n.repeat,
-            )
-        )
+        _schedule(session, call, n)
     out.calls.add(call.id)
     return out
 
@@ -1234,17 +1231,7 @@ async def watchdog(session: AsyncSession, *, now: datetime, actor: str) -> list[
         if not missing:
             continue
         for planned in missing:
-            session.add(
-                Timer(
-                    call_id=call.id,
-                    generation=call.generation,
-                    step=planned.step,
-                    action=planned.action,
-                    due_at=planned.due_at,
-                    status="pending",
-                    repeat=planned.repeat,
-                )
-            )
+            _schedule(session, call, planned)
         await audit.append(
             session,
             kind=AuditKind.watchdog_repair.value,
