@@ -63,8 +63,9 @@ async def summary_report(
 ) -> dict[str, Any]:
     async with maker() as s:
         figs = await _figures(s, where, period, targets, now)
-    row = {"station_id": where.station_id, **_period_json(period), **summary(figs, targets)}
-    row["review"] = len(review_list(figs))
+    with service.gc_paused():
+        row = {"station_id": where.station_id, **_period_json(period), **summary(figs, targets)}
+        row["review"] = len(review_list(figs))
     return {
         "period": _period_json(period),
         "station_id": where.station_id,
@@ -86,7 +87,8 @@ async def aggregates_report(
 ) -> dict[str, Any]:
     async with maker() as s:
         figs = await _figures(s, where, period, targets, now)
-    rows = group_rows(figs, by, targets)
+    with service.gc_paused():
+        rows = group_rows(figs, by, targets)
     return {"period": _period_json(period), "station_id": where.station_id, "by": by, "rows": rows}
 
 

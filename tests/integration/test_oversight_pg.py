@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from dispatcher.oversight import reports
 from dispatcher.oversight.figures import Period
 from dispatcher.oversight.targets import Targets
-from tests.dispatcher.oversight.conftest import NOW, build_world
+from tests.dispatcher.oversight.conftest import NOW, build_world, check_epoch_us_exact
 
 pytestmark = pytest.mark.integration
 
@@ -50,3 +50,7 @@ async def test_aggregates_on_postgresql(
         w.maker, where=reports.ReportScope(frozenset({"st2", "cm2"})), period=DAY, targets=Targets(), now=NOW
     )
     assert street["summary"]["calls"] == 1
+
+
+async def test_epoch_us_is_exact_on_postgresql(pg_maker: async_sessionmaker[AsyncSession]) -> None:
+    await check_epoch_us_exact(pg_maker)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import func
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from config.settings import load_settings
@@ -216,3 +217,55 @@ async def world(
     maker: async_sessionmaker[AsyncSession], tmp_path: Path, sqlite_url: str
 ) -> AsyncIterator[World]:
     yield await build_world(maker, tmp_path, sqlite_url)
+
+
+# Moments with every microsecond digit in play, on both sides of midnight and of a
+# second, and long before and after today: what epoch_us must return exactly.
+EXACT_MOMENTS = [
+    datetime(2026, 11, 26, 3, 4, 5, 123456, tzinfo=UTC),
+    datetime(2026, 11, 26, 23, 59, 59, 999999, tzinfo=UTC),
+    datetime(2026, 11, 27, 0, 0, 0, 1, tzinfo=UTC),
+    datetime(2026, 11, 27, 0, 0, 0, tzinfo=UTC),
+    datetime(1999, 12, 31, 23, 59, 59, 500000, tzinfo=UTC),
+    datetime(2099, 1, 1, 12, 0, 0, 654321, tzinfo=UTC),
+]
+
+
+async def check_epoch_us_exact(maker: async_sessionmaker[AsyncSession]) -> None:
+    """Store audit rows at awkward moments, read them back through the report's
+    epoch_us expression, and compare with the exact microseconds."""
+    from sqlalchemy import insert, select
+
+    from dispatcher.models import AuditRow
+    from dispatcher.oversight.figures import from_us, to_us
+    from dispatcher.oversight.service import epoch_us
+
+    async with maker() as s, s.begin():
+        top = await s.scalar(select(func.coalesce(func.max(AuditRow.seq), 0)))
+        await s.execute(
+            insert(AuditRow),
+            [
+                dict(
+                    seq=int(top or 0) + 1000 + i,
+                    call_id=None,
+                    at=at,
+                    kind="epoch_probe",
+                    actor="test",
+                    station_id=None,
+                    detail={},
+                    prev_hash="x",
+                    hash="y",
+                )
+                for i, at in enumerate(EXACT_MOMENTS)
+            ],
+        )
+    async with maker() as s:
+        got = (
+            await s.execute(
+                select(epoch_us(AuditRow.at), AuditRow.at)
+                .where(AuditRow.kind == "epoch_probe")
+                .order_by(AuditRow.seq)
+            )
+        ).all()
+    assert [us for us, _ in got] == [to_us(at) for at in EXACT_MOMENTS]
+    assert [from_us(us) for us, _ in got] == EXACT_MOMENTS

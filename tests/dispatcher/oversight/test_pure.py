@@ -15,11 +15,13 @@ from dispatcher.oversight.figures import (
     CallMarks,
     Period,
     call_figures,
+    from_us,
     group_rows,
     in_period,
     marks_from_rows,
     nearest_rank,
     target_state,
+    to_us,
 )
 from dispatcher.oversight.health import offline_seconds
 from dispatcher.oversight.targets import Targets, TargetsError, load_targets
@@ -55,12 +57,13 @@ def test_marks_take_first_rows_and_operator_close_as_answer() -> None:
         AuditFact(T + timedelta(seconds=90), "resolved", actor="user:op"),
     ]
     m = marks_from_rows(rows)
-    assert m.received_at == T and m.acknowledged_at == T + timedelta(seconds=90)
-    assert (m.escalations, m.escalated_to_county, m.closed_at) == (2, True, T + timedelta(seconds=90))
+    assert m.received_us == to_us(T) and m.acknowledged_us == to_us(T + timedelta(seconds=90))
+    assert (m.escalations, m.escalated_to_county, m.closed_us) == (2, True, to_us(T + timedelta(seconds=90)))
     restored = marks_from_rows(
         [AuditFact(T, "event_received"), AuditFact(T, "restored", actor="dispatcher:1")]
     )
-    assert restored.acknowledged_at is None and restored.closed_at == T
+    assert restored.acknowledged_us is None and restored.closed_us == to_us(T)
+    assert restored.start == T and from_us(to_us(T)) == T
 
 
 def _info(cid: int, tz: str = "Asia/Shanghai", area: str = "urban") -> CallInfo:
@@ -86,11 +89,11 @@ def _info(cid: int, tz: str = "Asia/Shanghai", area: str = "urban") -> CallInfo:
 
 def test_calls_belong_to_the_local_day_and_month_they_started() -> None:
     targets = Targets()
-    a = call_figures(_info(1), CallMarks(T, closed_at=T + timedelta(seconds=10)), targets, T)
+    a = call_figures(_info(1), CallMarks.of(T, closed_at=T + timedelta(seconds=10)), targets, T)
     b = call_figures(
-        _info(2), CallMarks(T + timedelta(hours=1), closed_at=T + timedelta(hours=2)), targets, T
+        _info(2), CallMarks.of(T + timedelta(hours=1), closed_at=T + timedelta(hours=2)), targets, T
     )
-    c = call_figures(_info(3, tz="UTC"), CallMarks(T + timedelta(hours=1)), targets, T)
+    c = call_figures(_info(3, tz="UTC"), CallMarks.of(T + timedelta(hours=1)), targets, T)
     assert [r["key"] for r in group_rows([a, b, c], "month", targets)] == ["2026-11", "2026-12"]
     assert [(r["key"], r["calls"]) for r in group_rows([a, b, c], "day", targets)] == [
         ("2026-11-30", 2),
@@ -109,14 +112,14 @@ def test_arrival_limit_by_area_and_only_for_dispatched_calls() -> None:
     disp = T + timedelta(seconds=30)
     rural = call_figures(
         _info(1, area="rural"),
-        CallMarks(T, dispatched_at=disp, on_scene_at=T + timedelta(minutes=29)),
+        CallMarks.of(T, dispatched_at=disp, on_scene_at=T + timedelta(minutes=29)),
         targets,
         T,
     )
     urban = call_figures(
-        _info(2), CallMarks(T, dispatched_at=disp, on_scene_at=T + timedelta(minutes=29)), targets, T
+        _info(2), CallMarks.of(T, dispatched_at=disp, on_scene_at=T + timedelta(minutes=29)), targets, T
     )
-    phone = call_figures(_info(3), CallMarks(T, closed_at=T + timedelta(hours=1)), targets, T)
+    phone = call_figures(_info(3), CallMarks.of(T, closed_at=T + timedelta(hours=1)), targets, T)
     assert (rural.arrival_met, urban.arrival_met, phone.arrival_met) == (True, False, None)
     row = group_rows([rural, urban, phone], "county", targets)[0]
     assert (row["arrival_within_limit_met"], row["arrival_within_limit_eligible"]) == (1, 2)
@@ -128,7 +131,7 @@ def test_answer_target_met_exactly_at_the_share() -> None:
     targets = Targets()
     figs = [
         call_figures(
-            _info(i), CallMarks(T, acknowledged_at=T + timedelta(seconds=10 if i else 70)), targets, T
+            _info(i), CallMarks.of(T, acknowledged_at=T + timedelta(seconds=10 if i else 70)), targets, T
         )
         for i in range(40)
     ]

@@ -38,7 +38,7 @@ from dispatcher.oversight.api import reports_router
 from dispatcher.oversight.cli import report_app
 from dispatcher.oversight.figures import AuditFact, Period, marks_from_rows
 from dispatcher.oversight.targets import Targets
-from tests.dispatcher.oversight.conftest import NOW, World
+from tests.dispatcher.oversight.conftest import NOW, World, check_epoch_us_exact
 
 DAY = "2026-11-26"
 SECRET = b"k" * 32
@@ -262,3 +262,8 @@ async def test_timeline_csv_and_devices(world: World) -> None:
 async def cli(*args: str) -> Result:
     """The CLI runs its own event loop (asyncio.run), so it runs in a thread here."""
     return await asyncio.to_thread(CliRunner().invoke, report_app, list(args))
+
+
+async def test_epoch_us_is_exact_on_sqlite(world: World) -> None:
+    """Durations come from integer microseconds computed in SQL: not one may be lost."""
+    await check_epoch_us_exact(world.maker)
