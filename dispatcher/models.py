@@ -123,6 +123,10 @@ class Staff(Base):
     role: Mapped[str] = mapped_column(String(32))  # operator, responder, nurse, doctor, manager
     phone: Mapped[str] = mapped_column(String(40), default="")
     on_duty: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The roster: names of the shifts (config/oversight.yaml) this person works,
+    # space-separated ("day night"). on_duty says who is there now; shifts say who is
+    # planned, so coverage can be read per shift.
+    shifts: Mapped[str] = mapped_column(String(200), default="", server_default="")
 
     station: Mapped[Station] = relationship(back_populates="staff")
 

@@ -91,7 +91,9 @@ class _Server(uvicorn.Server):
 
 
 async def serve_http(app: Any, host: str, port: int, stop: asyncio.Event) -> None:
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=2
+    )
     server = _Server(config)
     task = asyncio.create_task(server.serve())
     await stop.wait()

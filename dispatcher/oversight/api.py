@@ -136,6 +136,10 @@ def reports_router(
         end: Annotated[date | None, Query(alias="to")] = None,
         station_id: str | None = None,
         format: Format = "json",
+        limit: Annotated[
+            int, Query(ge=1, le=5000, description="Calls per page (JSON only; CSV and XLSX hold them all).")
+        ] = 500,
+        offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
         who: Principal = who_dep,
     ) -> Any:
         try:
@@ -146,6 +150,8 @@ def reports_router(
                 targets=the_targets,
                 now=the_clock.now(),
                 timelines=format == "json",
+                limit=limit if format == "json" else None,
+                offset=offset if format == "json" else 0,
             )
         except LookupError:
             raise not_found(station_id or "") from None
@@ -156,10 +162,19 @@ def reports_router(
         station_id: str | None = None,
         add_staff_station: str | None = None,
         n: Annotated[int, Query(ge=-50, le=50)] = 1,
-        table: Literal["homes", "streets"] = "homes",
+        table: Literal["homes", "streets", "shifts"] = "homes",
+        shift: Annotated[
+            str | None,
+            Query(
+                max_length=32, description="Read coverage for this roster shift instead of staff on duty now."
+            ),
+        ] = None,
         format: Format = "json",
         who: Principal = who_dep,
     ) -> Any:
+        if shift is not None and shift not in {s.name for s in the_targets.shifts}:
+            known = ", ".join(s.name for s in the_targets.shifts)
+            raise HTTPException(422, f"unknown shift {shift!r}; known shifts: {known}")
         try:
             rep = await reports.coverage_report(
                 maker,
@@ -168,6 +183,9 @@ def reports_router(
                 targets=the_targets,
                 add_staff_station=add_staff_station,
                 add=n,
+                shift=shift,
+                by_shift=table == "shifts",
+                now=the_clock.now(),
             )
         except LookupError as exc:
             raise not_found(str(exc.args[0]) if exc.args else "") from None
@@ -175,6 +193,8 @@ def reports_router(
             raise HTTPException(404, str(exc)) from None
         if table == "streets":
             rep["rows"] = rep["by_street"]
+        elif table == "shifts":
+            rep["rows"] = rep["by_shift"]
         return _download(rep, format, f"coverage-{table}")
 
     @router.get("/devices")

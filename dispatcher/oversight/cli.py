@@ -271,12 +271,22 @@ def coverage_cmd(
     streets: Annotated[
         bool, typer.Option("--streets", help="One row per street instead of per home.")
     ] = False,
+    shift: Annotated[
+        str | None,
+        typer.Option(
+            "--shift", help="Staff rostered on this shift (config/oversight.yaml) instead of on duty now."
+        ),
+    ] = None,
+    by_shift: Annotated[
+        bool, typer.Option("--by-shift", help="One row per shift and street: every shift of the roster.")
+    ] = False,
     format: FormatOpt = OutFormat.table,
     out: OutOpt = None,
     targets: TargetsOpt = None,
 ) -> None:
-    """Travel time from every home to the nearest staffed station, homes outside the
-    service circle by street, and a what-if for adding staff."""
+    """Travel time from every home to the nearest staffed station (on duty now, or on a
+    shift of the roster), homes outside the service circle by street, and a what-if for
+    adding staff."""
     from dispatcher.cli import settings_from
     from dispatcher.routing import DispatchConfigError, load_dispatch_config
 
@@ -295,13 +305,29 @@ def coverage_cmd(
                 targets=t,
                 add_staff_station=add_staff_station,
                 add=n,
+                shift=shift,
+                by_shift=by_shift,
             )
         )
     except ValueError as exc:
         _fail(str(exc))
         raise
-    if streets or format is OutFormat.table:
+    if by_shift:
+        rep["rows"] = rep["by_shift"]
+    elif streets or format is OutFormat.table:
         rep["rows"] = rep["by_street"]
+    if format is OutFormat.table and out is None:
+        sh = rep["shift"]
+        typer.echo(
+            f"coverage with staff {rep['staffing']}"
+            + (f" {sh['name']} ({sh['hours']})" if sh else "")
+            + f"; the shift now is {rep['current_shift'] or '-'}"
+            + (
+                f"; rostered on shifts the config lacks: {' '.join(rep['unknown_shift_names'])}"
+                if rep["unknown_shift_names"]
+                else ""
+            )
+        )
     emit(rep, format, out, name="coverage")
     wi = rep["what_if"]
     if wi is not None and format is OutFormat.table:

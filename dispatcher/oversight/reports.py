@@ -8,9 +8,10 @@ downloads and ``carecall report`` are kept from ever disagreeing. Each report ca
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import date, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -100,14 +101,29 @@ async def review_report(
     targets: Targets,
     now: datetime,
     timelines: bool = True,
+    limit: int | None = None,
+    offset: int = 0,
 ) -> dict[str, Any]:
+    """The review list, oldest first; ``limit``/``offset`` page it (``total`` says how
+    many there are). A month over a large county can hold tens of thousands of calls,
+    so timelines are read only for the page returned."""
     async with maker() as s:
         figs = await _figures(s, where, period, targets, now)
-        items = review_list(figs)
-        lines = await service.load_timelines(s, [i.figures.info.call_id for i in items]) if timelines else {}
-    rows = review_rows(items)
+        with service.gc_paused():
+            items = review_list(figs)
+        page = items[offset:] if limit is None else items[offset : offset + limit]
+        lines = await service.load_timelines(s, [i.figures.info.call_id for i in page]) if timelines else {}
+    rows = review_rows(page)
     calls = [{**row, "timeline": [t.as_dict() for t in lines.get(row["call_id"], [])]} for row in rows]
-    return {"period": _period_json(period), "station_id": where.station_id, "calls": calls, "rows": rows}
+    return {
+        "period": _period_json(period),
+        "station_id": where.station_id,
+        "total": len(items),
+        "offset": offset,
+        "limit": limit,
+        "calls": calls,
+        "rows": rows,
+    }
 
 
 async def timeline_report(
@@ -139,14 +155,39 @@ async def coverage_report(
     targets: Targets,
     add_staff_station: str | None = None,
     add: int = 1,
+    shift: str | None = None,
+    by_shift: bool = False,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
+    """Coverage now (staff on duty), or for one shift of the roster (staff rostered on
+    it); ``by_shift`` adds a table of every shift's coverage by street."""
     limits = {"urban": targets.arrival.urban_min, "rural": targets.arrival.rural_min}
+    the_shift = targets.shift(shift) if shift is not None else None  # ValueError if unknown
     async with maker() as s:
         scope = await service.narrow_scope(s, where.scope, where.station_id)
-        homes, stations = await service.load_coverage_inputs(s, scope)
+        homes, stations = await service.load_coverage_inputs(s, scope, shift)
+        tz = service.home_timezone(await service.load_stations(s), where.station_id)
+        rosters = (
+            {sh.name: await service.responder_counts(s, sh.name) for sh in targets.shifts} if by_shift else {}
+        )
+        rostered = await service.rostered_shift_names(s)
     now_cov = coverage(homes, stations, routing, limits)
+    local_now = (now or datetime.now(UTC)).astimezone(ZoneInfo(tz))
+    current = targets.shift_at(local_now.time())
+    shift_rows: list[dict[str, Any]] = []
+    for sh in targets.shifts if by_shift else ():
+        counts = rosters[sh.name]
+        staffed = [replace(st, on_duty=counts.get(st.id, 0)) for st in stations]
+        for row in by_street(coverage(homes, staffed, routing, limits)):
+            shift_rows.append({"shift": sh.name, "hours": sh.hours, **row})
     out: dict[str, Any] = {
         "station_id": where.station_id,
+        "shift": None if the_shift is None else {"name": the_shift.name, "hours": the_shift.hours},
+        "staffing": "rostered on the shift" if the_shift is not None else "on duty now",
+        "current_shift": None if current is None else current.name,
+        "shifts": [{"name": sh.name, "hours": sh.hours} for sh in targets.shifts],
+        "unknown_shift_names": sorted(rostered - {sh.name for sh in targets.shifts}),
+        "by_shift": shift_rows,
         "limits_min": limits,
         "homes": coverage_rows(now_cov),
         "by_street": by_street(now_cov),

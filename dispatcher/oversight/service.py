@@ -20,7 +20,7 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import BigInteger, and_, case, func, select
+from sqlalchemy import BigInteger, and_, case, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
@@ -177,7 +177,9 @@ def _epoch_us_default(element: epoch_us, compiler: Any, **kw: Any) -> str:
     # characters (given the fraction, it rounds to the nearest second), microseconds
     # from the digits after the point.
     x = compiler.process(element.clauses, **kw)
-    return f"(CAST(strftime('%s', substr({x}, 1, 19)) AS INTEGER) * 1000000 + CAST(substr({x}, 21) AS INTEGER))"
+    return (
+        f"(CAST(strftime('%s', substr({x}, 1, 19)) AS INTEGER) * 1000000 + CAST(substr({x}, 21) AS INTEGER))"
+    )
 
 
 def _first(cond: Any) -> Any:
@@ -447,24 +449,37 @@ async def call_in_scope(session: AsyncSession, call_id: int, scope: frozenset[st
     return visible(scope, home_station, first_station)
 
 
+def _on_shift(shift: str) -> Any:
+    # Staff.shifts is a space-separated list of names: pad it so a name matches whole.
+    return (literal(" ") + Staff.shifts + literal(" ")).contains(f" {shift} ", autoescape=True)
+
+
+async def responder_counts(session: AsyncSession, shift: str | None = None) -> dict[str, int]:
+    """Responders per station: on duty now (shift None), or rostered on a shift."""
+    q = select(Staff.station_id, func.count()).where(Staff.role.in_(RESPONDER_ROLES))
+    q = q.where(Staff.on_duty.is_(True)) if shift is None else q.where(_on_shift(shift))
+    return {sid: int(n) for sid, n in (await session.execute(q.group_by(Staff.station_id))).all()}
+
+
+async def rostered_shift_names(session: AsyncSession) -> set[str]:
+    """Every shift name some staff row is rostered on (to flag names the config lacks)."""
+    names: set[str] = set()
+    for value in (await session.scalars(select(Staff.shifts).distinct())).all():
+        names.update((value or "").split())
+    return names
+
+
 async def load_coverage_inputs(
-    session: AsyncSession, scope: frozenset[str] | None
+    session: AsyncSession, scope: frozenset[str] | None, shift: str | None = None
 ) -> tuple[list[CoverageHome], list[CoverageStation]]:
-    """Homes in scope and every station with its on-duty responders now.
+    """Homes in scope and every station with its responders: on duty now, or, given a
+    shift, rostered on it.
 
     Every station, not only those in scope: a bed near the street boundary may well be
     covered by the neighbour's station, and the circle does not stop at the boundary.
     """
     stations = await load_stations(session)
-    counts = dict(
-        (
-            await session.execute(
-                select(Staff.station_id, func.count())
-                .where(Staff.on_duty.is_(True), Staff.role.in_(RESPONDER_ROLES))
-                .group_by(Staff.station_id)
-            )
-        ).all()
-    )
+    counts = await responder_counts(session, shift)
     homes_q = select(Home.id, Home.station_id, Home.lat, Home.lon, Home.area, Home.address).order_by(Home.id)
     if scope is not None:
         homes_q = homes_q.where(Home.station_id.in_(sorted(scope)))

@@ -7,9 +7,10 @@ the message names the file and the key.
 
 from __future__ import annotations
 
+from datetime import time
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from config.settings import CONFIG_DIR
 from config.yamlfile import load_yaml_model
@@ -20,6 +21,7 @@ __all__ = [
     "ArrivalTarget",
     "DeviceTargets",
     "ReviewTargets",
+    "Shift",
     "Targets",
     "TargetsError",
     "load_targets",
@@ -63,6 +65,46 @@ class DeviceTargets(BaseModel):
     low_battery_pct: float = Field(default=20.0, ge=0, le=100)
 
 
+class Shift(BaseModel):
+    """A named shift of the roster, in each station's local time; ``end`` before
+    ``start`` runs past midnight (20:00 → 08:00)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    start: time
+    end: time
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _quoted(cls, value: object) -> object:
+        # YAML 1.1 reads an unquoted 08:00 as the number 480 (base 60); pydantic would
+        # take that as 00:08. Refuse numbers instead of guessing.
+        if isinstance(value, int | float):
+            raise ValueError('write times of day in quotes, like "08:00"')
+        return value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Shift:
+        if self.start == self.end:
+            raise ValueError(f"shift {self.name!r} starts and ends at {self.start}: give it some hours")
+        return self
+
+    def holds(self, local: time) -> bool:
+        """Whether a local time of day lies in the shift (start included, end not)."""
+        if self.start < self.end:
+            return self.start <= local < self.end
+        return local >= self.start or local < self.end
+
+    @property
+    def hours(self) -> str:
+        return f"{self.start:%H:%M}–{self.end:%H:%M}"
+
+
+def _default_shifts() -> tuple[Shift, ...]:
+    return (Shift(name="day", start=time(8), end=time(20)), Shift(name="night", start=time(20), end=time(8)))
+
+
 def _default_answer() -> tuple[AnswerTarget, ...]:
     return (AnswerTarget(within_s=60, min_share=0.975), AnswerTarget(within_s=180, min_share=0.99))
 
@@ -76,6 +118,26 @@ class Targets(BaseModel):
     arrival: ArrivalTarget = ArrivalTarget()
     review: ReviewTargets = ReviewTargets()
     devices: DeviceTargets = DeviceTargets()
+    shifts: tuple[Shift, ...] = Field(default_factory=_default_shifts)
+
+    @field_validator("shifts")
+    @classmethod
+    def _unique_shifts(cls, value: tuple[Shift, ...]) -> tuple[Shift, ...]:
+        names = [s.name for s in value]
+        if len(set(names)) != len(names):
+            raise ValueError("two shifts have the same name")
+        return value
+
+    def shift(self, name: str) -> Shift:
+        for s in self.shifts:
+            if s.name == name:
+                return s
+        known = ", ".join(s.name for s in self.shifts) or "none"
+        raise ValueError(f"unknown shift {name!r}; config/oversight.yaml defines: {known}")
+
+    def shift_at(self, local: time) -> Shift | None:
+        """The first shift (in file order) that holds this local time of day."""
+        return next((s for s in self.shifts if s.holds(local)), None)
 
     @field_validator("answer")
     @classmethod

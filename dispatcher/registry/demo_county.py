@@ -396,9 +396,20 @@ def _staff(g: _Gen, station: StationRow) -> list[StaffRow]:
                     role=role,
                     phone=g.mobile(),
                     on_duty=on_duty,
+                    shifts=_roster(station.kind, n),
                 )
             )
     return rows
+
+
+def _roster(kind: StationKind, n: int) -> str:
+    """The demo roster (no random draw, so the rest of the county stays as it was):
+    the county and street centres work around the clock, staff alternating day and
+    night; community stations and village points are staffed by day only, so at night
+    the county's coverage rests on the centres, which is what a supervisor should see."""
+    if kind in (StationKind.county_centre, StationKind.street_centre):
+        return "day" if n % 2 else "night"
+    return "day"
 
 
 def _home_address(g: _Gen, plan: _StationPlan) -> str:

@@ -72,6 +72,30 @@ def _blank_to_none(value: Any) -> Any:
     return value
 
 
+SHIFT_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+def _parse_shifts(value: Any) -> str:
+    """A roster cell: shift names separated by spaces, commas or semicolons (or a list
+    in YAML/JSON), normalised to sorted unique names joined by one space."""
+    if value is None:
+        return ""
+    parts = (
+        [str(v) for v in value] if isinstance(value, list | tuple) else re.split(r"[\s,;、，；]+", str(value))
+    )
+    names = sorted({p.strip().lower() for p in parts if p.strip()})
+    for name in names:
+        if not SHIFT_NAME.match(name):
+            raise ValueError(
+                f"shift name {name!r} must be a lowercase word (a-z, 0-9, _ or -), like day or night"
+            )
+    joined = " ".join(names)
+    if len(joined) > 200:
+        raise ValueError("too many shifts for one person (200 characters at most)")
+    return joined
+
+
+Shifts = Annotated[str, BeforeValidator(_parse_shifts)]
 Id = Annotated[str, StringConstraints(strip_whitespace=True, pattern=ID_PATTERN)]
 OptionalId = Annotated[Id | None, BeforeValidator(_blank_to_none)]
 Flag = Annotated[bool, BeforeValidator(_parse_flag)]
@@ -179,6 +203,7 @@ class StaffRow(_Row):
     role: StaffRole
     phone: OptionalPhone = ""
     on_duty: Flag = False
+    shifts: Shifts = ""
 
 
 class HomeRow(_Row):

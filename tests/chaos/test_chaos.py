@@ -107,7 +107,10 @@ class Cluster:
             args = ["serve", "--host", "127.0.0.1", "--port", str(self.http_port)]
         log = (self.tmp / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher.cli", *args], env=self.env(), stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "dispatcher.cli", *args],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
 
     def kill(self, name: str) -> None:
@@ -319,12 +322,20 @@ async def prove(
 
     # a console reconnecting after the fault catches up through the API
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=10) as http:
-        tok = (await http.post("/api/v1/auth/token", data={"username": "chaos-op", "password": "chaos-op-pass-1"})).json()
+        tok = (
+            await http.post(
+                "/api/v1/auth/token", data={"username": "chaos-op", "password": "chaos-op-pass-1"}
+            )
+        ).json()
         headers = {"Authorization": f"Bearer {tok['access_token']}"}
         seen: set[int] = set()
         offset = 0
         while True:
-            page = (await http.get("/api/v1/calls", params={"status": "all", "limit": 500, "offset": offset}, headers=headers)).json()
+            page = (
+                await http.get(
+                    "/api/v1/calls", params={"status": "all", "limit": 500, "offset": offset}, headers=headers
+                )
+            ).json()
             seen |= {c["id"] for c in page}
             if len(page) < 500:
                 break
@@ -362,7 +373,11 @@ def running(cluster: Cluster) -> Iterator[Cluster]:
 
 @pytest.fixture
 async def world(
-    mosquitto: tuple[str, int], pg_url: str, pg_maker: async_sessionmaker[AsyncSession], redis_url: str, tmp_path: Path
+    mosquitto: tuple[str, int],
+    pg_url: str,
+    pg_maker: async_sessionmaker[AsyncSession],
+    redis_url: str,
+    tmp_path: Path,
 ) -> World:
     fleet = await provision_fleet(pg_maker, 300, prefix="ch")
     async with pg_maker() as s, s.begin():
@@ -427,9 +442,15 @@ async def test_sigkill_the_api_server_with_consoles_connected(world: World) -> N
 
 @pytest.mark.parametrize(
     "fault,restart",
-    [("restart Mosquitto", restart_mosquitto), ("restart Redis", restart_redis), ("restart PostgreSQL", restart_postgres)],
+    [
+        ("restart Mosquitto", restart_mosquitto),
+        ("restart Redis", restart_redis),
+        ("restart PostgreSQL", restart_postgres),
+    ],
 )
-async def test_restart_a_service_during_a_storm(world: World, fault: str, restart: Callable[[], None]) -> None:
+async def test_restart_a_service_during_a_storm(
+    world: World, fault: str, restart: Callable[[], None]
+) -> None:
     with running(world.cluster) as c:
         boot(c, ["gw-a", "d-a", "api"])
         storm = start_storm(world.fleet)

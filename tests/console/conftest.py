@@ -84,7 +84,15 @@ class DemoServer:
         env.pop("CARECALL_CONFIG", None)
         with logfile.open("wb") as out:
             self.proc = subprocess.Popen(
-                [CARECALL, "demo", "--no-sim", "--port", str(self.http_port), "--mqtt-port", str(self.mqtt_port)],
+                [
+                    CARECALL,
+                    "demo",
+                    "--no-sim",
+                    "--port",
+                    str(self.http_port),
+                    "--mqtt-port",
+                    str(self.mqtt_port),
+                ],
                 cwd=self.workdir,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -101,7 +109,9 @@ class DemoServer:
                 except httpx.HTTPError:
                     pass
             time.sleep(0.1)
-        raise RuntimeError(f"carecall demo did not start in {timeout}s: {logfile.read_text(errors='replace')[-2000:]}")
+        raise RuntimeError(
+            f"carecall demo did not start in {timeout}s: {logfile.read_text(errors='replace')[-2000:]}"
+        )
 
     def stop(self, timeout: float = 25.0, *, crash: bool = False) -> None:
         """SIGTERM and wait (a graceful stop drains open streams within their lifetime),

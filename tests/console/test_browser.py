@@ -70,9 +70,13 @@ async def signed_in(browser: Any, demo: DemoServer, username: str, password: str
 async def test_operator_answers_sends_and_resolves_live(browser: Any, demo: DemoServer) -> None:
     home = pick_home(demo)
     other_street = next(
-        str(r[0]) for r in demo.query("select id from stations where tier = 'street' order by id") if r[0] != home["street"]
+        str(r[0])
+        for r in demo.query("select id from stations where tier = 'street' order by id")
+        if r[0] != home["street"]
     )
-    stranger_station = str(demo.query(f"select id from stations where parent_id = '{other_street}' order by id")[0][0])
+    stranger_station = str(
+        demo.query(f"select id from stations where parent_id = '{other_street}' order by id")[0][0]
+    )
     demo.create_user("op-street", home["street"])
     demo.create_user("op-stranger", stranger_station)
 
@@ -132,7 +136,14 @@ async def test_operator_answers_sends_and_resolves_live(browser: Any, demo: Demo
     await page.click("#dialog-ok")
     await page.wait_for_selector(".detail-head .st-resolved")
     kinds = await page.locator(".timeline li").evaluate_all("els => els.map(e => e.dataset.kind)")
-    for kind in ("event_received", "call_opened", "assigned", "acknowledged", "responder_dispatched", "resolved"):
+    for kind in (
+        "event_received",
+        "call_opened",
+        "assigned",
+        "acknowledged",
+        "responder_dispatched",
+        "resolved",
+    ):
         assert kind in kinds, (kind, kinds)
     assert "老人无大碍" in await page.inner_text(".timeline")
     # closed calls leave every queue, live

@@ -159,6 +159,17 @@ async def test_supervisor_dashboard_review_devices_and_wall(browser: Any, demo: 
     coverage = (await api_get(page, "/api/v1/reports/coverage"))["body"]
     assert homes == len(coverage["homes"]) and {h["street_id"] for h in coverage["homes"]} == {home["street"]}
 
+    # coverage per shift of the roster: the night shift's map is the API's night figures
+    night = (await api_get(page, "/api/v1/reports/coverage?shift=night"))["body"]
+    night_outside = sum(1 for h in night["homes"] if not h["covered"])
+    await page.select_option("#cov-shift", "night")
+    await page.wait_for_function(
+        "n => document.querySelectorAll('#ch-coverage svg.chart-coverage circle.cov-home.out[data-home]').length === n",
+        arg=night_outside,
+    )
+    assert await page.locator("#ch-coverage .exports button.dl").count() == 6
+    await page.select_option("#cov-shift", "")
+
     # downloads carry the token (fetch + blob), named like the API's
     async with page.expect_download() as dl:
         await page.locator("#view-oversight .exports button.dl").first.click()

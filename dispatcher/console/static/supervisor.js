@@ -67,9 +67,11 @@ function exportLinks(table) {
     devices: ["devices", {}],
     "coverage-homes": ["coverage", { table: "homes" }],
     "coverage-streets": ["coverage", { table: "streets" }],
+    "coverage-shifts": ["coverage", { table: "shifts" }],
   }[table];
   return ["csv", "xlsx"].map((fmt) => {
-    const params = base === "coverage" ? new URLSearchParams({ ...extra, format: fmt }) : new URLSearchParams(q({ ...extra, format: fmt }).slice(1));
+    const shift = covShift && table !== "coverage-shifts" ? { shift: covShift } : {};
+    const params = base === "coverage" ? new URLSearchParams({ ...extra, ...shift, format: fmt }) : new URLSearchParams(q({ ...extra, format: fmt }).slice(1));
     return `<button type="button" class="dl link" data-path="/api/v1/reports/${base}?${esc(params)}" data-name="carecall-${esc(table)}.${fmt}">${fmt.toUpperCase()}</button>`;
   }).join(" ");
 }
@@ -106,13 +108,23 @@ function wirePeriod(root, rerender, token) {
 
 // ---------------------------------------------------------------- dashboard
 
+// Coverage is read for staff on duty now ("") or for one shift of the roster.
+let covShift = "";
+const coverageUrl = () => `/api/v1/reports/coverage${covShift ? `?shift=${encodeURIComponent(covShift)}` : ""}`;
+const shiftLabel = (name) => (has(`shift.${name}`) ? t(`shift.${name}`) : name);
+
+function shiftPicker(cov) {
+  const opts = (cov.shifts || []).map((sh) => `<option value="${esc(sh.name)}" ${covShift === sh.name ? "selected" : ""}>${esc(t("sv.cov.shift_opt", { name: shiftLabel(sh.name), hours: sh.hours }))}</option>`).join("");
+  return `<label class="small cov-shift">${esc(t("sv.cov.staffing"))} <select id="cov-shift"><option value="">${esc(t("sv.cov.now", { shift: cov.current_shift ? shiftLabel(cov.current_shift) : "—" }))}</option>${opts}</select></label>`;
+}
+
 async function loadDashboard(api) {
   const [summary, byDay, byType, byHour, coverage] = await Promise.all([
     api(`/api/v1/reports/summary${q()}`),
     api(`/api/v1/reports/aggregates${q({ by: "day" })}`),
     api(`/api/v1/reports/aggregates${q({ by: "type" })}`),
     api(`/api/v1/reports/aggregates${q({ by: "hour" })}`),
-    api("/api/v1/reports/coverage"),
+    api(coverageUrl()),
   ]);
   return { summary, byDay, byType, byHour, coverage };
 }
@@ -170,13 +182,39 @@ function charts(data) {
   const hours = new Array(24).fill(0);
   for (const r of data.byHour.rows) hours[Number(r.key)] = r.calls;
   const byHour = barChart([...Array(24).keys()].map(String), hours, t("sv.chart.hour"), { kind: "hour" });
-  const cov = data.coverage;
+  const { map, outside } = coverageChart(data.coverage);
+  return { hist, line, byType, byHour, map, outside, homes: data.coverage.homes.length };
+}
+
+function coverageChart(cov) {
   const outside = cov.homes.filter((h) => !h.covered).length;
   const map = coverageMap(cov.homes, cov.stations, t("sv.chart.coverage"), {
     inside: t("sv.cov.inside", { n: cov.homes.length - outside }), outside: t("sv.cov.outside", { n: outside }), station: t("sv.cov.station"),
   });
-  return { hist, line, byType, byHour, map, outside, homes: cov.homes.length };
+  return { map, outside };
 }
+
+function wireShiftPicker(view, { api, token, toast }) {
+  const sel = view.querySelector("#cov-shift");
+  if (!sel) return;
+  sel.onchange = async () => {
+    covShift = sel.value;
+    let cov;
+    try {
+      cov = await api(coverageUrl());
+    } catch (err) {
+      if (err.status !== 401) toast(t("sv.failed", { message: err.message }));
+      return;
+    }
+    const body = view.querySelector("#ch-coverage .cov-body");
+    if (body) body.innerHTML = coverageChart(cov).map + coverageTable(cov);
+    const links = view.querySelector("#ch-coverage .exports");
+    if (links) links.innerHTML = coverageExports();
+    wireDownloads(view.querySelector("#ch-coverage"), token, toast);
+  };
+}
+
+const coverageExports = () => `${exportLinks("coverage-homes")} · ${esc(t("sv.t.by_street"))} ${exportLinks("coverage-streets")} · ${esc(t("sv.t.by_shift"))} ${exportLinks("coverage-shifts")}`;
 
 const panel = (id, title, body, extra = "") => `<section class="panel chart-panel" id="${id}" aria-labelledby="${id}-h"><h3 id="${id}-h">${esc(title)} ${extra}</h3>${body}</section>`;
 
@@ -201,10 +239,11 @@ export async function renderDashboard(view, { api, token, toast }) {
       ${panel("ch-compliance", t("sv.chart.compliance"), c.line)}
       ${panel("ch-type", t("sv.chart.type"), c.byType)}
       ${panel("ch-hour", t("sv.chart.hour"), c.byHour)}
-      ${panel("ch-coverage", t("sv.chart.coverage"), c.map + coverageTable(data.coverage), `<span class="exports small">${exportLinks("coverage-homes")} · ${esc(t("sv.t.by_street"))} ${exportLinks("coverage-streets")}</span>`)}
+      ${panel("ch-coverage", t("sv.chart.coverage"), `${shiftPicker(data.coverage)}<div class="cov-body">${c.map}${coverageTable(data.coverage)}</div>`, `<span class="exports small">${coverageExports()}</span>`)}
     </div>`;
   wirePeriod(view, () => renderDashboard(view, { api, token, toast }), token);
   wireDownloads(view, token, toast);
+  wireShiftPicker(view, { api, token, toast });
 }
 
 function coverageTable(cov) {
@@ -214,11 +253,13 @@ function coverageTable(cov) {
 
 // ---------------------------------------------------------------- review list
 
-export async function renderReview(view, { api, token, toast }) {
+const REVIEW_PAGE = 200;
+
+export async function renderReview(view, { api, token, toast }, offset = 0) {
   view.innerHTML = `<p class="muted">${esc(t("detail.loading"))}</p>`;
   let rep;
   try {
-    rep = await api(`/api/v1/reports/review${q()}`);
+    rep = await api(`/api/v1/reports/review${q({ limit: REVIEW_PAGE, offset })}`);
   } catch (err) {
     if (err.status === 401) return;
     return denied(view, err);
@@ -234,12 +275,18 @@ export async function renderReview(view, { api, token, toast }) {
       <td>${esc(fmtDateTime(c.started_local))}</td><td>${esc(c.station_id)}</td><td>${esc(c.home_id)}</td>
       <td>${esc(eventLabel(c.type))} · ${esc(c.priority)}</td><td>${esc(has(`status.${c.status}`) ? t(`status.${c.status}`) : c.status)}${c.outcome ? ` · ${esc(has(`outcome.${c.outcome}`) ? t(`outcome.${c.outcome}`) : c.outcome)}` : ""}</td>
       <td class="num">${esc(secs(c.answer_s))}</td><td class="num">${esc(secs(c.arrival_s))}</td><td class="num">${c.escalations}</td></tr>`).join("");
-  view.innerHTML = `<div class="sv-head"><h2>${esc(t("sv.review"))} <span class="muted small">${esc(t("sv.period", { from: rep.period.from, to: rep.period.to }))} · ${esc(t("sv.n_calls", { n: rep.calls.length }))}</span></h2>${periodForm()}</div>
+  view.innerHTML = `<div class="sv-head"><h2>${esc(t("sv.review"))} <span class="muted small">${esc(t("sv.period", { from: rep.period.from, to: rep.period.to }))} · ${esc(t("sv.n_calls", { n: rep.total }))}</span></h2>${periodForm()}</div>
     <p class="muted small">${esc(t("sv.review_help"))}</p>
     <p class="exports">${esc(t("sv.download"))}: ${exportLinks("review")}</p>
     <table class="sv-table review"><thead><tr><th>${esc(t("sv.col.call"))}</th><th>${esc(t("sv.col.reasons"))}</th><th>${esc(t("sv.col.started"))}</th><th>${esc(t("sv.col.station"))}</th><th>${esc(t("sv.col.home"))}</th>
       <th>${esc(t("sv.col.type"))}</th><th>${esc(t("sv.col.status"))}</th><th>${esc(t("sv.col.answer_s"))}</th><th>${esc(t("sv.col.arrival_s"))}</th><th>${esc(t("sv.col.escalations"))}</th></tr></thead>
-    <tbody>${rows}</tbody></table>${rep.calls.length ? "" : `<p class="muted" id="review-empty">${esc(t("sv.review_empty"))}</p>`}`;
+    <tbody>${rows}</tbody></table>${rep.calls.length ? "" : `<p class="muted" id="review-empty">${esc(t("sv.review_empty"))}</p>`}
+    ${rep.total > rep.calls.length ? `<p class="pager" id="review-pager"><button type="button" class="link" data-page="-1" ${offset > 0 ? "" : "disabled"}>${esc(t("sv.page_prev"))}</button>
+      <span class="muted small">${esc(t("sv.page_of", { from: rep.calls.length ? offset + 1 : 0, to: offset + rep.calls.length, total: rep.total }))}</span>
+      <button type="button" class="link" data-page="1" ${offset + rep.calls.length < rep.total ? "" : "disabled"}>${esc(t("sv.page_next"))}</button></p>` : ""}`;
+  for (const b of view.querySelectorAll("#review-pager button[data-page]")) {
+    b.addEventListener("click", () => renderReview(view, { api, token, toast }, Math.max(0, offset + Number(b.dataset.page) * REVIEW_PAGE)));
+  }
   wirePeriod(view, () => renderReview(view, { api, token, toast }), token);
   wireDownloads(view, token, toast);
 }

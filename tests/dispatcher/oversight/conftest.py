@@ -146,10 +146,22 @@ async def build_world(maker: async_sessionmaker[AsyncSession], tmp_path: Path, u
         s.add_all(
             [
                 Staff(
-                    id="cm1-r1", station_id="cm1", name="李师傅", role="responder", phone="1", on_duty=True
+                    id="cm1-r1",
+                    station_id="cm1",
+                    name="李师傅",
+                    role="responder",
+                    phone="1",
+                    on_duty=True,
+                    shifts="day",
                 ),
                 Staff(
-                    id="cm2-r1", station_id="cm2", name="钱师傅", role="responder", phone="2", on_duty=True
+                    id="cm2-r1",
+                    station_id="cm2",
+                    name="钱师傅",
+                    role="responder",
+                    phone="2",
+                    on_duty=True,
+                    shifts="day late night",
                 ),
                 User(
                     username="sup-st1", password_hash="x", role="supervisor", station_id="st1", created_at=S0

@@ -201,3 +201,33 @@ def test_targets_file(tmp_path: Path) -> None:
     bad.write_text("arrival: {urban_min: -1}\n", encoding="utf-8")
     with pytest.raises(TargetsError, match=r"arrival\.urban_min"):
         load_targets(bad)
+
+
+def test_shifts_run_past_midnight_and_refuse_unquoted_times(tmp_path: Path) -> None:
+    from datetime import time
+
+    t = Targets()
+    assert [t.shift_at(time(h)).name for h in (0, 7, 8, 19, 20, 23)] == [  # type: ignore[union-attr]
+        "night",
+        "night",
+        "day",
+        "day",
+        "night",
+        "night",
+    ]
+    assert t.shift("night").hours == "20:00–08:00"
+    with pytest.raises(ValueError, match=r"unknown shift 'late'; config/oversight\.yaml defines: day, night"):
+        t.shift("late")
+    f = tmp_path / "o.yaml"
+    # YAML 1.1 reads an unquoted 20:00 as the number 1200 (base 60)
+    f.write_text("shifts:\n  - {name: late, start: '12:00', end: 20:00}\n", encoding="utf-8")
+    with pytest.raises(TargetsError, match="in quotes"):
+        load_targets(f)
+    f.write_text("shifts:\n  - {name: early, start: '06:00', end: '14:00'}\n", encoding="utf-8")
+    only = load_targets(f)
+    assert only.shift_at(time(5, 59)) is None and only.shift_at(time(6)).name == "early"  # type: ignore[union-attr]
+    f.write_text(
+        "shifts:\n  - {name: a, start: '06:00', end: '14:00'}\n  - {name: a, start: '14:00', end: '22:00'}\n"
+    )
+    with pytest.raises(TargetsError, match="same name"):
+        load_targets(f)

@@ -115,6 +115,29 @@ async def test_review_list_has_reasons_and_timelines(world: World) -> None:
     assert kinds[0] == "event_received" and "escalated" in kinds and kinds[-1] == "resolved"
 
 
+async def test_review_list_pages_json_but_exports_everything(world: World) -> None:
+    async with await client_for(world, "sup-county") as c:
+        first = (await c.get("/api/v1/reports/review", params={"from": DAY, "to": DAY, "limit": 1})).json()
+        second = (
+            await c.get("/api/v1/reports/review", params={"from": DAY, "to": DAY, "limit": 1, "offset": 1})
+        ).json()
+        past = (
+            await c.get("/api/v1/reports/review", params={"from": DAY, "to": DAY, "limit": 1, "offset": 5})
+        ).json()
+        csv_text = (
+            await c.get(
+                "/api/v1/reports/review", params={"from": DAY, "to": DAY, "limit": 1, "format": "csv"}
+            )
+        ).content.decode("utf-8")
+        bad = await c.get("/api/v1/reports/review", params={"limit": 0})
+    assert (first["total"], [x["call_id"] for x in first["calls"]]) == (2, [world.call_ids[1]])
+    assert first["calls"][0]["timeline"] and len(first["rows"]) == 1
+    assert (second["offset"], [x["call_id"] for x in second["calls"]]) == (1, [world.call_ids[4]])
+    assert (past["total"], past["calls"]) == (2, [])
+    assert len(csv_text.lstrip("\ufeff").splitlines()) == 3  # header + both calls
+    assert bad.status_code == 422
+
+
 async def test_json_csv_xlsx_and_cli_agree(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     params = {"by": "hour", "from": DAY, "to": DAY}
     async with await client_for(world, "sup-county") as c:
@@ -267,3 +290,35 @@ async def cli(*args: str) -> Result:
 async def test_epoch_us_is_exact_on_sqlite(world: World) -> None:
     """Durations come from integer microseconds computed in SQL: not one may be lost."""
     await check_epoch_us_exact(world.maker)
+
+
+async def test_coverage_by_shift_reads_the_roster(world: World) -> None:
+    """cm1's responder works days only, cm2's days and nights: at night h1 is served
+    from cm2, by day from its own station; a name the config lacks is flagged."""
+    async with await client_for(world, "sup-county") as c:
+        night = (await c.get("/api/v1/reports/coverage", params={"shift": "night"})).json()
+        day = (await c.get("/api/v1/reports/coverage", params={"shift": "day"})).json()
+        table = (await c.get("/api/v1/reports/coverage", params={"table": "shifts"})).json()
+        csv_text = (
+            await c.get("/api/v1/reports/coverage", params={"table": "shifts", "format": "csv"})
+        ).content.decode("utf-8")
+        bad = await c.get("/api/v1/reports/coverage", params={"shift": "evening"})
+    nearest = {h["home_id"]: h["nearest_staffed_station_id"] for h in night["homes"]}
+    assert nearest == {"h1": "cm2", "h2": "cm2"}
+    assert {h["home_id"]: h["nearest_staffed_station_id"] for h in day["homes"]} == {"h1": "cm1", "h2": "cm2"}
+    assert (
+        night["shift"] == {"name": "night", "hours": "20:00–08:00"}
+        and night["staffing"] == "rostered on the shift"
+    )
+    assert {s["id"]: s["on_duty"] for s in night["stations"]}["cm1"] == 0
+    assert night["unknown_shift_names"] == ["late"]
+    assert [(r["shift"], r["street_id"]) for r in table["rows"]] == [
+        ("day", "st1"),
+        ("day", "st2"),
+        ("night", "st1"),
+        ("night", "st2"),
+    ]
+    h1_night = next(h for h in night["homes"] if h["home_id"] == "h1")
+    assert table["rows"][2]["covered"] == (1 if h1_night["covered"] else 0)
+    assert len(csv_text.lstrip("\ufeff").splitlines()) == 5
+    assert bad.status_code == 422 and "day, night" in bad.json()["detail"]

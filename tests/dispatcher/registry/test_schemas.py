@@ -134,3 +134,27 @@ def test_device_errors() -> None:
         DeviceRow.model_validate({"id": "h1-x", "home_id": "h1", "kind": "toaster"})
     # An unknown kind is one clear error, not also a missing heartbeat.
     assert len(info.value.errors()) == 1
+
+
+@pytest.mark.parametrize(
+    ("cell", "stored"),
+    [
+        ("night, day", "day night"),
+        ("Day；night day", "day night"),
+        (["night"], "night"),
+        ("", ""),
+        (None, ""),
+    ],
+)
+def test_staff_shifts_are_normalised(cell: Any, stored: str) -> None:
+    row = StaffRow.model_validate(
+        {"id": "s1", "station_id": "st1", "name": "李娜", "role": "responder", "shifts": cell}
+    )
+    assert row.shifts == stored
+
+
+def test_staff_shift_names_must_be_words() -> None:
+    with pytest.raises(ValidationError, match="lowercase word"):
+        StaffRow.model_validate(
+            {"id": "s1", "station_id": "st1", "name": "李娜", "role": "responder", "shifts": "早班"}
+        )
