@@ -71,6 +71,7 @@ from dispatcher.registry.schemas import (
     Name,
     OptionalPhone,
     ResidentRow,
+    Shifts,
     StaffRole,
     StaffRow,
     StationName,
@@ -128,6 +129,7 @@ class StaffOut(_Out):
     role: str
     phone: str
     on_duty: bool
+    shifts: str = ""
 
 
 class HomeOut(_Out):
@@ -201,6 +203,7 @@ class StaffPatch(_Patch):
     role: StaffRole | None = None
     phone: OptionalPhone | None = None
     on_duty: bool | None = None
+    shifts: Shifts | None = None
 
 
 class HomePatch(_Patch):

@@ -269,6 +269,11 @@ async def test_operator_toggles_duty_and_device_in_scope(api: Api) -> None:
     assert (await api.patch("op", "/api/v1/devices/d2", {"enabled": False})).status_code == 404
     r = await api.patch("op", "/api/v1/staff/s1", {"name": "改名"})
     assert r.status_code == 403 and "needs an admin" in r.json()["detail"]
+    # the roster is an admin's to change; names are normalised like an import's
+    assert (await api.patch("op", "/api/v1/staff/s1", {"shifts": "night"})).status_code == 403
+    r = await api.patch("admin", "/api/v1/staff/s1", {"shifts": "night, day"})
+    assert r.status_code == 200 and r.json()["shifts"] == "day night"
+    assert (await api.patch("admin", "/api/v1/staff/s1", {"shifts": "夜班"})).status_code == 422
     r = await api.patch("op", "/api/v1/devices/d1", {"heartbeat_s": 600})
     assert r.status_code == 403
     assert (await api.post("op", "/api/v1/devices/d1/rekey")).status_code == 403
