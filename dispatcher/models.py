@@ -443,14 +443,23 @@ class AuditRow(Base):
     """
 
     __tablename__ = "audit_log"
+    # Two covering indexes (migration 0005) let a month's report read the log without
+    # touching its wide rows (hashes, JSON details): the calls that started in a window
+    # (kind, at → call_id), then every call's moments (call_id, kind, at, actor,
+    # station). Their prefixes serve the lookups by call and by kind. SQLite has no
+    # INCLUDE and takes the key columns only.
+    __table_args__ = (
+        Index("ix_audit_log_call_marks", "call_id", "kind", "at", postgresql_include=["actor", "station_id"]),
+        Index("ix_audit_log_kind_at", "kind", "at", postgresql_include=["call_id"]),
+    )
 
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
     seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), unique=True)
-    call_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    call_id: Mapped[int | None] = mapped_column(Integer)
     at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-    kind: Mapped[str] = mapped_column(String(32), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
     actor: Mapped[str] = mapped_column(String(100))
     station_id: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
