@@ -51,6 +51,7 @@ __all__ = [
     "Stats",
     "aggregate",
     "call_figures",
+    "figures_maker",
     "from_us",
     "group_rows",
     "in_period",
@@ -277,36 +278,47 @@ class CallFigures(NamedTuple):
 
 def call_figures(info: CallInfo, marks: CallMarks, targets: Targets, now: datetime) -> CallFigures:
     """Durations and target states of one call at ``now`` (which only matters for calls
-    still waiting: a call unanswered for longer than a target has missed it already).
+    still waiting: a call unanswered for longer than a target has missed it already)."""
+    return figures_maker(targets, now)(info, marks)
+
+
+def figures_maker(targets: Targets, now: datetime) -> Callable[[CallInfo, CallMarks], CallFigures]:
+    """``call_figures`` with the targets and ``now`` read once, for a report that calls
+    it for every call of a month.
 
     Durations: the exact integer difference in microseconds, then one correctly rounded
-    division, which is round(timedelta.total_seconds(), 3) of the datetimes. Written
-    out flat because a month's report calls it once per call.
+    division, which is round(timedelta.total_seconds(), 3) of the datetimes.
     """
-    start = marks.received_us if marks.received_us is not None else marks.opened_us
-    if start is None:
-        raise ValueError(f"call {info.call_id} has no event_received or call_opened row")
-    closed = marks.closed_us
-    ack = marks.acknowledged_us
-    scene = marks.on_scene_us
-    disp = marks.dispatched_us
-    waited = round(((closed if closed is not None else to_us(now) or 0) - start) / 1e6, 3)
-    answer = None if ack is None else round((ack - start) / 1e6, 3)
-    arrival = None if scene is None else round((scene - start) / 1e6, 3)
-    limit = targets.arrival.limit_s(info.area)
-    return CallFigures(
-        info,
-        marks,
-        (_EPOCH + timedelta(microseconds=start)).astimezone(_zone(info.timezone)),
-        answer,
-        None if disp is None else round((disp - start) / 1e6, 3),
-        arrival,
-        None if closed is None else round((closed - start) / 1e6, 3),
-        {t.within_s: target_state(answer, t.within_s, waited) for t in targets.answer},
-        limit,
-        target_state(arrival, limit, waited) if disp is not None else None,
-        target_state(answer, targets.review.answer_over_s, waited),
-    )
+    now_us = to_us(now) or 0
+    answer_limits = tuple(t.within_s for t in targets.answer)
+    review_s = targets.review.answer_over_s
+    urban_s, rural_s = targets.arrival.limit_s("urban"), targets.arrival.limit_s("rural")
+    epoch = _EPOCH
+
+    def make(info: CallInfo, marks: CallMarks) -> CallFigures:
+        received, opened, ack, disp, scene, closed = marks[:6]
+        start = received if received is not None else opened
+        if start is None:
+            raise ValueError(f"call {info.call_id} has no event_received or call_opened row")
+        waited = round(((closed if closed is not None else now_us) - start) / 1e6, 3)
+        answer = None if ack is None else round((ack - start) / 1e6, 3)
+        arrival = None if scene is None else round((scene - start) / 1e6, 3)
+        limit = rural_s if info.area == "rural" else urban_s
+        return CallFigures(
+            info,
+            marks,
+            (epoch + timedelta(microseconds=start)).astimezone(_zone(info.timezone)),
+            answer,
+            None if disp is None else round((disp - start) / 1e6, 3),
+            arrival,
+            None if closed is None else round((closed - start) / 1e6, 3),
+            {s: target_state(answer, s, waited) for s in answer_limits},
+            limit,
+            target_state(arrival, limit, waited) if disp is not None else None,
+            target_state(answer, review_s, waited),
+        )
+
+    return make
 
 
 @lru_cache(maxsize=64)

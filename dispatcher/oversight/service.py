@@ -40,7 +40,7 @@ from dispatcher.models import (
     Station,
 )
 from dispatcher.oversight.coverage import CoverageHome, CoverageStation
-from dispatcher.oversight.figures import CallFigures, CallInfo, CallMarks, Period, call_figures, in_period
+from dispatcher.oversight.figures import CallFigures, CallInfo, CallMarks, Period, figures_maker, in_period
 from dispatcher.oversight.health import DeviceFacts, offline_seconds
 from dispatcher.oversight.review import TimelineEntry
 from dispatcher.oversight.targets import Targets
@@ -355,6 +355,7 @@ def _build_figures(
     # Registry facts per (home station, first station): a county has a few hundred.
     places: dict[tuple[str, str | None], tuple[Any, ...]] = {}
     figs: list[CallFigures] = []
+    make = figures_maker(targets, now)
     for (
         cid,
         rec,
@@ -423,7 +424,7 @@ def _build_figures(
             int(esc or 0),
             cid in to_county,
         )
-        figs.append(call_figures(info, marks, targets, now))
+        figs.append(make(info, marks))
     figs = in_period(figs, period)
     figs.sort(key=lambda f: (f.marks.start_us or 0, f.info.call_id))
     return figs
