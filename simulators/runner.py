@@ -51,6 +51,9 @@ class SimStats(BaseModel):
     resends: int
     telemetry_sent: int
     reconnects: int
+    # first publish → ``received`` so far, real milliseconds (None before the first ack)
+    ack_p50_ms: float | None = None
+    ack_p99_ms: float | None = None
 
 
 class LatencySummary(BaseModel):
@@ -430,6 +433,7 @@ def _stats(sims: Sequence[SimulatedDevice], *, simulated_s: float, real0: float)
     records = [r for _, r in _records(sims)]
     received = sum(1 for r in records if r.received)
     rejected = sum(1 for r in records if r.rejected)
+    latencies = sorted(v for r in records if (v := r.latency_ms) is not None)
     return SimStats(
         simulated_s=simulated_s,
         real_s=time.monotonic() - real0,
@@ -443,6 +447,8 @@ def _stats(sims: Sequence[SimulatedDevice], *, simulated_s: float, real0: float)
         resends=sum(r.resends for r in records),
         telemetry_sent=sum(s.telemetry_sent for s in sims),
         reconnects=sum(s.reconnects for s in sims),
+        ack_p50_ms=round(percentile(latencies, 0.50), 2) if latencies else None,
+        ack_p99_ms=round(percentile(latencies, 0.99), 2) if latencies else None,
     )
 
 
