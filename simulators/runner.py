@@ -9,6 +9,7 @@ events at the same simulated moments, whatever the speed and however the tasks i
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import math
@@ -165,6 +166,9 @@ async def run_simulation(
         tls_context = ssl.create_default_context()
 
     stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    previous_handler = loop.get_exception_handler()
+    loop.set_exception_handler(_quiet_closed_sockets)
     gate = asyncio.Semaphore(max(1, max_concurrent_connects))
     run_id = run_id or secrets.token_hex(4)
     sims = [
@@ -222,6 +226,8 @@ async def run_simulation(
         await _drain(sims, drain_s)
         online_at_end = sum(1 for s in sims if s.online)
         await asyncio.gather(*(s.stop() for s in sims), return_exceptions=True)
+        await asyncio.sleep(0)  # let callbacks queued by the last disconnects run under our handler
+        loop.set_exception_handler(previous_handler)
     if on_progress is not None:
         on_progress(stats())
     return _report(
@@ -233,6 +239,23 @@ async def run_simulation(
         real_s=time.monotonic() - real0,
         online_at_end=online_at_end,
     )
+
+
+def _quiet_closed_sockets(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Thousands of clients disconnecting at once: paho asks the loop to watch a socket for
+    writing (``add_writer``/``add_reader`` via call_soon_threadsafe) and closes it before
+    the callback runs, so the callback fails with EBADF. Nothing is lost (the connection
+    is over); every other error still goes to the default handler."""
+    exc = context.get("exception")
+    handle = repr(context.get("handle", ""))
+    if (
+        isinstance(exc, OSError)
+        and exc.errno == errno.EBADF
+        and ("add_writer" in handle or "add_reader" in handle)
+    ):
+        log.debug("callback on a socket already closed: %s", handle)
+        return
+    loop.default_exception_handler(context)
 
 
 # ---------------------------------------------------------------------- drivers
