@@ -679,6 +679,7 @@ class LoadReport(BaseModel):
     events_pending: int
     resends: int
     status_sent: int
+    status_cleared: int  # retained statuses deleted at the end (empty retained message)
     acks_seen: int
     acks_observed: bool | None  # False: the broker refused the ack subscription
     ack_latency: LatencySummary
@@ -723,8 +724,10 @@ class LoadRun:
         )
         self.offline: set[str] = set()
         self.offline_max = 0
+        self.status_touched: set[str] = set()  # retained status published: cleared at the end
         self.stop = threading.Event()
         self.stopped_by = "not started"
+        self.status_cleared = 0
         self.real_s = 0.0
         self._n = 0
         groups: dict[float, list[str]] = {}
@@ -762,6 +765,7 @@ class LoadRun:
             if device not in self.offline:
                 self.offline.add(device)
                 self.offline_max = max(self.offline_max, len(self.offline))
+                self.status_touched.add(device)
                 self.gen.status(device, "offline")  # what the broker sends as the will
         elif act.what == "back":
             if device in self.offline:
@@ -822,6 +826,11 @@ class LoadRun:
                 break
             gen.resend_due(hold=hold)
             time.sleep(0.05)
+        # The retained statuses would otherwise stay on the broker for good, and every
+        # gateway subscribing later (on a shared broker: someone else's) would get them.
+        for device in sorted(self.status_touched):
+            gen.clear_status(device)
+        self.status_cleared = len(self.status_touched)
 
     def _unsettled(self) -> list[tuple[str, str]]:
         return [k for k, ev in list(self.gen.events.items()) if ev.acked is None and ev.rejected is None]
@@ -842,6 +851,7 @@ class LoadRun:
             events_pending=len(evs) - acked - rejected,
             resends=st.resends,
             status_sent=st.status_sent,
+            status_cleared=self.status_cleared,
             acks_seen=st.acks_seen,
             acks_observed=self.gen.acks_observed,
             ack_latency=_summary(self.gen.ack_latencies_ms()),

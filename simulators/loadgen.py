@@ -393,6 +393,16 @@ class LoadGenerator:
         self._publish(f"{ROOT}/{ev.device_id}/events", ev.payload, 1)
         self.stats.resends += 1
 
+    def clear_status(self, device_id: str) -> None:
+        """Delete the retained ``status`` left by ``status`` (an empty retained message), so
+        a shared broker keeps nothing of a simulated device after the run."""
+        client = self._pub
+        if client is None:
+            raise RuntimeError("LoadGenerator.start() first")
+        info = client.publish(f"{ROOT}/{device_id}/status", b"", qos=1, retain=True)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            self.stats.publish_errors += 1
+
     def status(self, device_id: str, state: str) -> None:
         """The device's retained ``status``: ``offline`` is what the broker would publish as
         its will when it loses power; ``online`` is what it says when it reconnects."""
