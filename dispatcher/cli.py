@@ -434,6 +434,14 @@ def simulate(
         bool,
         typer.Option(help="Allow a broker (given with --mqtt-url) or database that is not on this machine."),
     ] = False,
+    prepare_only: Annotated[
+        bool,
+        typer.Option(
+            help="Register (or reuse) the fleet and key its connected devices, then exit: for a Mosquitto "
+            "with a password file, run `carecall broker-config` and SIGHUP it before the real run.",
+            rich_help_panel="Scale",
+        ),
+    ] = False,
     plain: Annotated[bool, typer.Option(help="Plain progress lines even on a terminal.")] = False,
     report: Annotated[Path | None, typer.Option(help="Write the run's report as JSON here.")] = None,
 ) -> None:
@@ -487,7 +495,10 @@ def simulate(
             )
     secrets_path = fleet_secrets or Path(f"carecall-fleet-{fleet_prefix}-secrets.json")
 
-    async def go(live: LiveSummary) -> FleetReport:
+    if prepare_only and devices is None:
+        fail("--prepare-only needs --devices N")
+
+    async def go(live: LiveSummary) -> FleetReport | None:
         from sqlalchemy import func, select
 
         from dispatcher.models import DeviceEvent
@@ -520,6 +531,8 @@ def simulate(
                     f"fleet {fleet_prefix!r}: {setup.created} registered, {setup.reused} reused, "
                     f"{setup.keyed} keyed in {setup.seconds:g} s"
                 )
+                if prepare_only:
+                    return None
             stop = asyncio.Event()
             install_signal_handlers(stop)
             live.say(
@@ -569,6 +582,8 @@ def simulate(
             result = run(go(live))
     except (ValueError, ConnectionError) as exc:
         fail(str(exc))
+    if result is None:
+        return
     text = result.model_dump_json(indent=2)
     typer.echo(text)
     if report:
