@@ -493,18 +493,22 @@ def split_scenario(scenario: Scenario, connected: int, load: int) -> tuple[Scena
     if total <= 0:
         raise ValueError("no devices")
 
-    def share(n: int) -> tuple[int, int]:
-        mine = min(connected, round(n * connected / total))
+    def share(n: int, *, of_devices: bool) -> tuple[int, int]:
+        """Split ``n`` in proportion; a count of devices cannot exceed a part's devices."""
+        mine = round(n * connected / total)
+        if not of_devices:
+            return mine, n - mine
+        mine = min(connected, mine)
         return mine, min(load, n - mine)
 
     conn: dict[str, Any] = {}
     rest: dict[str, Any] = {}
     if scenario.burst is not None:
-        a, b = share(scenario.burst.total)
+        a, b = share(scenario.burst.total, of_devices=False)
         conn["burst"] = scenario.burst.model_copy(update={"total": a})
         rest["burst"] = scenario.burst.model_copy(update={"total": b})
     if scenario.power_cut is not None:
-        a, b = share(scenario.power_cut.devices)
+        a, b = share(scenario.power_cut.devices, of_devices=True)
         conn["power_cut"] = scenario.power_cut.model_copy(update={"devices": a}) if a else None
         rest["power_cut"] = scenario.power_cut.model_copy(update={"devices": b}) if b else None
     singles: dict[str, Any] = {"scripted": [], "flapping": [], "resend_forever": []}

@@ -91,6 +91,8 @@ def test_split_shares_counted_stories_and_gives_single_devices_to_connections() 
     conn, load = split_scenario(storm, 1000, 99_000)
     assert conn.burst is not None and load.burst is not None
     assert conn.burst.total + load.burst.total == 5000 and conn.burst.total == 50
+    conn, load = split_scenario(storm, 52, 0)  # a small county: the whole storm, whatever its size
+    assert conn.burst is not None and conn.burst.total == 5000
     cut = load_scenario("power_cut")
     conn, load = split_scenario(cut, 500, 99_500)
     assert conn.power_cut is not None and load.power_cut is not None
