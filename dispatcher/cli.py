@@ -484,6 +484,8 @@ def simulate(
         scen = load_scenario(scenario)
     except (ValueError, OSError) as exc:
         fail(str(exc))
+    if prepare_only and devices is None:
+        fail("--prepare-only needs --devices N")
     run_s = duration if duration is not None else (scen.duration_s or 600.0)
     secrets_: dict[str, str] = {}
     if devices is None:
@@ -494,9 +496,6 @@ def simulate(
                 "or simulate a registered fleet with --devices N"
             )
     secrets_path = fleet_secrets or Path(f"carecall-fleet-{fleet_prefix}-secrets.json")
-
-    if prepare_only and devices is None:
-        fail("--prepare-only needs --devices N")
 
     async def go(live: LiveSummary) -> FleetReport | None:
         from sqlalchemy import func, select
