@@ -16,7 +16,7 @@ from typing import IO
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.text import Text
 
 from simulators.fleet import FleetStats
 
@@ -54,7 +54,6 @@ class LiveSummary:
         self._live: Live | None = None
         self._progress: Progress | None = None
         self._tasks: dict[str, TaskID] = {}
-        self._table = Table.grid()
         self.last: FleetStats | None = None
 
     def __enter__(self) -> LiveSummary:
@@ -115,26 +114,25 @@ class LiveSummary:
         self.stream.flush()
 
     def _render(self) -> Group:
-        table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-        for col in ("devices", "online", "load", "msgs/s", "events", "acked", "acks", "resends", "offline"):
-            table.add_column(col, justify="right")
-        table.add_column("ack p50/p99 ms (conn | load)", justify="right")
+        """The bars, then three short lines: they fit an 80-column terminal."""
         st = self.last
+        lines: list[Text] = []
         if st is not None:
-            table.add_row(
-                str(st.devices),
-                f"{st.connections_online}/{st.connections_planned}",
-                str(st.load_devices),
-                f"{st.msgs_per_s:.0f}",
-                str(st.events_sent),
-                str(st.events_acked),
-                str(st.acks_received),
-                str(st.resends),
-                str(st.offline_devices),
-                f"{_ms(st.conn_ack_p50_ms)}/{_ms(st.conn_ack_p99_ms)} | "
-                f"{_ms(st.load_ack_p50_ms)}/{_ms(st.load_ack_p99_ms)}",
-            )
-        parts: list[Progress | Table] = [table]
+            lines = [
+                Text(
+                    f"devices {st.devices} ({st.connections_planned} own connection, {st.load_devices} load mode)"
+                    f"  online {st.connections_online}  offline {st.offline_devices}"
+                ),
+                Text(
+                    f"msgs {st.messages} ({st.msgs_per_s:.0f}/s)  events {st.events_sent}  acked {st.events_acked}"
+                    f"  acks {st.acks_received}  resends {st.resends}"
+                ),
+                Text(
+                    f"ack p50/p99 ms so far: conn {_ms(st.conn_ack_p50_ms)}/{_ms(st.conn_ack_p99_ms)}"
+                    f"  load {_ms(st.load_ack_p50_ms)}/{_ms(st.load_ack_p99_ms)}"
+                ),
+            ]
+        parts: list[Progress | Text] = [*lines]
         if self._progress is not None:
             parts.insert(0, self._progress)
         return Group(*parts)
