@@ -112,6 +112,9 @@ def _greatest(session: AsyncSession, a: Any, b: Any) -> Any:
     return func.max(a, b)
 
 
+_IN_CHUNK = 10_000
+
+
 async def load_devices(session: AsyncSession, device_ids: Iterable[str] | None = None) -> list[DeviceInfo]:
     """Devices with their first resident's ranges (the one the rules watch)."""
     stmt = select(
@@ -127,9 +130,14 @@ async def load_devices(session: AsyncSession, device_ids: Iterable[str] | None =
     rows = (await session.execute(stmt)).all()
     homes = {r.home_id for r in rows}
     residents: dict[str, Resident] = {}
-    if homes:
+    # In chunks: asyncpg refuses a statement with more than 32,767 parameters, and a
+    # county-scale registry (carecall simulate --devices 100000) has more homes than that.
+    home_list = sorted(homes)
+    for start in range(0, len(home_list), _IN_CHUNK):
         res = await session.scalars(
-            select(Resident).where(Resident.home_id.in_(homes)).order_by(Resident.capacity_level.desc())
+            select(Resident)
+            .where(Resident.home_id.in_(home_list[start : start + _IN_CHUNK]))
+            .order_by(Resident.capacity_level.desc())
         )
         for resident in res:
             residents.setdefault(resident.home_id, resident)  # most dependent resident first

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -373,79 +372,217 @@ def schemas(
 
 @app.command()
 def simulate(
-    homes: Annotated[int, typer.Option(help="Simulate the devices of the first N homes.", min=1)] = 10,
+    homes: Annotated[
+        int,
+        typer.Option(help="Demo county: simulate the devices of the first N homes (secrets file).", min=1),
+    ] = 10,
+    devices: Annotated[
+        int | None,
+        typer.Option(
+            help="County/city scale: N simulated devices (at most 100,000), registered in the configured "
+            "database under --fleet-prefix (reused when already there) instead of the demo county.",
+            min=1,
+            max=100_000,
+        ),
+    ] = None,
     scenario: Annotated[
-        str, typer.Option(help="A scenario name (normal, quiet, storm) or YAML file.")
+        str,
+        typer.Option(
+            help="A shipped scenario (normal, quiet, storm, alarm_storm, winter_night, heat_wave, power_cut, "
+            "flapping, resend_forever) or a YAML file."
+        ),
     ] = "normal",
-    duration: Annotated[float, typer.Option(help="Simulated seconds to run, then stop.", min=1)] = 600.0,
+    duration: Annotated[
+        float | None,
+        typer.Option(help="Simulated seconds to run, then stop (default: the scenario's, else 600).", min=1),
+    ] = None,
     speed: Annotated[float, typer.Option(help="Simulated time factor.", min=0.01, max=10000)] = 1.0,
-    secrets_file: Annotated[Path, typer.Option("--secrets", help="JSON map device id → secret.")] = Path(
-        "carecall-demo-secrets.json"
-    ),
+    max_connections: Annotated[
+        int | None,
+        typer.Option(
+            help="At most this many devices get an MQTT connection of their own (default: as many as the "
+            "open-files limit allows); the rest run in load mode.",
+            min=0,
+        ),
+    ] = None,
+    max_messages: Annotated[
+        int, typer.Option(help="Stop after this many publishes (telemetry, events, resends, status).", min=1)
+    ] = 5_000_000,
+    fleet_prefix: Annotated[
+        str, typer.Option(help="Id prefix of the simulated fleet (--devices).", rich_help_panel="Scale")
+    ] = "sim",
+    fleet_secrets: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where the fleet's device secrets are kept, mode 0600 (default carecall-fleet-PREFIX-secrets.json).",
+            rich_help_panel="Scale",
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the scenario's random streams.")] = 1,
+    secrets_file: Annotated[
+        Path, typer.Option("--secrets", help="Demo county: JSON map device id → secret.")
+    ] = Path("carecall-demo-secrets.json"),
     mqtt_url: Annotated[
         str | None,
         typer.Option(
-            help="Broker to connect to (default CARECALL_MQTT_URL, else the demo's embedded broker on 127.0.0.1:1884)."
+            help="Broker to connect to (default CARECALL_MQTT_URL, else the demo's embedded broker on "
+            "127.0.0.1:1884). Its user and password, when given, read the acks in load mode (the platform "
+            "account on a broker with an ACL)."
         ),
     ] = None,
-    allow_remote: Annotated[bool, typer.Option(help="Allow a broker that is not on this machine.")] = False,
+    allow_remote: Annotated[
+        bool,
+        typer.Option(help="Allow a broker (given with --mqtt-url) or database that is not on this machine."),
+    ] = False,
+    prepare_only: Annotated[
+        bool,
+        typer.Option(
+            help="Register (or reuse) the fleet and key its connected devices, then exit: for a Mosquitto "
+            "with a password file, run `carecall broker-config` and SIGHUP it before the real run.",
+            rich_help_panel="Scale",
+        ),
+    ] = False,
+    plain: Annotated[bool, typer.Option(help="Plain progress lines even on a terminal.")] = False,
     report: Annotated[Path | None, typer.Option(help="Write the run's report as JSON here.")] = None,
 ) -> None:
-    """Run simulated family-bed devices (real MQTT clients) against any broker: heartbeats,
-    telemetry, alarms that resend until acked. Stops by itself after --duration."""
+    """Run simulated family-bed devices against a broker: heartbeats, alarms that resend until
+    acked, the scenario's stories. Real per-device MQTT connections as far as the open-files
+    limit allows, the rest through one privileged load-generator identity (load mode). Shows
+    progress bars and a live summary on stderr, prints a JSON report on stdout, and stops by
+    itself after --duration or --max-messages. Targets loopback only, unless the broker is
+    given with --mqtt-url and --allow-remote."""
+    from sqlalchemy.engine import make_url
+
     from device_gateway.service import MqttTarget
+    from dispatcher.clock import make_clock
     from dispatcher.runtime import device_specs, install_signal_handlers, load_secrets, open_core
-    from simulators.runner import run_simulation
+    from simulators.fleet import FleetReport, ensure_fleet, run_fleet
+    from simulators.live import LiveSummary
+    from simulators.runner import check_host
     from simulators.scenario import load_scenario
 
     s = settings_from(speed=speed)
     url = mqtt_url or s.mqtt_url or f"mqtt://127.0.0.1:{s.embedded_mqtt_port}"
     target = MqttTarget.from_url(url)
-    secrets_ = load_secrets(secrets_file)
-    if not secrets_:
-        fail(f"no device secrets in {secrets_file}: run `carecall seed-demo` (or pass --secrets FILE)")
+    try:
+        check_host(target.host)
+    except ValueError:
+        if mqtt_url is None or not allow_remote:
+            fail(
+                f"refusing to simulate devices against {target.host!r}: load runs target loopback only; "
+                "give a remote broker explicitly with --mqtt-url and --allow-remote"
+            )
+    db_host = make_url(s.database_url).host
+    if devices is not None and db_host and not allow_remote:
+        try:
+            check_host(db_host)
+        except ValueError:
+            fail(
+                f"refusing to register a simulated fleet in the database on {db_host!r} (pass --allow-remote)"
+            )
     try:
         scen = load_scenario(scenario)
     except (ValueError, OSError) as exc:
         fail(str(exc))
+    if prepare_only and devices is None:
+        fail("--prepare-only needs --devices N")
+    run_s = duration if duration is not None else (scen.duration_s or 600.0)
+    secrets_: dict[str, str] = {}
+    if devices is None:
+        secrets_ = load_secrets(secrets_file)
+        if not secrets_:
+            fail(
+                f"no device secrets in {secrets_file}: run `carecall seed-demo` (or pass --secrets FILE), "
+                "or simulate a registered fleet with --devices N"
+            )
+    secrets_path = fleet_secrets or Path(f"carecall-fleet-{fleet_prefix}-secrets.json")
 
-    async def go() -> Any:
+    async def go(live: LiveSummary) -> FleetReport | None:
+        from sqlalchemy import func, select
+
+        from dispatcher.models import DeviceEvent
+        from simulators.fleet import FD_RESERVE, fd_soft_after_raise, plan_modes
+
         core = await open_core(s)
         try:
-            specs = await device_specs(core.maker, secrets_, homes)
+            setup = None
+            lg_user = lg_pass = None
+            if devices is None:
+                specs = await device_specs(core.maker, secrets_, homes)
+                if not specs:
+                    fail("no devices with known secrets to simulate")
+            else:
+                # Key only the devices that will get a connection of their own.
+                soft = fd_soft_after_raise(devices + FD_RESERVE)
+                real_n, _ = plan_modes(devices, soft, max_connections=max_connections)
+                live.say(f"registering {devices} simulated devices under prefix {fleet_prefix!r} …")
+                prepared = await ensure_fleet(
+                    core.maker,
+                    devices,
+                    prefix=fleet_prefix,
+                    connected=real_n,
+                    secrets_path=secrets_path.resolve(),
+                )
+                setup = prepared.setup
+                specs = prepared.specs
+                lg_user, lg_pass = prepared.loadgen_id, prepared.loadgen_secret
+                live.say(
+                    f"fleet {fleet_prefix!r}: {setup.created} registered, {setup.reused} reused, "
+                    f"{setup.keyed} keyed in {setup.seconds:g} s"
+                )
+                if prepare_only:
+                    return None
+            stop = asyncio.Event()
+            install_signal_handlers(stop)
+            live.say(
+                f"simulating {len(specs)} devices against {target.host}:{target.port}, scenario "
+                f"{scen.name!r}, {run_s:g} simulated s at ×{speed:g}, at most {max_messages} messages"
+            )
+            started = datetime.now(UTC)
+            result = await run_fleet(
+                host=target.host,
+                port=target.port,
+                specs=specs,
+                scenario=scen,
+                clock=make_clock(speed),
+                duration_s=run_s,
+                loadgen_username=lg_user,
+                loadgen_password=lg_pass,
+                observer_username=target.username,
+                observer_password=target.password,
+                max_connections=max_connections,
+                max_messages=max_messages,
+                allow_remote=allow_remote,
+                stop=stop,
+                on_stats=live.update,
+                on_progress=live.say,
+                seed=seed,
+            )
+            prefix = fleet_prefix if devices is not None else None
+            stored = None
+            if prefix is not None:
+                async with core.maker() as session:
+                    stored = await session.scalar(
+                        select(func.count())
+                        .select_from(DeviceEvent)
+                        .where(
+                            DeviceEvent.device_id.startswith(f"{prefix}-d", autoescape=True),
+                            DeviceEvent.source == "device",
+                            DeviceEvent.received_at >= started,
+                        )
+                    )
+            return result.model_copy(update={"setup": setup, "events_stored": stored})
         finally:
             await core.close()
-        if not specs:
-            fail("no devices with known secrets to simulate")
-        stop = asyncio.Event()
-        install_signal_handlers(stop)
-        typer.echo(
-            f"simulating {len(specs)} devices of {homes} homes against {target.host}:{target.port} for {duration:g} simulated s at ×{speed:g}",
-            err=True,
-        )
-        from dispatcher.clock import make_clock
 
-        def progress(stats: Any) -> None:
-            sys.stderr.write(f"\r{stats}"[:200].ljust(120))
-            sys.stderr.flush()
-
-        return await run_simulation(
-            host=target.host,
-            port=target.port,
-            devices=specs,
-            scenario=scen,
-            clock=make_clock(speed),
-            duration_s=duration,
-            stop=stop,
-            on_progress=progress,
-            allow_remote=allow_remote,
-        )
-
+    live = LiveSummary(rich=False if plain else None)
     try:
-        result = run(go())
-    except ValueError as exc:
+        with live:
+            result = run(go(live))
+    except (ValueError, ConnectionError) as exc:
         fail(str(exc))
-    sys.stderr.write("\n")
+    if result is None:
+        return
     text = result.model_dump_json(indent=2)
     typer.echo(text)
     if report:

@@ -85,12 +85,18 @@ def paho_client(
     return client
 
 
-def subscribe_and_wait(client: paho.Client, topic: str, qos: int = 1, timeout_s: float = 10.0) -> None:
-    """Subscribe and block until SUBACK, so nothing published right after is missed."""
+def subscribe_and_wait(client: paho.Client, topic: str, qos: int = 1, timeout_s: float = 10.0) -> bool:
+    """Subscribe and block until SUBACK, so nothing published right after is missed.
+
+    Returns False when the broker refused the filter (SUBACK 0x80: Mosquitto does that for
+    a filter its ACL denies, silently as far as the connection is concerned)."""
     done = threading.Event()
+    granted: list[bool] = []
     previous = client.on_subscribe
 
-    def on_subscribe(*_args: Any) -> None:
+    def on_subscribe(_c: Any, _u: Any, _mid: Any, codes: Any = None, *_rest: Any) -> None:
+        codes = codes if isinstance(codes, list) else []
+        granted.append(not any(getattr(c, "is_failure", False) for c in codes))
         done.set()
 
     client.on_subscribe = on_subscribe
@@ -98,6 +104,7 @@ def subscribe_and_wait(client: paho.Client, topic: str, qos: int = 1, timeout_s:
     if not done.wait(timeout_s):
         raise TimeoutError(f"no SUBACK for {topic}")
     client.on_subscribe = previous
+    return all(granted)
 
 
 @dataclass
@@ -112,6 +119,7 @@ class SentEvent:
     last_sent: float = 0.0
     acked: float | None = None
     rejected: str | None = None
+    acks: int = 0  # every ``received`` heard, copies of a resend included
 
     @property
     def latency_ms(self) -> float | None:
@@ -125,6 +133,7 @@ class LoadStats:
     telemetry_sent: int = 0
     events_sent: int = 0
     resends: int = 0
+    status_sent: int = 0
     acks_seen: int = 0
     unknown_acks: int = 0
     publish_errors: int = 0
@@ -166,6 +175,8 @@ class LoadGenerator:
         client_id: str = "carecall-loadgen",
         allow_remote: bool = False,
         resend_s: float = 2.0,
+        resend_factor: float = 1.0,
+        resend_max_s: float | None = None,
         max_inflight: int = 500,
     ) -> None:
         check_host(host, allow_remote=allow_remote)
@@ -176,6 +187,10 @@ class LoadGenerator:
         self._allow_remote = allow_remote
         self._max_inflight = max_inflight
         self.resend_s = resend_s
+        # Backoff like a device's: the n-th resend waits resend_s * factor**(n-1), capped.
+        self.resend_factor = max(1.0, resend_factor)
+        self.resend_max_s = resend_max_s
+        self.acks_observed: bool | None = None  # None until start(track_acks=True)
         self.stats = LoadStats()
         self.events: dict[tuple[str, str], SentEvent] = {}
         self._pending: dict[tuple[str, str], SentEvent] = {}
@@ -184,6 +199,10 @@ class LoadGenerator:
         self._acks: paho.Client | None = None
         self.on_ack: Callable[[SentEvent], None] | None = None
         self._seq = 0
+
+    @property
+    def username(self) -> str | None:
+        return self._creds[0]
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -209,7 +228,7 @@ class LoadGenerator:
                 allow_remote=self._allow_remote,
             )
             self._acks.on_message = self._on_ack
-            subscribe_and_wait(self._acks, f"{ROOT}/+/ack", qos=1)
+            self.acks_observed = subscribe_and_wait(self._acks, f"{ROOT}/+/ack", qos=1)
 
             def resubscribe(c: paho.Client, _u: Any, _f: Any, _rc: Any, _p: Any = None) -> None:
                 # a clean session forgets subscriptions: after a broker restart, ask again
@@ -252,7 +271,10 @@ class LoadGenerator:
             if ev is None:
                 self.stats.unknown_acks += 1
                 return
-            if state == "received" and ev.acked is None:
+            if state == "received":
+                ev.acks += 1
+                if ev.acked is not None:
+                    return
                 ev.acked = now
                 self._pending.pop(key, None)
             elif state == "rejected" and ev.acked is None:
@@ -287,34 +309,111 @@ class LoadGenerator:
         self._publish(f"{ROOT}/{device_id}/telemetry", raw.encode(), qos)
         self.stats.telemetry_sent += 1
 
-    def event(self, device_id: str, event_id: str, event_type: str = "sos") -> SentEvent:
-        """Send one event (QoS 1) and track it until acked; resent by ``resend_due``."""
-        payload = json.dumps(
-            {"id": event_id, "ts": int(time.time() * 1000), "type": event_type, "sensor": "loadgen"},
-            separators=(",", ":"),
-        ).encode()
+    def event(
+        self,
+        device_id: str,
+        event_id: str,
+        event_type: str = "sos",
+        *,
+        sensor: str | None = "loadgen",
+        data: dict[str, Any] | None = None,
+        send: bool = True,
+        ts_ms: int | None = None,
+    ) -> SentEvent:
+        """Send one event (QoS 1) and track it until acked; resent by ``resend_due``.
+
+        ``send=False`` records it without publishing (a device raising an alarm while it is
+        offline holds it and sends it when back: see ``resend_now``)."""
+        body: dict[str, Any] = {"id": event_id, "ts": ts_ms or int(time.time() * 1000), "type": event_type}
+        if sensor is not None:
+            body["sensor"] = sensor
+        if data:
+            body["data"] = data
+        payload = json.dumps(body, separators=(",", ":")).encode()
         now = time.monotonic()
-        ev = SentEvent(device_id, event_id, payload, first_sent=now, last_sent=now)
+        ev = SentEvent(device_id, event_id, payload, first_sent=now, last_sent=now, sends=1 if send else 0)
         with self._lock:
             self.events[(device_id, event_id)] = ev
             self._pending[(device_id, event_id)] = ev
-        self._publish(f"{ROOT}/{device_id}/events", payload, 1)
+        if send:
+            self._publish(f"{ROOT}/{device_id}/events", payload, 1)
         self.stats.events_sent += 1
         return ev
 
-    def resend_due(self, now: float | None = None) -> int:
-        """Resend every event not acked within ``resend_s`` of its last send (a device's
-        behaviour: it keeps trying until it hears ``received``)."""
+    @staticmethod
+    def _mark_sent(due: Sequence[SentEvent], now: float) -> int:
+        """Count a send of each (under the lock); a held event's first send is no resend."""
+        resends = 0
+        for ev in due:
+            if ev.sends == 0:
+                ev.first_sent = now
+            else:
+                resends += 1
+            ev.sends += 1
+            ev.last_sent = now
+        return resends
+
+    def _resend_wait(self, ev: SentEvent) -> float:
+        wait = self.resend_s * self.resend_factor ** min(ev.sends - 1, 60)
+        return wait if self.resend_max_s is None else min(wait, self.resend_max_s)
+
+    def resend_due(self, now: float | None = None, *, hold: Callable[[str], bool] | None = None) -> int:
+        """Resend every event not acked within its backoff of its last send (a device's
+        behaviour: it keeps trying until it hears ``received``). ``hold(device_id)`` true
+        keeps a device's events back (it is offline: it resends when it returns)."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            due = [ev for ev in self._pending.values() if now - ev.last_sent >= self.resend_s]
-            for ev in due:
-                ev.sends += 1
-                ev.last_sent = now
+            due = [
+                ev
+                for ev in self._pending.values()
+                if now - ev.last_sent >= self._resend_wait(ev) and (hold is None or not hold(ev.device_id))
+            ]
+            resends = self._mark_sent(due, now)
         for ev in due:
             self._publish(f"{ROOT}/{ev.device_id}/events", ev.payload, 1)
-        self.stats.resends += len(due)
+        self.stats.resends += resends
         return len(due)
+
+    def resend_now(self, device_id: str) -> int:
+        """Resend at once every unacked event of one device (it has just come back)."""
+        now = time.monotonic()
+        with self._lock:
+            due = [ev for ev in self._pending.values() if ev.device_id == device_id]
+            resends = self._mark_sent(due, now)
+        for ev in due:
+            self._publish(f"{ROOT}/{ev.device_id}/events", ev.payload, 1)
+        self.stats.resends += resends
+        return len(due)
+
+    def copy(self, ev: SentEvent) -> None:
+        """Send one more copy of an event whatever was acked (a device that resends forever)."""
+        with self._lock:
+            ev.sends += 1
+            ev.last_sent = time.monotonic()
+        self._publish(f"{ROOT}/{ev.device_id}/events", ev.payload, 1)
+        self.stats.resends += 1
+
+    def clear_status(self, device_id: str) -> None:
+        """Delete the retained ``status`` left by ``status`` (an empty retained message), so
+        a shared broker keeps nothing of a simulated device after the run."""
+        client = self._pub
+        if client is None:
+            raise RuntimeError("LoadGenerator.start() first")
+        info = client.publish(f"{ROOT}/{device_id}/status", b"", qos=1, retain=True)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            self.stats.publish_errors += 1
+
+    def status(self, device_id: str, state: str) -> None:
+        """The device's retained ``status``: ``offline`` is what the broker would publish as
+        its will when it loses power; ``online`` is what it says when it reconnects."""
+        payload = json.dumps({"state": state}, separators=(",", ":")).encode()
+        client = self._pub
+        if client is None:
+            raise RuntimeError("LoadGenerator.start() first")
+        info = client.publish(f"{ROOT}/{device_id}/status", payload, qos=1, retain=True)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            self.stats.publish_errors += 1
+        self.stats.status_sent += 1
 
     @property
     def pending(self) -> int:

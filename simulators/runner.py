@@ -9,6 +9,7 @@ events at the same simulated moments, whatever the speed and however the tasks i
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import math
@@ -31,6 +32,7 @@ from simulators.scenario import EMITTERS, Flapping, PowerCut, ResendForever, Sce
 
 log = logging.getLogger(__name__)
 
+_STOP_SLICE = 250
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
@@ -51,6 +53,9 @@ class SimStats(BaseModel):
     resends: int
     telemetry_sent: int
     reconnects: int
+    # first publish → ``received`` so far, real milliseconds (None before the first ack)
+    ack_p50_ms: float | None = None
+    ack_p99_ms: float | None = None
 
 
 class LatencySummary(BaseModel):
@@ -162,6 +167,9 @@ async def run_simulation(
         tls_context = ssl.create_default_context()
 
     stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    previous_handler = loop.get_exception_handler()
+    loop.set_exception_handler(_quiet_closed_sockets)
     gate = asyncio.Semaphore(max(1, max_concurrent_connects))
     run_id = run_id or secrets.token_hex(4)
     sims = [
@@ -218,7 +226,15 @@ async def run_simulation(
         simulated_s = (clock.now() - start).total_seconds()
         await _drain(sims, drain_s)
         online_at_end = sum(1 for s in sims if s.online)
-        await asyncio.gather(*(s.stop() for s in sims), return_exceptions=True)
+        # In slices: 5,000 devices disconnecting in one go starve the loop, a device's
+        # DISCONNECT misses its 5 s stop window, its socket is cut, and the broker fires
+        # its will, which the platform rightly takes for a device losing power.
+        for first in range(0, len(sims), _STOP_SLICE):
+            await asyncio.gather(
+                *(s.stop() for s in sims[first : first + _STOP_SLICE]), return_exceptions=True
+            )
+        await asyncio.sleep(0)  # let callbacks queued by the last disconnects run under our handler
+        loop.set_exception_handler(previous_handler)
     if on_progress is not None:
         on_progress(stats())
     return _report(
@@ -230,6 +246,23 @@ async def run_simulation(
         real_s=time.monotonic() - real0,
         online_at_end=online_at_end,
     )
+
+
+def _quiet_closed_sockets(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Thousands of clients disconnecting at once: paho asks the loop to watch a socket for
+    writing (``add_writer``/``add_reader`` via call_soon_threadsafe) and closes it before
+    the callback runs, so the callback fails with EBADF. Nothing is lost (the connection
+    is over); every other error still goes to the default handler."""
+    exc = context.get("exception")
+    handle = repr(context.get("handle", ""))
+    if (
+        isinstance(exc, OSError)
+        and exc.errno == errno.EBADF
+        and ("add_writer" in handle or "add_reader" in handle)
+    ):
+        log.debug("callback on a socket already closed: %s", handle)
+        return
+    loop.default_exception_handler(context)
 
 
 # ---------------------------------------------------------------------- drivers
@@ -430,6 +463,7 @@ def _stats(sims: Sequence[SimulatedDevice], *, simulated_s: float, real0: float)
     records = [r for _, r in _records(sims)]
     received = sum(1 for r in records if r.received)
     rejected = sum(1 for r in records if r.rejected)
+    latencies = sorted(v for r in records if (v := r.latency_ms) is not None)
     return SimStats(
         simulated_s=simulated_s,
         real_s=time.monotonic() - real0,
@@ -443,6 +477,8 @@ def _stats(sims: Sequence[SimulatedDevice], *, simulated_s: float, real0: float)
         resends=sum(r.resends for r in records),
         telemetry_sent=sum(s.telemetry_sent for s in sims),
         reconnects=sum(s.reconnects for s in sims),
+        ack_p50_ms=round(percentile(latencies, 0.50), 2) if latencies else None,
+        ack_p99_ms=round(percentile(latencies, 0.99), 2) if latencies else None,
     )
 
 

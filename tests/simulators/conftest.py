@@ -120,8 +120,14 @@ async def platform_factory(
     yield make  # type: ignore[misc]
     for task in tasks:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-            await task
+    # Bounded: a client whose broker stopped answering can sit in its DISCONNECT forever,
+    # which hung this teardown now and then on a loaded machine.
+    if tasks:
+        await asyncio.wait(tasks, timeout=5)
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            with contextlib.suppress(aiomqtt.MqttError):
+                task.result()
 
 
 async def until(predicate: Callable[[], bool], within_s: float = 5.0) -> None:
