@@ -75,8 +75,11 @@ async def test_high_speed_run_raises_events_and_the_counts_add_up(
     assert sum(report.events_by_type.values()) == report.events_raised
     # sends - resends = events published at least once
     assert report.events_received <= report.sends - report.resends <= report.events_raised
-    # Every event the platform saw was acked; ones held by a silent device may still wait.
-    assert report.events_received == sum(platform.types.values())
+    # Every event the platform saw was acked, except those whose ack was still on its way
+    # when the run ended (on a loaded machine the 2 s drain can end first): they are
+    # among the pending, as are the ones a silent device still holds.
+    seen = sum(platform.types.values())
+    assert report.events_received <= seen <= report.events_received + report.pending
     assert report.ack_latency.count == report.events_received
     lat = report.ack_latency
     assert lat.p50_ms is not None and lat.p90_ms is not None and lat.p99_ms is not None
