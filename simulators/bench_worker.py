@@ -44,7 +44,12 @@ class _Stats:
         self.dispatcher_stats: Any = None
 
     def snapshot(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"role": self.role, "pid": os.getpid(), "ready": self.ready, "t": time.monotonic()}
+        out: dict[str, Any] = {
+            "role": self.role,
+            "pid": os.getpid(),
+            "ready": self.ready,
+            "t": time.monotonic(),
+        }
         gw = self.gateway
         if gw is not None:
             out["gateway"] = {
