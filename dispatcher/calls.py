@@ -238,23 +238,29 @@ async def prefetch_registry(session: AsyncSession, events: Sequence[DeviceEvent]
 
 
 async def prefetch_calls(session: AsyncSession, events: Sequence[DeviceEvent], now: datetime) -> None:
-    """After the chain lock: the open calls of every home in the batch, locked, in one
-    query, and the 24-hour call counts of those homes in another. Every writer of calls
-    takes the chain lock first, so nothing changes them between this read and our commit
-    but this transaction, which keeps the lists current (open_call adds its call)."""
+    """The open calls of every home in the batch, locked, in one query, and the 24-hour
+    call counts of those homes in another. The row locks keep every other writer off
+    these calls until our commit, and this transaction keeps the lists current
+    (open_call adds its call); the homes' own row locks make another copy's intake of
+    the same home wait for our commit, so it sees the call we opened."""
     homes = sorted({ev.home_id for ev in events if ev.home_id})
     if not homes:
         return
+    if _is_pg(session):
+        # The homes first, in id order: two copies with events of one home take turns
+        # here, so the second sees the call the first opened and joins it. (The chain
+        # lock used to serialise all intake; it is now taken only at commit.)
+        await session.execute(select(Home.id).where(Home.id.in_(homes)).order_by(Home.id).with_for_update())
     stmt = (
         select(Call)
         .where(Call.home_id.in_(homes), Call.status.in_([s.value for s in OPEN_STATUSES]))
-        .order_by(Call.id.desc())
+        .order_by(Call.id)  # locked in id order, as timers lock theirs: no deadlock
     )
     if _is_pg(session):
         stmt = stmt.with_for_update()
     open_calls: dict[str, list[Call]] = {h: [] for h in homes}
-    for call in (await session.scalars(stmt)).all():
-        open_calls[call.home_id].append(call)
+    for call in reversed((await session.scalars(stmt)).all()):
+        open_calls[call.home_id].append(call)  # newest first
     session.info.setdefault(_OPEN_CALLS, {}).update(open_calls)
     since = now - timedelta(hours=24)
     counts = dict(
@@ -771,10 +777,12 @@ async def act(
     operator was first; 422 for bad input)."""
     if action not in _TRANSITIONS:
         raise CallError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}", 404)
-    await audit.lock_head(session)
+    # the call's row lock first, the chain's last, like the dispatcher's loops (which
+    # lock calls and chain at commit): the same order everywhere, so no deadlock
     call = await _lock_call(session, call_id)
     if call is None:
         raise CallError("no such call", 404)
+    await audit.lock_head(session)
     allowed, new_status = _TRANSITIONS[action]
     if call.status not in allowed:
         detail: dict[str, Any] = {"status": call.status}

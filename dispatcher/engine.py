@@ -243,13 +243,14 @@ class Dispatcher:
         out = calls.Outcome()
         try:
             async with self.maker() as session, session.begin():
+                # audit rows are chained at commit: the chain lock is held for the commit
+                # only, not while the batch is routed (see audit.defer)
+                audit.defer(session)
                 events = await calls.claim_events(session, limit)
                 if events:
-                    # set-based reads: registry rows before the chain lock (so timers and
-                    # other copies wait less), the homes' open calls right after it
+                    # set-based reads: registry rows, then the homes' open calls (locked)
                     await calls.prefetch_registry(session, events)
                     await calls.station_nodes(session)
-                    await audit.lock_head(session)
                     await calls.prefetch_calls(session, events, now)
                 # One flush per batch, not one per query: the rows of a batch (calls'
                 # timers, audit rows, intake marks) go to the database together. A call
@@ -260,6 +261,8 @@ class Dispatcher:
                         o = await calls.handle_event(session, ev, self.ctx, now=now, actor=self.name)
                         await calls.queue_device_notices(session, o.device_notices, now)
                         out.merge(o)
+                # the batch's rows now, before the commit takes the chain lock
+                await session.flush()
         except IntegrityError:
             # another copy handled one of these first (SQLite has no SKIP LOCKED): retry
             return 1
@@ -282,7 +285,7 @@ class Dispatcher:
             out = calls.Outcome()
             try:
                 async with self.maker() as session, session.begin():
-                    await audit.lock_head(session)
+                    audit.defer(session)
                     out = await calls.handle_event(session, ev, self.ctx, now=now, actor=self.name)
                     await calls.queue_device_notices(session, out.device_notices, now)
             except IntegrityError:
@@ -290,6 +293,7 @@ class Dispatcher:
             except Exception as exc:
                 log.exception("dispatcher.event_failed", event_pk=ev.id)
                 async with self.maker() as session, session.begin():
+                    audit.defer(session)
                     session.add(
                         EventIntake(
                             event_pk=ev.id,
@@ -321,10 +325,10 @@ class Dispatcher:
         out = calls.Outcome()
         fired = 0
         async with self.maker() as session, session.begin():
+            audit.defer(session)  # timer rows and calls locked first, the chain at commit
             due = await calls.claim_due_timers(session, now, limit)
             taken: tuple[set[int], dict[int, Call]] = (set(), {})
             if due:
-                await audit.lock_head(session)
                 taken = await calls.take_due_timers(session, due, now=now, worker=self.name)
             for timer in due:
                 o = await calls.fire_timer(
@@ -337,6 +341,7 @@ class Dispatcher:
                 TIMER_LATE.observe(max(late, 0.0))
                 if len(self.stats.timer_late_ms) < 100_000:
                     self.stats.timer_late_ms.append(late * 1000)
+            await session.flush()  # before the commit takes the chain lock
         self.stats.timers_fired += fired
         if fired:
             TIMERS_FIRED.labels("handled").inc(fired)
@@ -348,9 +353,10 @@ class Dispatcher:
     async def outbox_once(self, limit: int = 100) -> int:
         """Deliver due notifications. The sends happen before the audit chain's lock is
         taken (the rows are ours meanwhile: SKIP LOCKED), so a slow webhook never holds
-        up intake, timers or another copy; the results are then recorded in one go."""
+        up intake, timers or another copy; the results are chained at commit."""
         now = self.clock.now()
         async with self.maker() as session, session.begin():
+            audit.defer(session)  # chained at commit, after the sends
             stmt = (
                 select(Notification)
                 .where(Notification.status == "pending", Notification.next_attempt_at <= now)
@@ -366,7 +372,6 @@ class Dispatcher:
             others = [n for n in rows if n.channel != "mqtt"]
             if others:
                 results = await asyncio.gather(*(self._send(n) for n in others))
-                await audit.lock_head(session)
                 for n, result in zip(others, results, strict=True):
                     await self._record_delivery(session, n, result, now)
         return len(rows)
