@@ -57,6 +57,8 @@ log = structlog.get_logger("carecall.gateway")
 
 Bus = MemoryBus | RedisBus
 
+YIELD_EVERY = 32  # messages handled before the intake lets other tasks run
+
 
 @dataclass(frozen=True, slots=True)
 class MqttTarget:
@@ -222,6 +224,7 @@ class Gateway:
         self._rule_state: dict[str, rules_mod.RuleState] = {}
         self._trend_last: dict[str, int] = {}
         self._client: aiomqtt.Client | None = None
+        self._up: dict[str, bool] = {}
         self._ack_tasks: set[asyncio.Task[None]] = set()
         self.connected = asyncio.Event()
         # Prometheus children resolved once: .labels() takes a lock and a dict lookup per call
@@ -294,44 +297,84 @@ class Gateway:
             return [(f"$share/{self.shared_group}/{t}", q) for t, q in base]
         return base
 
+    def _connections(self) -> list[tuple[str, list[tuple[str, int]]]]:
+        """(role, subscriptions) of each broker connection.
+
+        With telemetry at QoS 0 it has a connection of its own: QoS 0 has no flow
+        control, so when the gateway falls behind, the backlog of readings waits in that
+        connection's socket and the broker's buffer, not in front of an alarm. Events and
+        status arrive on the other connection, whose socket the event loop serves every
+        turn, and the UplinkQueue puts them first. (On one shared connection an SOS sat
+        behind seconds of queued readings at 5,000 readings/s.)"""
+        subs = self._subscriptions()
+        telemetry = [t for t in subs if t[0].endswith(f"/{p.Channel.telemetry.value}")]
+        main = [t for t in subs if t not in telemetry]
+        return [("main", main)] + ([("telemetry", telemetry)] if telemetry else [])
+
     async def _mqtt_loop(self) -> None:
+        roles = self._connections()
+        self._up = dict.fromkeys((r for r, _ in roles), False)
+        await asyncio.gather(*(self._mqtt_connection(role, subs) for role, subs in roles))
+
+    def _set_up(self, role: str, up: bool) -> None:
+        self._up[role] = up
+        if role == "main":
+            m.MQTT_CONNECTED.set(1 if up else 0)
+        if all(self._up.values()):
+            self.connected.set()
+        else:
+            self.connected.clear()
+
+    async def _mqtt_connection(self, role: str, subscriptions: list[tuple[str, int]]) -> None:
         backoff = 0.2
         first = True
+        main = role == "main"
         while True:
             try:
                 client = mqtt_client(
                     self.mqtt,
-                    f"carecall-{self.name}",
-                    clean_session=False,
+                    f"carecall-{self.name}" if main else f"carecall-{self.name}-{role}",
+                    # QoS 0 readings are not kept for an absent client: nothing to resume
+                    clean_session=not main,
                     keepalive=self.settings.mqtt_keepalive_s,
-                    queue_type=UplinkQueue,
+                    queue_type=UplinkQueue if main else None,
                 )
                 async with client:
-                    self._client = client
-                    for topic, qos in self._subscriptions():
+                    if main:
+                        self._client = client
+                    for topic, qos in subscriptions:
                         await client.subscribe(topic, qos=qos)
-                    m.MQTT_CONNECTED.set(1)
-                    self.connected.set()
+                    self._set_up(role, True)
                     if not first:
                         m.RECONNECTS.inc()
                     first = False
                     backoff = 0.2
                     log.info(
                         "gateway.connected",
+                        connection=role,
                         broker=f"{self.mqtt.host}:{self.mqtt.port}",
                         shared=self.shared_group,
                     )
+                    handled = 0
                     async for message in client.messages:
                         try:
                             await self._on_message(message)
                         except Exception:  # never let one message stop the gateway
                             log.exception("gateway.message_failed", topic=str(message.topic))
+                        handled += 1
+                        if handled % YIELD_EVERY == 0:
+                            # A queued message is taken without suspending, so a backlog
+                            # of readings would be drained in one go while the event
+                            # writer's commit and the acks wait: let them run.
+                            await asyncio.sleep(0)
             except aiomqtt.MqttError as exc:
-                log.warning("gateway.disconnected", error=str(exc), retry_s=round(backoff, 2))
+                log.warning(
+                    "gateway.disconnected", connection=role, error=str(exc), retry_s=round(backoff, 2)
+                )
             finally:
-                self._client = None
-                self.connected.clear()
-                m.MQTT_CONNECTED.set(0)
+                if main:
+                    self._client = None
+                self._set_up(role, False)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
