@@ -139,6 +139,7 @@ async def main_async(role: str, stats_path: Path, platform_password: str | None)
                 clock=core.clock,
                 mqtt=target,
                 shared_group=shared,
+                telemetry_qos=int(os.environ.get("CARECALL_BENCH_TELEMETRY_QOS", "0")),
             )
             stats.gateway = gw
             tasks.append(asyncio.create_task(gw.run(stop)))
