@@ -5,6 +5,13 @@ PostgreSQL and the write lock on SQLite), so concurrent dispatcher copies append
 another and the chain never forks. The new head is written once, just before the commit,
 and the rows go in with the transaction's other inserts. Rows are never updated or deleted
 by the code.
+
+The dispatcher's own loops (intake, timers, outbox) use :func:`defer`: their rows are
+chained at commit instead. The lock is then taken last, in ``before_commit``, and held
+only for the head update, the audit rows' insert and the commit, rather than for the
+whole transaction: with one global chain, that lock was busy nearly all the time at 100
+alarms a second, and every loop (and every copy) waited in line for it. The chain is the
+same: seq order is still commit order, because the lock is held until the commit.
 """
 
 from __future__ import annotations
@@ -24,10 +31,37 @@ _HEAD_KEY = "carecall.audit_head"
 
 
 _DIRTY_KEY = "carecall.audit_head_dirty"
+_DEFER_KEY = "carecall.audit_deferred"  # rows to chain at commit (see defer)
 
 
 def _write_head(session: Session) -> None:
-    """before_commit: store the chain head once per transaction, not once per row."""
+    """before_commit: store the chain head once per transaction, not once per row; in
+    deferred mode, lock the head now and chain the transaction's rows."""
+    pending: list[AuditRow] | None = session.info.pop(_DEFER_KEY, None)
+    if pending:
+        seq, prev = session.execute(
+            update(AuditHead)
+            .where(AuditHead.id == 1)
+            .values(seq=AuditHead.seq)
+            .returning(AuditHead.seq, AuditHead.hash)
+        ).one()
+        for row in pending:
+            seq += 1
+            content = canonical(
+                seq=seq,
+                call_id=row.call_id,
+                at=row.at,
+                kind=row.kind,
+                actor=row.actor,
+                station_id=row.station_id,
+                detail=row.detail,
+            )
+            digest = link(prev, content)
+            row.seq, row.prev_hash, row.hash = seq, prev, digest
+            prev = digest
+        session.add_all(pending)  # flushed by the commit, after this hook
+        session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=prev))
+        return
     if session.info.pop(_DIRTY_KEY, False):
         seq, digest = session.info[_HEAD_KEY]
         session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=digest))
@@ -37,6 +71,29 @@ def _drop_head(session: Session, *_: Any) -> None:
     """After commit or rollback the cached head is no longer ours to trust."""
     session.info.pop(_HEAD_KEY, None)
     session.info.pop(_DIRTY_KEY, None)
+    session.info.pop(_DEFER_KEY, None)
+
+
+def _listen(session: AsyncSession) -> None:
+    sync = session.sync_session
+    if not event.contains(sync, "before_commit", _write_head):
+        event.listen(sync, "before_commit", _write_head)
+        event.listen(sync, "after_commit", _drop_head)
+        event.listen(sync, "after_rollback", _drop_head)
+
+
+def defer(session: AsyncSession) -> None:
+    """Chain this transaction's audit rows at commit, taking the chain lock only then.
+
+    For transactions that read no audit rows they wrote themselves (the rows are not in
+    the database before the commit) and that may take their row locks (calls, timers,
+    notifications) before the chain's: every such writer then locks in the same order,
+    rows first and the chain last, and holds the chain only for the commit. Call it at
+    the start of the transaction; :func:`lock_head` is then a no-op."""
+    if _HEAD_KEY in session.info:
+        return  # the head is already locked: keep chaining as we go
+    session.info[_DEFER_KEY] = []
+    _listen(session)
 
 
 async def _head(session: AsyncSession) -> list[Any]:
@@ -46,11 +103,7 @@ async def _head(session: AsyncSession) -> list[Any]:
         return list(cached)
     await session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq))
     head = (await session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1))).one()
-    sync = session.sync_session
-    if not event.contains(sync, "before_commit", _write_head):
-        event.listen(sync, "before_commit", _write_head)
-        event.listen(sync, "after_commit", _drop_head)
-        event.listen(sync, "after_rollback", _drop_head)
+    _listen(session)
     return [head.seq, head.hash]
 
 
@@ -58,7 +111,7 @@ async def lock_head(session: AsyncSession) -> None:
     """Take the chain's lock at the start of a transaction, before any call row: every
     writer then locks in the same order (head, then calls), so two dispatcher copies can
     never deadlock on a call and the head."""
-    if _HEAD_KEY not in session.info:
+    if _HEAD_KEY not in session.info and _DEFER_KEY not in session.info:
         session.info[_HEAD_KEY] = tuple(await _head(session))
 
 
@@ -72,9 +125,15 @@ async def append(
     station_id: str | None = None,
     detail: Mapping[str, Any] | None = None,
 ) -> AuditRow:
+    body = dict(detail or {})
+    deferred: list[AuditRow] | None = session.info.get(_DEFER_KEY)
+    if deferred is not None:
+        # seq, prev_hash and hash are set at commit (_write_head), under the chain lock
+        row = AuditRow(call_id=call_id, at=at, kind=kind, actor=actor, station_id=station_id, detail=body)
+        deferred.append(row)
+        return row
     seq, prev = await _head(session)
     seq += 1
-    body = dict(detail or {})
     content = canonical(
         seq=seq, call_id=call_id, at=at, kind=kind, actor=actor, station_id=station_id, detail=body
     )

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatcher import audit, routing
@@ -206,6 +206,83 @@ async def claim_events(session: AsyncSession, limit: int) -> list[DeviceEvent]:
     return list((await session.scalars(stmt)).all())
 
 
+_OPEN_CALLS = "carecall.open_calls"  # home id -> its open calls, newest first (locked)
+_RESIDENTS = "carecall.residents"  # home id -> the resident a call is about, or None
+_HOMES = "carecall.homes"  # home id -> Home
+
+
+async def prefetch_registry(session: AsyncSession, events: Sequence[DeviceEvent]) -> None:
+    """Set-based reads for a batch of events, before the chain lock: the homes (into the
+    session's identity map, so ``session.get`` finds them) and each home's resident.
+
+    A storm is hundreds of events a second; reading these one query per event was most of
+    the intake's round trips. Registry rows are not written by dispatchers, so reading
+    them before the chain lock changes nothing a dispatcher copy could race with."""
+    homes = sorted({ev.home_id for ev in events if ev.home_id})
+    if not homes:
+        return
+    # kept in session.info: the identity map holds objects weakly, so a discarded result
+    # would be collected and session.get would query again
+    found = {h.id: h for h in (await session.scalars(select(Home).where(Home.id.in_(homes)))).all()}
+    session.info.setdefault(_HOMES, {}).update(found)
+    residents: dict[str, Resident | None] = dict.fromkeys(homes)
+    rows = await session.scalars(
+        select(Resident)
+        .where(Resident.home_id.in_(homes))
+        .order_by(Resident.home_id, Resident.capacity_level.desc(), Resident.id)
+    )
+    for r in rows:
+        if residents.get(r.home_id) is None:
+            residents[r.home_id] = r  # the same choice as _resident_of: most dependent first
+    session.info.setdefault(_RESIDENTS, {}).update(residents)
+
+
+async def prefetch_calls(session: AsyncSession, events: Sequence[DeviceEvent], now: datetime) -> None:
+    """The open calls of every home in the batch, locked, in one query, and the 24-hour
+    call counts of those homes in another. The row locks keep every other writer off
+    these calls until our commit, and this transaction keeps the lists current
+    (open_call adds its call); the homes' own row locks make another copy's intake of
+    the same home wait for our commit, so it sees the call we opened."""
+    homes = sorted({ev.home_id for ev in events if ev.home_id})
+    if not homes:
+        return
+    if _is_pg(session):
+        # The homes first, in id order: two copies with events of one home take turns
+        # here, so the second sees the call the first opened and joins it. (The chain
+        # lock used to serialise all intake; it is now taken only at commit.)
+        await session.execute(select(Home.id).where(Home.id.in_(homes)).order_by(Home.id).with_for_update())
+    stmt = (
+        select(Call)
+        .where(Call.home_id.in_(homes), Call.status.in_([s.value for s in OPEN_STATUSES]))
+        .order_by(Call.id)  # locked in id order, as timers lock theirs: no deadlock
+    )
+    if _is_pg(session):
+        stmt = stmt.with_for_update()
+    open_calls: dict[str, list[Call]] = {h: [] for h in homes}
+    for call in reversed((await session.scalars(stmt)).all()):
+        open_calls[call.home_id].append(call)  # newest first
+    session.info.setdefault(_OPEN_CALLS, {}).update(open_calls)
+    since = now - timedelta(hours=24)
+    counts = dict(
+        (
+            await session.execute(
+                select(Call.home_id, func.count())
+                .select_from(AuditRow)
+                .join(Call, Call.id == AuditRow.call_id)
+                .where(
+                    Call.home_id.in_(homes),
+                    AuditRow.kind == AuditKind.call_opened.value,
+                    AuditRow.at >= since,
+                )
+                .group_by(Call.home_id)
+            )
+        ).all()
+    )
+    cache: dict[str, int] = session.info.setdefault("carecall.recent_calls", {})
+    for h in homes:
+        cache.setdefault(h, int(counts.get(h, 0)))
+
+
 async def handle_event(
     session: AsyncSession, ev: DeviceEvent, ctx: DispatchContext, *, now: datetime, actor: str
 ) -> Outcome:
@@ -213,6 +290,10 @@ async def handle_event(
     out = Outcome()
     call_id: int | None = None
     decision = "ignored"
+    if ev.event_class == "cancel" or ev.type in ("online", "power_restored"):
+        # these look calls up through rows earlier events of the batch may have added
+        # (call events, timers): write those first (intake runs without autoflush)
+        await session.flush()
     if ev.event_class == "cancel":
         call_id, decision = await _handle_cancel(session, ev, now=now, actor=actor, out=out)
     elif ev.type in ("online", "power_restored"):
@@ -248,14 +329,20 @@ async def _record_received(
 
 
 async def _open_call_to_join(session: AsyncSession, ev: DeviceEvent, ctx: DispatchContext) -> Call | None:
-    stmt = (
-        select(Call)
-        .where(Call.home_id == ev.home_id, Call.status.in_([s.value for s in OPEN_STATUSES]))
-        .order_by(Call.id.desc())
-    )
-    if _is_pg(session):
-        stmt = stmt.with_for_update()
-    for call in (await session.scalars(stmt)).all():
+    prefetched: dict[str, list[Call]] = session.info.get(_OPEN_CALLS, {})
+    if ev.home_id in prefetched:
+        open_ = {s.value for s in OPEN_STATUSES}
+        candidates = [c for c in prefetched[ev.home_id] if c.status in open_]
+    else:
+        stmt = (
+            select(Call)
+            .where(Call.home_id == ev.home_id, Call.status.in_([s.value for s in OPEN_STATUSES]))
+            .order_by(Call.id.desc())
+        )
+        if _is_pg(session):
+            stmt = stmt.with_for_update()
+        candidates = list((await session.scalars(stmt)).all())
+    for call in candidates:
         since = (ev.received_at - call.last_event_at).total_seconds()
         if prio.joins_call(
             event_class=ev.event_class,
@@ -269,6 +356,9 @@ async def _open_call_to_join(session: AsyncSession, ev: DeviceEvent, ctx: Dispat
 
 
 async def _resident_of(session: AsyncSession, home_id: str) -> Resident | None:
+    prefetched: dict[str, Resident | None] = session.info.get(_RESIDENTS, {})
+    if home_id in prefetched:
+        return prefetched[home_id]
     return (
         await session.scalars(
             select(Resident)
@@ -286,7 +376,7 @@ def _night(ctx: DispatchContext, at: datetime) -> bool:
 async def open_call(
     session: AsyncSession, ev: DeviceEvent, ctx: DispatchContext, *, now: datetime, actor: str, out: Outcome
 ) -> Call:
-    home = await session.get(Home, ev.home_id)
+    home = session.info.get(_HOMES, {}).get(ev.home_id) or await session.get(Home, ev.home_id)
     if home is None:
         raise CallError(f"event {ev.id} names unknown home {ev.home_id}", 500)
     resident = await _resident_of(session, home.id)
@@ -325,27 +415,33 @@ async def open_call(
     limit_min = ctx.dispatch_cfg.routing.limit_min(area)
     policy = ctx.policies.select(ev.event_class, priority)
     snap = esc.snapshot(policy, travel_limit_s=limit_min * 60)
-    call = Call(
-        status=CallStatus.assigned.value if route.station_id else CallStatus.open.value,
-        priority=priority,
-        priority_reasons=list(p_reasons),
-        event_class=ev.event_class,
-        home_id=home.id,
-        resident_id=resident.id if resident else None,
-        station_id=route.station_id,
-        tier=route.tier,
-        route_reasons=list(route.reasons),
-        lat=origin[0],
-        lon=origin[1],
-        policy=snap,
-        escalation_level=0,
-        generation=1,
-        version=1,
-        last_event_at=ev.received_at,
-    )
-    session.add(call)
-    await session.flush()
+    values: dict[str, Any] = {
+        "status": CallStatus.assigned.value if route.station_id else CallStatus.open.value,
+        "priority": priority,
+        "priority_reasons": list(p_reasons),
+        "event_class": ev.event_class,
+        "home_id": home.id,
+        "resident_id": resident.id if resident else None,
+        "station_id": route.station_id,
+        "tier": route.tier,
+        "route_reasons": list(route.reasons),
+        "lat": origin[0],
+        "lon": origin[1],
+        "outcome": None,
+        "policy": snap,
+        "escalation_level": 0,
+        "generation": 1,
+        "version": 1,
+        "last_event_at": ev.received_at,
+    }
+    # One INSERT … RETURNING for the call alone (its id is needed below); a session
+    # flush here would also write every row the batch has added so far, a round of
+    # inserts per call instead of one statement per table at commit.
+    call = (await session.scalars(insert(Call).returning(Call), [values])).one()
     _count_opened(session, home.id)
+    prefetched: dict[str, list[Call]] = session.info.get(_OPEN_CALLS, {})
+    if home.id in prefetched:
+        prefetched[home.id].insert(0, call)  # newest first, as the query orders them
     session.add(CallEvent(event_pk=ev.id, call_id=call.id, joined_at=now))
     ev_detail = {
         "device_id": ev.device_id,
@@ -681,10 +777,12 @@ async def act(
     operator was first; 422 for bad input)."""
     if action not in _TRANSITIONS:
         raise CallError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}", 404)
-    await audit.lock_head(session)
+    # the call's row lock first, the chain's last, like the dispatcher's loops (which
+    # lock calls and chain at commit): the same order everywhere, so no deadlock
     call = await _lock_call(session, call_id)
     if call is None:
         raise CallError("no such call", 404)
+    await audit.lock_head(session)
     allowed, new_status = _TRANSITIONS[action]
     if call.status not in allowed:
         detail: dict[str, Any] = {"status": call.status}
@@ -976,18 +1074,58 @@ def progress_of(call: Call) -> esc.Progress:
     )
 
 
-async def fire_timer(
-    session: AsyncSession, timer: Timer, *, now: datetime, worker: str, ctx: DispatchContext
-) -> Outcome:
-    """Fire one claimed timer exactly once, or retire it as stale."""
-    out = Outcome()
-    call = await _lock_call(session, timer.call_id)
-    res = await session.execute(
-        update(Timer)
-        .where(Timer.id == timer.id, Timer.status == "pending")
-        .values(status="firing", fired_at=now, fired_by=worker)
+async def take_due_timers(
+    session: AsyncSession, timers: Sequence[Timer], *, now: datetime, worker: str
+) -> tuple[set[int], dict[int, Call]]:
+    """For a batch of claimed timers, after the chain lock: mark them ``firing`` with one
+    conditional UPDATE (the ids returned are ours: a timer another copy took first is not
+    pending any more) and lock their calls with one SELECT. What ``fire_timer`` does per
+    timer otherwise, in two statements for the batch."""
+    if not timers:
+        return set(), {}
+    ids = [t.id for t in timers]
+    owned = set(
+        (
+            await session.scalars(
+                update(Timer)
+                .where(Timer.id.in_(ids), Timer.status == "pending")
+                .values(status="firing", fired_at=now, fired_by=worker)
+                .returning(Timer.id)
+                .execution_options(synchronize_session=False)
+            )
+        ).all()
     )
-    if res.rowcount != 1 or call is None:  # type: ignore[attr-defined]
+    stmt = select(Call).where(Call.id.in_(sorted({t.call_id for t in timers}))).order_by(Call.id)
+    if _is_pg(session):
+        stmt = stmt.with_for_update()
+    by_id = {c.id: c for c in (await session.scalars(stmt)).all()}
+    return owned, by_id
+
+
+async def fire_timer(
+    session: AsyncSession,
+    timer: Timer,
+    *,
+    now: datetime,
+    worker: str,
+    ctx: DispatchContext,
+    taken: tuple[set[int], dict[int, Call]] | None = None,
+) -> Outcome:
+    """Fire one claimed timer exactly once, or retire it as stale. ``taken`` is what
+    take_due_timers returned for the batch; without it the timer is taken here."""
+    out = Outcome()
+    if taken is None:
+        call = await _lock_call(session, timer.call_id)
+        res = await session.execute(
+            update(Timer)
+            .where(Timer.id == timer.id, Timer.status == "pending")
+            .values(status="firing", fired_at=now, fired_by=worker)
+        )
+        mine = res.rowcount == 1  # type: ignore[attr-defined]
+    else:
+        call = taken[1].get(timer.call_id)
+        mine = timer.id in taken[0]
+    if not mine or call is None:
         return out  # another copy had it
     snap = esc.from_snapshot(call.policy)
     if timer.generation != call.generation:
@@ -1328,6 +1466,7 @@ __all__ = [
     "claim_events",
     "fire_timer",
     "handle_event",
+    "take_due_timers",
     "watchdog",
 ]
 

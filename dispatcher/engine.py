@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -22,7 +22,7 @@ import aiomqtt
 import structlog
 from prometheus_client import Counter as PCounter
 from prometheus_client import Histogram
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -35,7 +35,7 @@ from dispatcher import escalation as esc
 from dispatcher.bus import MemoryBus, RedisBus
 from dispatcher.chain import AuditKind
 from dispatcher.clock import Clock
-from dispatcher.models import EventIntake, Notification
+from dispatcher.models import Call, EventIntake, Notification, Timer
 from dispatcher.notifiers import Message, Notifier, NotifyError
 
 log = structlog.get_logger("carecall.dispatcher")
@@ -112,6 +112,7 @@ class Dispatcher:
         self.stats = DispatcherStats()
         self._wake_intake = asyncio.Event()
         self._wake_outbox = asyncio.Event()
+        self._wake_timers = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self.on_calls_changed: Callable[[set[int]], Awaitable[None]] | None = None
 
@@ -120,9 +121,7 @@ class Dispatcher:
     async def run(self, stop: asyncio.Event) -> None:
         tasks = [
             asyncio.create_task(self._loop(self.intake_once, self._wake_intake, 1.0), name="dsp-intake"),
-            asyncio.create_task(
-                self._loop(self.timers_once, None, self.settings.timer_poll_s), name="dsp-timers"
-            ),
+            asyncio.create_task(self._timer_loop(), name="dsp-timers"),
             asyncio.create_task(self._loop(self.outbox_once, self._wake_outbox, 1.0), name="dsp-outbox"),
             asyncio.create_task(self._loop(self.watchdog_once, None, 30.0), name="dsp-watchdog"),
             asyncio.create_task(self._listen("events", self._wake_intake), name="dsp-hint-events"),
@@ -171,6 +170,45 @@ class Dispatcher:
                 await asyncio.wait_for(wake.wait(), interval_s)
             wake.clear()
 
+    async def _timer_loop(self) -> None:
+        """Fire due timers; between rounds sleep until the next one is due (at most
+        ``timer_poll_s``, which also covers timers other copies scheduled), or until this
+        copy's intake opened calls, whose first step is due at once."""
+        backoff = 0.2
+        poll = self.settings.timer_poll_s
+        while True:
+            try:
+                if await self.timers_once():
+                    backoff = 0.2
+                    continue  # more may be due
+                wait = await self._until_next_timer(poll)
+                backoff = 0.2
+            except (OperationalError, DBAPIError, OSError) as exc:
+                log.warning(
+                    "dispatcher.db_unavailable", task="timers_once", error=str(exc)[:200], retry_s=backoff
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            except Exception:
+                log.exception("dispatcher.loop_failed", task="timers_once")
+                await asyncio.sleep(1.0)
+                continue
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake_timers.wait(), wait)
+            self._wake_timers.clear()
+
+    async def _until_next_timer(self, cap_s: float) -> float:
+        """Seconds until the earliest pending timer is due, capped; 0 when one is due."""
+        async with self.maker() as session:
+            due = await session.scalar(select(func.min(Timer.due_at)).where(Timer.status == "pending"))
+        if due is None:
+            return cap_s
+        if due.tzinfo is None:
+            due = due.replace(tzinfo=UTC)
+        return max(0.0, min(cap_s, self.clock.real_seconds((due - self.clock.now()).total_seconds())))
+
     async def _mqtt_loop(self) -> None:
         assert self.mqtt is not None
         backoff = 0.2
@@ -188,7 +226,9 @@ class Dispatcher:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
-    async def _announce(self, out: calls.Outcome) -> None:
+    async def _announce(self, out: calls.Outcome, *, opened: bool = False) -> None:
+        if opened:
+            self._wake_timers.set()  # a new call's first step (alert the station) is due now
         if out.calls:
             await self.bus.publish("calls", {"ids": sorted(out.calls), "by": self.name})
             if self.on_calls_changed is not None:
@@ -203,9 +243,15 @@ class Dispatcher:
         out = calls.Outcome()
         try:
             async with self.maker() as session, session.begin():
+                # audit rows are chained at commit: the chain lock is held for the commit
+                # only, not while the batch is routed (see audit.defer)
+                audit.defer(session)
                 events = await calls.claim_events(session, limit)
                 if events:
-                    await audit.lock_head(session)
+                    # set-based reads: registry rows, then the homes' open calls (locked)
+                    await calls.prefetch_registry(session, events)
+                    await calls.station_nodes(session)
+                    await calls.prefetch_calls(session, events, now)
                 # One flush per batch, not one per query: the rows of a batch (calls'
                 # timers, audit rows, intake marks) go to the database together. A call
                 # itself is flushed when opened (open_call needs its id), so a later event
@@ -215,6 +261,8 @@ class Dispatcher:
                         o = await calls.handle_event(session, ev, self.ctx, now=now, actor=self.name)
                         await calls.queue_device_notices(session, o.device_notices, now)
                         out.merge(o)
+                # the batch's rows now, before the commit takes the chain lock
+                await session.flush()
         except IntegrityError:
             # another copy handled one of these first (SQLite has no SKIP LOCKED): retry
             return 1
@@ -224,9 +272,8 @@ class Dispatcher:
             log.exception("dispatcher.intake_batch_failed")
             return await self._intake_one_by_one(limit)
         self.stats.events += len(events)
-        for _ in events:
-            CALLS_OPENED.labels("handled").inc()
-        await self._announce(out)
+        CALLS_OPENED.labels("handled").inc(len(events))
+        await self._announce(out, opened=bool(events))
         return len(events)
 
     async def _intake_one_by_one(self, limit: int) -> int:
@@ -238,7 +285,7 @@ class Dispatcher:
             out = calls.Outcome()
             try:
                 async with self.maker() as session, session.begin():
-                    await audit.lock_head(session)
+                    audit.defer(session)
                     out = await calls.handle_event(session, ev, self.ctx, now=now, actor=self.name)
                     await calls.queue_device_notices(session, out.device_notices, now)
             except IntegrityError:
@@ -246,6 +293,7 @@ class Dispatcher:
             except Exception as exc:
                 log.exception("dispatcher.event_failed", event_pk=ev.id)
                 async with self.maker() as session, session.begin():
+                    audit.defer(session)
                     session.add(
                         EventIntake(
                             event_pk=ev.id,
@@ -277,11 +325,15 @@ class Dispatcher:
         out = calls.Outcome()
         fired = 0
         async with self.maker() as session, session.begin():
+            audit.defer(session)  # timer rows and calls locked first, the chain at commit
             due = await calls.claim_due_timers(session, now, limit)
+            taken: tuple[set[int], dict[int, Call]] = (set(), {})
             if due:
-                await audit.lock_head(session)
+                taken = await calls.take_due_timers(session, due, now=now, worker=self.name)
             for timer in due:
-                o = await calls.fire_timer(session, timer, now=now, worker=self.name, ctx=self.ctx)
+                o = await calls.fire_timer(
+                    session, timer, now=now, worker=self.name, ctx=self.ctx, taken=taken
+                )
                 await calls.queue_device_notices(session, o.device_notices, now)
                 out.merge(o)
                 late = (now - timer.due_at).total_seconds()
@@ -289,6 +341,7 @@ class Dispatcher:
                 TIMER_LATE.observe(max(late, 0.0))
                 if len(self.stats.timer_late_ms) < 100_000:
                     self.stats.timer_late_ms.append(late * 1000)
+            await session.flush()  # before the commit takes the chain lock
         self.stats.timers_fired += fired
         if fired:
             TIMERS_FIRED.labels("handled").inc(fired)
@@ -298,8 +351,12 @@ class Dispatcher:
     # ------------------------------------------------------------------ outbox
 
     async def outbox_once(self, limit: int = 100) -> int:
+        """Deliver due notifications. The sends happen before the audit chain's lock is
+        taken (the rows are ours meanwhile: SKIP LOCKED), so a slow webhook never holds
+        up intake, timers or another copy; the results are chained at commit."""
         now = self.clock.now()
         async with self.maker() as session, session.begin():
+            audit.defer(session)  # chained at commit, after the sends
             stmt = (
                 select(Notification)
                 .where(Notification.status == "pending", Notification.next_attempt_at <= now)
@@ -312,10 +369,25 @@ class Dispatcher:
             acks = [n for n in rows if n.channel == "mqtt"]
             if acks:
                 await self._device_acks(session, acks, now)
-            for n in rows:
-                if n.channel != "mqtt":
-                    await self._deliver(session, n, now)
+            others = [n for n in rows if n.channel != "mqtt"]
+            if others:
+                results = await asyncio.gather(*(self._send(n) for n in others))
+                for n, result in zip(others, results, strict=True):
+                    await self._record_delivery(session, n, result, now)
         return len(rows)
+
+    async def _send(self, n: Notification) -> tuple[str | None, Exception | None, float]:
+        """(receipt, error, ms) of one delivery attempt; a NotifyError or a timeout is
+        returned, not raised."""
+        msg = Message(
+            notification_id=n.id, call_id=n.call_id, purpose=n.purpose, target=n.target, body=n.body
+        )
+        t0 = time.monotonic()
+        try:
+            receipt = await asyncio.wait_for(self.notifier.send(msg), 10)
+        except (NotifyError, TimeoutError) as exc:
+            return None, exc, (time.monotonic() - t0) * 1000
+        return receipt, None, (time.monotonic() - t0) * 1000
 
     async def _device_acks(self, session: AsyncSession, rows: list[Notification], now: datetime) -> None:
         """Publish device acks concurrently (one PUBACK wait for the batch, not per ack)."""
@@ -355,14 +427,15 @@ class Dispatcher:
             )
             NOTIFY.labels("mqtt", "retry").inc(len(bad))
 
-    async def _deliver(self, session: AsyncSession, n: Notification, now: datetime) -> None:
-        msg = Message(
-            notification_id=n.id, call_id=n.call_id, purpose=n.purpose, target=n.target, body=n.body
-        )
-        t0 = time.monotonic()
-        try:
-            receipt = await asyncio.wait_for(self.notifier.send(msg), 10)
-        except (NotifyError, TimeoutError) as exc:
+    async def _record_delivery(
+        self,
+        session: AsyncSession,
+        n: Notification,
+        result: tuple[str | None, Exception | None, float],
+        now: datetime,
+    ) -> None:
+        receipt, exc, ms = result
+        if exc is not None:
             attempts = n.attempts + 1
             final = attempts >= MAX_ATTEMPTS
             await session.execute(
@@ -409,7 +482,7 @@ class Dispatcher:
                 "target": n.target,
                 "channel": n.channel,
                 "receipt": receipt,
-                "ms": round((time.monotonic() - t0) * 1000, 1),
+                "ms": round(ms, 1),
             },
         )
         self.stats.notifications_sent += 1

@@ -15,7 +15,9 @@ from simulators.bench import BenchConfig, render, run_bench
 
 
 def bench_command(
-    quick: Annotated[bool, typer.Option("--quick", help="Shorter phases; finishes in under a minute.")] = False,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Shorter phases; finishes in under a minute.")
+    ] = False,
     target: Annotated[
         str,
         typer.Option(

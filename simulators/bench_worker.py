@@ -44,7 +44,12 @@ class _Stats:
         self.dispatcher_stats: Any = None
 
     def snapshot(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"role": self.role, "pid": os.getpid(), "ready": self.ready, "t": time.monotonic()}
+        out: dict[str, Any] = {
+            "role": self.role,
+            "pid": os.getpid(),
+            "ready": self.ready,
+            "t": time.monotonic(),
+        }
         gw = self.gateway
         if gw is not None:
             out["gateway"] = {
@@ -134,6 +139,7 @@ async def main_async(role: str, stats_path: Path, platform_password: str | None)
                 clock=core.clock,
                 mqtt=target,
                 shared_group=shared,
+                telemetry_qos=int(os.environ.get("CARECALL_BENCH_TELEMETRY_QOS", "0")),
             )
             stats.gateway = gw
             tasks.append(asyncio.create_task(gw.run(stop)))

@@ -303,9 +303,14 @@ class LoadGenerator:
             "metrics": {"hr": 60 + self._seq % 20, "rr": 14, "presence": "in_bed", "battery_pct": 80},
         }
         raw = json.dumps(body, separators=(",", ":"))
-        if len(raw) < pad_to:
-            body["metrics"]["fw"] = "x" * max(0, pad_to - len(raw) - 8)
+        # pad with string metrics of at most 64 characters (MAX_METRIC_STR): one longer
+        # string makes every reading a bad_value rejection, not telemetry
+        n = 0
+        while len(raw) < pad_to:
+            key = f"fw{n}" if n else "fw"
+            body["metrics"][key] = "x" * max(0, min(64, pad_to - len(raw) - len(key) - 6))
             raw = json.dumps(body, separators=(",", ":"))
+            n += 1
         self._publish(f"{ROOT}/{device_id}/telemetry", raw.encode(), qos)
         self.stats.telemetry_sent += 1
 
