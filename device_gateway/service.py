@@ -276,12 +276,13 @@ class Gateway:
         Telemetry is disposable state (the latest readings; the next one replaces it), so
         by default it is taken at QoS 0: no PUBACK per reading, which was the largest cost
         of the gateway. Events and status stay QoS 1 (at-least-once, deduplicated on
-        (device, id) when stored). Splitting by channel means a five-level topic with an
-        unknown channel (``{root}/bogus``) is no longer delivered to us: the broker ACL
-        (``carecall broker-config``, the embedded broker's rules) already refuses device
-        writes outside events/telemetry/status, and deeper or shallower topics are still
-        received and counted as ``bad_topic``. With ``telemetry_qos=1`` the gateway takes
-        every five-level topic at QoS 1 as before, and counts unknown channels itself.
+        (device, id) when stored). The QoS 0 filter is every five-level topic, on a
+        connection of its own (``_connections``): it carries the readings, and any
+        unknown channel (``{root}/bogus``) that a misconfigured broker let through, which
+        PROTOCOL.md has the gateway count; the events and status it also sees there are
+        left to the QoS 1 connection. Deeper or shallower topics are received and counted
+        as ``bad_topic`` too. With ``telemetry_qos=1`` one connection takes every
+        five-level topic at QoS 1, as before.
         """
         root = p.TOPIC_PREFIX
         if self.telemetry_qos == 1:
@@ -290,7 +291,7 @@ class Gateway:
             base = [
                 (f"{root}/+/{p.Channel.events.value}", 1),
                 (f"{root}/+/{p.Channel.status.value}", 1),
-                (f"{root}/+/{p.Channel.telemetry.value}", 0),
+                (f"{root}/+/+", 0),
             ]
         base += [(f"{root}/+/+/+/#", 1), (f"{root}/+", 1)]  # anything deeper, anything shallower
         if self.shared_group:
@@ -307,7 +308,7 @@ class Gateway:
         turn, and the UplinkQueue puts them first. (On one shared connection an SOS sat
         behind seconds of queued readings at 5,000 readings/s.)"""
         subs = self._subscriptions()
-        telemetry = [t for t in subs if t[0].endswith(f"/{p.Channel.telemetry.value}")]
+        telemetry = [t for t in subs if t[1] == 0]
         main = [t for t in subs if t not in telemetry]
         return [("main", main)] + ([("telemetry", telemetry)] if telemetry else [])
 
@@ -358,7 +359,7 @@ class Gateway:
                     handled = 0
                     async for message in client.messages:
                         try:
-                            await self._on_message(message)
+                            await self._on_message(message, role)
                         except Exception:  # never let one message stop the gateway
                             log.exception("gateway.message_failed", topic=str(message.topic))
                         handled += 1
@@ -380,7 +381,7 @@ class Gateway:
 
     # ------------------------------------------------------------------ intake
 
-    async def _on_message(self, message: aiomqtt.Message) -> None:
+    async def _on_message(self, message: aiomqtt.Message, role: str = "main") -> None:
         topic = message.topic.value
         raw = message.payload
         payload = raw if isinstance(raw, bytes) else (str(raw).encode() if raw is not None else b"")
@@ -397,6 +398,8 @@ class Gateway:
             return
         if parsed.channel in p.DOWNLINK:
             return  # our own acks and configs, echoed back by the wildcard subscription
+        if role == "telemetry" and parsed.channel is not p.Channel.telemetry:
+            return  # events and status: the QoS 1 connection has them
         self._channel_counter[parsed.channel].inc()
         arrived = time.monotonic()
         device = await self.directory.get(parsed.device_id)

@@ -298,8 +298,12 @@ def _gateway_for_subscriptions(shared: str | None, telemetry_qos: int) -> Gatewa
 
 
 def test_telemetry_is_subscribed_at_qos0_and_events_status_at_qos1() -> None:
-    subs = dict(_gateway_for_subscriptions("grp", 0)._subscriptions())
-    assert subs[f"$share/grp/{ROOT}/+/telemetry"] == 0
+    gw = _gateway_for_subscriptions("grp", 0)
+    subs = dict(gw._subscriptions())
+    # readings (and any unknown channel, to be counted) on a QoS 0 connection of their own
+    assert subs[f"$share/grp/{ROOT}/+/+"] == 0
+    assert dict(gw._connections())["telemetry"] == [(f"$share/grp/{ROOT}/+/+", 0)]
+    assert (f"$share/grp/{ROOT}/+/+", 0) not in dict(gw._connections())["main"]
     assert subs[f"$share/grp/{ROOT}/+/events"] == 1
     assert subs[f"$share/grp/{ROOT}/+/status"] == 1
     # bad topics of other depths still reach the gateway (and are counted)
