@@ -259,7 +259,7 @@ class SimulatedOperators:
         bus: MemoryBus | RedisBus | None = None,
         seed: int = 1,
         behaviour: Behaviour = DEFAULT_BEHAVIOUR,
-        poll_s: float = 30.0,
+        idle_s: float = 1.0,
         min_pause_s: float = 0.01,
     ) -> None:
         self.maker = maker
@@ -268,7 +268,7 @@ class SimulatedOperators:
         self.bus = bus
         self.seed = seed
         self.behaviour = behaviour
-        self.poll_s = poll_s  # simulated seconds between looks when nothing else wakes us
+        self.idle_s = idle_s  # real seconds between looks when nothing is planned and nothing wakes us
         self.min_pause_s = min_pause_s  # real seconds between two looks
         self.stats = OperatorStats()
         self._tracked: dict[int, _Tracked] = {}
@@ -277,13 +277,19 @@ class SimulatedOperators:
         self._wake = asyncio.Event()
 
     async def prepare(self) -> int:
-        """Create the simulated operator of every station now: hashing a password takes a
-        tenth of a second of the event loop, which at ×10,000 would be a quarter of an hour
-        of simulated time lost in the middle of a call. Returns how many logins exist."""
+        """Create the simulated operator of every station now, before simulated time runs:
+        hashing a password takes half a second of CPU, which at ×10,000 would be more than
+        an hour of simulated time lost in the middle of a station's first call. Returns
+        how many logins exist."""
         async with self.maker() as s:
             stations = list(await s.scalars(select(Station.id).order_by(Station.id)))
-        for station_id in stations:
-            await self._login(station_id)
+        gate = asyncio.Semaphore(4)  # the hashes run in threads; a few at a time
+
+        async def one(station_id: str) -> None:
+            async with gate:
+                await self._login(station_id)
+
+        await asyncio.gather(*(one(st) for st in stations))
         return len(self._logins)
 
     # ------------------------------------------------------------------ loop
@@ -292,6 +298,7 @@ class SimulatedOperators:
         listener = asyncio.create_task(self._listen()) if self.bus is not None else None
         try:
             while not stop.is_set():
+                self._wake.clear()  # before looking: a call opened meanwhile wakes the next wait
                 try:
                     delay = await self.step()
                     # Every action, reminder and escalation publishes "calls" and wakes
@@ -299,7 +306,7 @@ class SimulatedOperators:
                     await asyncio.sleep(self.min_pause_s)
                 except Exception:
                     log.exception("sim_operators.step_failed")
-                    delay = self.poll_s
+                    delay = None
                 await self._wait(stop, delay)
         finally:
             if listener is not None:
@@ -312,12 +319,15 @@ class SimulatedOperators:
         async for _ in self.bus.subscribe("calls"):
             self._wake.set()
 
-    async def _wait(self, stop: asyncio.Event, simulated_s: float) -> None:
-        self._wake.clear()
+    async def _wait(self, stop: asyncio.Event, simulated_s: float | None) -> None:
+        """Until the next planned step (simulated time), a new call (the bus), or — with
+        nothing planned — a look every ``idle_s`` real seconds, which the bus makes rare."""
         waiters = [
             asyncio.ensure_future(stop.wait()),
             asyncio.ensure_future(self._wake.wait()),
-            asyncio.ensure_future(self.clock.sleep(simulated_s)),
+            asyncio.ensure_future(
+                self.clock.sleep(simulated_s) if simulated_s is not None else asyncio.sleep(self.idle_s)
+            ),
         ]
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -325,18 +335,20 @@ class SimulatedOperators:
             for w in waiters:
                 w.cancel()
 
-    async def step(self) -> float:
-        """Look at the open calls, do what is due; returns simulated seconds to the next step."""
+    async def step(self) -> float | None:
+        """Look at the open calls, do what is due; returns simulated seconds to the next
+        step (None: nothing planned)."""
         await self._refresh()
         now = self.clock.now()
-        next_in = self.poll_s
+        next_in: float | None = None
         for call_id in sorted(self._tracked):
             tr = self._tracked[call_id]
             while tr.next < len(tr.plan.steps):
                 st = tr.plan.steps[tr.next]
                 due = tr.start + timedelta(seconds=st.at_s)
                 if due > now:
-                    next_in = min(next_in, (due - now).total_seconds())
+                    wait = (due - now).total_seconds()
+                    next_in = wait if next_in is None else min(next_in, wait)
                     self._hold(tr, due)
                     break
                 try:
@@ -345,13 +357,13 @@ class SimulatedOperators:
                     log.warning(
                         "sim_operators.db_busy", call_id=call_id, action=st.action, error=str(exc)[:200]
                     )
-                    next_in = min(next_in, 1.0)
+                    next_in = 1.0 if next_in is None else min(next_in, 1.0)
                     break
                 tr.next += 1
                 now = self.clock.now()
             if tr.next >= len(tr.plan.steps):
                 self._tracked.pop(call_id, None)
-        return max(next_in, 0.0)
+        return None if next_in is None else max(next_in, 0.0)
 
     def _hold(self, tr: _Tracked, due: datetime) -> None:
         """Fine time from the start until the answer, then around each next step (the
