@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -363,7 +363,7 @@ async def _history_progress(
     while True:
         await asyncio.sleep(every_s)
         done = (clock.now() - t0).total_seconds() / 86400
-        say(f"history: {min(done, days):.1f} of {days:g} days, {await count_calls(core)} calls")
+        say(f"history: {min(done, days):.1f} of {days:.1f} days, {await count_calls(core)} calls")
 
 
 def _say_stderr(line: str) -> None:
@@ -389,7 +389,7 @@ def _hold_after_derived(clock: CatchUpClock) -> Callable[[list[EventRow]], Await
 BACK_PRESSURE_EVERY_S = 0.02
 BACK_PRESSURE_HOLD_S = 3.0
 BACK_PRESSURE_LAG_S = 0.05
-DEVICES_CONNECT_S = 60.0
+DEVICES_CONNECT_S = 120.0
 
 
 async def _back_pressure(clock: CatchUpClock, parts: _Parts, stop: asyncio.Event) -> None:
@@ -400,9 +400,11 @@ async def _back_pressure(clock: CatchUpClock, parts: _Parts, stop: asyncio.Event
     simulated minutes in which devices resend, timers fire and nobody could answer."""
     started = time.monotonic()
     while clock.paused and not stop.is_set():
-        # Simulated time starts once every device is connected: hundreds of logins and
-        # retained configs at once would otherwise smear the first simulated hours.
-        if parts.devices_away == 0 or time.monotonic() - started > DEVICES_CONNECT_S:
+        # Simulated time starts once every device is connected (and the simulated
+        # operators have their logins): hundreds of logins and retained configs at once
+        # would otherwise smear the first simulated hours.
+        ready = parts.devices_away == 0 and all(t.done() for t in parts.starting)
+        if ready or time.monotonic() - started > DEVICES_CONNECT_S:
             # Everything alive now (the county, its devices and their sessions) stays
             # alive: out of the collector's sight. A full collection over it pauses the
             # loop for up to half a second, which is an hour of simulated time.
@@ -431,6 +433,7 @@ class _Parts:
     tasks: list[asyncio.Task[object]]
     devices_pending: int = 0  # simulated devices' events not yet acknowledged as received
     devices_away: int = 0  # simulated devices not (yet) connected, other than those gone silent on purpose
+    starting: list[asyncio.Task[object]] = field(default_factory=list)  # to finish before the clock starts
 
     def backlog(self) -> int:
         """Work in flight: events the devices still wait to hear "received" for, and
@@ -545,6 +548,7 @@ async def run_demo(
     ops_stop = asyncio.Event()
     workdir = tempfile.TemporaryDirectory(prefix="carecall-demo-")
     sim_ops: SimulatedOperators | None = None
+    preparing: asyncio.Task[object] | None = None
     clock: CatchUpClock | None = None
     try:
         if operators == "always" or (operators == "history" and begin is not None):
@@ -553,7 +557,8 @@ async def run_demo(
             sim_ops = SimulatedOperators(
                 maker=core.maker, clock=core.clock, ctx=load_context(settings), bus=core.bus
             )
-            await sim_ops.prepare()
+            # their logins are hashed while the devices connect (the clock waits for both)
+            preparing = asyncio.create_task(sim_ops.prepare())
         if begin is not None:
             await history_heartbeats(core, heartbeats_path)
             # The clock starts only now, with everything loaded: a slow start must not
@@ -569,6 +574,8 @@ async def run_demo(
         phase = await start_phase(
             history_settings(settings, Path(workdir.name)) if clock is not None else settings, 1
         )
+        if preparing is not None:
+            phase.starting.append(preparing)
         current = phase
 
         def mqtt_connected() -> bool:
@@ -577,6 +584,8 @@ async def run_demo(
         app = full_app(core, mqtt_connected=mqtt_connected)
         tasks.append(asyncio.create_task(serve_http(app, settings.http_host, hport, stop)))
         if sim_ops is not None:
+            if clock is None and preparing is not None:
+                await preparing  # live only: nothing waits for the clock, so wait here
             tasks.append(asyncio.create_task(sim_ops.run(ops_stop)))
         login = await demo_login(core)
         announce(
@@ -616,7 +625,7 @@ async def run_demo(
             calls_n = await count_calls(core)
             real_s = clock.real_catch_up_s
             progress(
-                f"history: {history_days:g} days filled, {calls_n} calls"
+                f"history: {history_days:.1f} days filled, {calls_n} calls"
                 + (f", in {real_s:.0f} s real time" if real_s is not None else " (stopped early)")
                 + ("; now at ×1" if not stop.is_set() else "")
             )
