@@ -249,6 +249,9 @@ class SimulatedOperators:
 
     HOLD_BEFORE_S = 1.0
     HOLD_AFTER_S = 3.0
+    # Continuous fine time until an answer due within this (an emergency's reminders come
+    # every 20 s); a device-trouble call left for hours is held around its timers only.
+    ANSWER_HOLD_MAX_S = 900.0
 
     def __init__(
         self,
@@ -373,7 +376,8 @@ class SimulatedOperators:
         # Until the answer the call's reminders repeat every few simulated seconds; at
         # ×10,000 they would be a write transaction every few real milliseconds, and the
         # answer itself would wait behind them for SQLite's lock: fine time all along.
-        begin = tr.start if tr.next == 0 else due - timedelta(seconds=self.HOLD_BEFORE_S)
+        continuous = tr.next == 0 and (due - tr.start).total_seconds() <= self.ANSWER_HOLD_MAX_S
+        begin = tr.start if continuous else due - timedelta(seconds=self.HOLD_BEFORE_S)
         end = due + timedelta(seconds=self.HOLD_AFTER_S)
         self.clock.hold(begin, end)
         tr.held_until = end
