@@ -107,15 +107,47 @@ def demo(
     scenario: Annotated[
         str, typer.Option(help="Simulation scenario: a name (normal, quiet, storm) or a YAML file.")
     ] = "normal",
+    history_days: Annotated[
+        float,
+        typer.Option(
+            help="Start the clock D days ago and fill that history at ×--speed (with simulated "
+            "operators answering the calls), then go on at ×1. 0: no history. A second run "
+            "resumes where the record ends.",
+            min=0,
+            max=366,
+        ),
+    ] = 0.0,
+    operators: Annotated[
+        str,
+        typer.Option(
+            help="When simulated operators and responders answer the calls: history (while "
+            "filling history), always, or never."
+        ),
+    ] = "history",
 ) -> None:
     """Everything in one process on embedded defaults: MQTT broker, gateway, web server,
     SQLite, and simulated homes of the bundled demo county (loaded on first run)."""
     from dispatcher.runtime import run_demo
 
+    if operators not in ("history", "always", "never"):
+        fail("--operators must be history, always or never")
+    if history_days > 0 and speed < 10:
+        fail("--history-days needs --speed of at least 10 (a month at ×5,000 takes about 10 minutes)")
     s = settings_from(speed=speed, http_port=port, embedded_mqtt_port=mqtt_port, mqtt_url=None)
     if s.mqtt_url is not None:
         fail("demo runs its own embedded broker; unset CARECALL_MQTT_URL")
-    run(_until_signal(lambda stop: run_demo(s, stop, simulate=not no_sim, scenario=scenario)))
+    run(
+        _until_signal(
+            lambda stop: run_demo(
+                s,
+                stop,
+                simulate=not no_sim,
+                scenario=scenario,
+                history_days=history_days,
+                operators=operators,
+            )
+        )
+    )
 
 
 @app.command()

@@ -291,6 +291,19 @@ async def _sleep_until(clock: Clock, start: datetime, at_s: float) -> None:
     await clock.sleep(at_s - (clock.now() - start).total_seconds())
 
 
+# A device-raised event is a human-scale moment: under the demo's catch-up clock the
+# simulated time around it runs at the fine rate, so the alarm's timestamp, its arrival
+# and the call it opens are seconds apart, not minutes. A plain Clock ignores holds.
+HOLD_BEFORE_S = 2.0
+HOLD_AFTER_S = 15.0
+
+
+def _hold_around(clock: Clock, start: datetime, at_s: float) -> None:
+    clock.hold(
+        start + timedelta(seconds=at_s - HOLD_BEFORE_S), start + timedelta(seconds=at_s + HOLD_AFTER_S)
+    )
+
+
 def _is_night(scenario: Scenario, moment: datetime, tz: ZoneInfo) -> bool:
     return scenario.day_night_rhythm and scenario.night.contains(moment.astimezone(tz).hour)
 
@@ -321,6 +334,7 @@ async def _drive_events(
                 break
         if chosen is None:
             continue
+        _hold_around(clock, start, at_s)
         await _sleep_until(clock, start, at_s)
         sim.raise_event(chosen)
 
@@ -332,9 +346,11 @@ async def _drive_offline(
     at_s = 0.0
     while True:
         at_s += rng.expovariate(policy.rate_per_s)
+        _hold_around(clock, start, at_s)
         await _sleep_until(clock, start, at_s)
         await sim.go_silent()
         at_s += rng.uniform(policy.min_s, policy.max_s)
+        _hold_around(clock, start, at_s)
         await _sleep_until(clock, start, at_s)
         sim.come_back()
 
@@ -375,6 +391,7 @@ async def _drive_planned(
     planned: Sequence[_Planned], sims: Sequence[SimulatedDevice], clock: Clock, start: datetime
 ) -> None:
     for item in planned:
+        _hold_around(clock, start, item.at_s)
         await _sleep_until(clock, start, item.at_s)
         sims[item.device].raise_event(item.type, sensor=item.sensor, data=item.data)
 
