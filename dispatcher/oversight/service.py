@@ -20,7 +20,7 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import BigInteger, and_, case, func, literal, select
+from sqlalchemy import BigInteger, and_, case, func, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
@@ -321,6 +321,11 @@ async def load_call_figures(
         .outerjoin(DeviceEvent, DeviceEvent.id == first_ev.c.pk)
     )
     stations = await load_stations(session)
+    if session.get_bind().dialect.name == "postgresql":
+        # The driver prepares statements and PostgreSQL switches a statement run five
+        # times to a generic plan, blind to the window's bounds: the same report then
+        # took 2.4 s instead of 1.6. Plan this one for its parameters, every time.
+        await session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
     with gc_paused():
         # Core execution (no ORM row loading): plain tuples for a hundred thousand rows.
         rows = (await (await session.connection()).execute(stmt)).all()
