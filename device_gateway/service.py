@@ -526,7 +526,12 @@ class Gateway:
         now = self.clock.now()
         st = self._pending_for(device.id)
         st.last_seen = now
-        st.will_at = None
+        if self.telemetry_qos == 1:
+            st.will_at = None
+        # With readings on a connection of their own, one sent before the device's will
+        # can be taken after it, so a reading cannot undo a will: a device that comes
+        # back says "online" on its status topic (PROTOCOL.md), on the will's connection,
+        # in order. (Taken as a return, such readings hid 2-3 % of a power cut's outages.)
         if st.metrics is None:
             st.metrics = dict(metrics)
         else:
@@ -760,15 +765,18 @@ class Gateway:
         try:
             async with self.maker() as session, session.begin():
                 await insert_rejects(session, rejects)
+                # A sign of life clears a pending will (_seen), so a will still pending
+                # came after the device's last sign of life: write what was seen first,
+                # then flip the will's devices offline. (The other order left a device
+                # that announced itself and dropped within one flush online, with no
+                # offline event, until it missed three heartbeats.)
+                restored = await flush_states(session, pending, hb, self.settings.offline_after_intervals)
                 wills = [d for d, st in pending.items() if st.will_at is not None]
                 went_offline = await mark_offline(session, wills, now) if wills else []
-                restored = await flush_states(session, pending, hb, self.settings.offline_after_intervals)
-                rows = [
+                rows = [self._supervision_row(d, "online", now, offline_since=since) for d, since in restored]
+                rows += [
                     self._supervision_row(d, "offline", now, last_seen=ls, cause="will")
                     for d, ls in went_offline
-                ]
-                rows += [
-                    self._supervision_row(d, "online", now, offline_since=since) for d, since in restored
                 ]
                 new = await insert_events(session, rows)
         except Exception:

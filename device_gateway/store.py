@@ -205,12 +205,20 @@ async def mark_offline(
     session: AsyncSession, device_ids: Sequence[str], at: datetime
 ) -> list[tuple[str, datetime | None]]:
     """Flip online → offline; returns (device_id, last_seen) only for rows this call flipped,
-    so with several gateway copies exactly one raises the offline event."""
+    so with several gateway copies exactly one raises the offline event.
+
+    A will proves the device was connected, so a device never recorded offline (no
+    ``offline_since``) is flipped too, even if no reading of it reached us first: a
+    power cut's devices whose "online" or last reading was lost on the way still get
+    their outage. Call after ``flush_states``, which writes the row it flips."""
     if not device_ids:
         return []
     result = await session.execute(
         update(DeviceState)
-        .where(DeviceState.device_id.in_(list(device_ids)), DeviceState.online.is_(True))
+        .where(
+            DeviceState.device_id.in_(list(device_ids)),
+            or_(DeviceState.online.is_(True), DeviceState.offline_since.is_(None)),
+        )
         .values(online=False, offline_since=at, offline_due_at=None)
         .returning(DeviceState.device_id, DeviceState.last_seen_at)
     )
@@ -275,7 +283,9 @@ async def flush_states(
     The restore is a conditional UPDATE … RETURNING, so with several gateway copies
     exactly one of them sees each device come back and raises the ``online`` event.
     """
-    alive = [d for d, p in pending.items() if p.last_seen is not None and p.will_at is None]
+    # Seen in this window: alive at that moment, even if its will came after (the
+    # gateway then flips it offline in the same transaction, with its event).
+    alive = [d for d, p in pending.items() if p.last_seen is not None]
     restored: list[tuple[str, datetime | None]] = []
     if alive:
         result = await session.execute(
@@ -294,14 +304,14 @@ async def flush_states(
     for device_id, p in pending.items():
         due = (
             p.last_seen + timedelta(seconds=heartbeat_s.get(device_id, 60) * intervals)
-            if p.last_seen is not None and p.will_at is None
+            if p.last_seen is not None
             else None
         )
         rows.append(
             {
                 "device_id": device_id,
                 "last_seen_at": p.last_seen,
-                "online": p.will_at is None and p.last_seen is not None,
+                "online": p.last_seen is not None,
                 "offline_due_at": due,
                 "metrics": p.metrics,
                 "metrics_at": p.metrics_at,

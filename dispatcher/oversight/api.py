@@ -174,7 +174,7 @@ def reports_router(
     ) -> Any:
         if shift is not None and shift not in {s.name for s in the_targets.shifts}:
             known = ", ".join(s.name for s in the_targets.shifts)
-            raise HTTPException(422, f"unknown shift {shift!r}; known shifts: {known}")
+            raise invalid(["query", "shift"], f"unknown shift {shift!r}; known shifts: {known}")
         try:
             rep = await reports.coverage_report(
                 maker,

@@ -3,12 +3,15 @@ docs/oversight.md (supervisors' dashboard and big-screen mode), in Chinese and E
 against a fresh ``carecall demo``.
 
     .venv/bin/python -m tests.console.screenshots [OUT_DIR] [--only operator|supervisor]
-    (default docs/screenshots, both sets)
+        [--history DEMO_DIR]
+    (default docs/screenshots, both sets; --history: the supervisor pages over the folder
+    of a `carecall demo --history-days 30` run instead of a handful of fresh calls)
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sys
 import tempfile
 import time
@@ -19,17 +22,24 @@ from tests.console.test_browser import pick_home, sos
 from tests.console.test_supervisor import seed_calls
 
 
-async def shoot_supervisor(out: Path) -> None:
+async def shoot_supervisor(out: Path, history: Path | None = None) -> None:
     """The dashboard (a tall page, 1366 wide) and the wall display (1920×1080, what a
     county platform's screen shows), after a handful of SOS and fall calls over MQTT that
-    the county operator answers, sends someone to and closes."""
+    the county operator answers, sends someone to and closes; or, given ``history``, over
+    the folder of a ``carecall demo --history-days 30`` run (its database, key and
+    secrets are copied, never changed)."""
     from playwright.async_api import async_playwright
 
     with tempfile.TemporaryDirectory() as tmp:
+        if history is not None:
+            for name in ("carecall.db", "carecall-secret.key", "carecall-demo-secrets.json"):
+                if (history / name).exists():
+                    shutil.copy2(history / name, Path(tmp) / name)
         demo = DemoServer(Path(tmp), free_port(), free_port())
-        demo.start()
+        demo.start(timeout=120.0)
         try:
-            await seed_calls(demo, homes=6)
+            if history is None:
+                await seed_calls(demo, homes=6)
             async with async_playwright() as pw:
                 browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 for lang in ("zh-CN", "en"):
@@ -98,13 +108,18 @@ async def shoot(out: Path) -> None:
 if __name__ == "__main__":
     args = sys.argv[1:]
     only = None
+    history = None
     if "--only" in args:
         i = args.index("--only")
         only = args[i + 1]
+        del args[i : i + 2]
+    if "--history" in args:
+        i = args.index("--history")
+        history = Path(args[i + 1])
         del args[i : i + 2]
     target = Path(args[0]) if args else Path("docs/screenshots")
     target.mkdir(parents=True, exist_ok=True)
     if only in (None, "operator"):
         asyncio.run(shoot(target))
     if only in (None, "supervisor"):
-        asyncio.run(shoot_supervisor(target))
+        asyncio.run(shoot_supervisor(target, history))

@@ -148,6 +148,30 @@ async def test_will_raises_offline_once_and_return_raises_online(running: dict[s
     assert len(on) == 1 and on[0].data["offline_s"] is not None
 
 
+async def test_announce_then_will_within_one_flush_ends_offline(running: dict[str, Any]) -> None:
+    """A device that says "online" and drops before the gateway's next flush is offline,
+    with its offline event, not left online until it misses three heartbeats."""
+    maker = running["maker"]
+    spec = DeviceSpec(device_id="hub", kind="hub", home_id="h1", secret=SECRETS["hub"], heartbeat_s=30)
+    dev = SimulatedDevice(spec, host="127.0.0.1", port=running["port"], clock=Clock(1.0))
+    dev.start()
+    try:
+        await asyncio.wait_for(dev.wait_online(), 10)
+        await dev.go_silent()  # at once: the online status and the will share one flush
+
+        async def offline() -> bool:
+            return bool(await events(maker, type="offline"))
+
+        await wait_for(offline)
+    finally:
+        await dev.stop()
+    off = await events(maker, type="offline")
+    assert len(off) == 1 and off[0].data["cause"] == "will"
+    async with maker() as s:
+        state = await s.get(DeviceState, "hub")
+    assert state is not None and state.online is False
+
+
 async def test_silent_device_goes_offline_after_three_heartbeats(running: dict[str, Any]) -> None:
     maker = running["maker"]
     async with device(running["port"], "hub", will=False) as c:

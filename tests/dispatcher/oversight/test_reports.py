@@ -321,4 +321,5 @@ async def test_coverage_by_shift_reads_the_roster(world: World) -> None:
     h1_night = next(h for h in night["homes"] if h["home_id"] == "h1")
     assert table["rows"][2]["covered"] == (1 if h1_night["covered"] else 0)
     assert len(csv_text.lstrip("\ufeff").splitlines()) == 5
-    assert bad.status_code == 422 and "day, night" in bad.json()["detail"]
+    assert bad.status_code == 422 and "day, night" in bad.json()["detail"][0]["msg"]
+    assert bad.json()["detail"][0]["loc"] == ["query", "shift"]
