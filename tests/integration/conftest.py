@@ -7,10 +7,12 @@ the tests skip, naming what is missing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -93,3 +95,45 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if os.environ.get("CI") and report.skipped and item.get_closest_marker("integration"):
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, which counts as a failure: {report.longrepr}"
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(
+    mosquitto: tuple[str, int],
+    pg_url: str,
+    pg_maker: async_sessionmaker[AsyncSession],
+    redis_url: str,
+    *,
+    instance: str,
+) -> AsyncIterator[Any]:
+    """A gateway on the real broker, database and Redis, with its own shared group;
+    stopped (and awaited) on the way out."""
+    from config.settings import load_settings
+    from device_gateway.service import Gateway, MqttTarget
+    from dispatcher.bus import RedisBus
+    from dispatcher.clock import SystemClock
+
+    host, port = mosquitto
+    settings = load_settings(
+        mqtt_url=f"mqtt://{host}:{port}",
+        database_url=pg_url,
+        redis_url=redis_url,
+        instance=instance,
+        mqtt_shared_group=f"grp-{instance}",
+    )
+    gw = Gateway(
+        settings=settings,
+        maker=pg_maker,
+        bus=RedisBus(redis_url),
+        clock=SystemClock(),
+        mqtt=MqttTarget.from_url(settings.mqtt_url or ""),
+        shared_group=settings.mqtt_shared_group,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(gw.run(stop))
+    try:
+        await asyncio.wait_for(gw.connected.wait(), 10)
+        yield gw
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)

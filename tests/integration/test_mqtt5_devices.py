@@ -16,12 +16,9 @@ from paho.mqtt.properties import Properties
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from config.settings import load_settings
-from device_gateway.service import Gateway, MqttTarget
-from dispatcher.bus import RedisBus
-from dispatcher.clock import SystemClock
 from dispatcher.models import DeviceEvent, DeviceState, RejectedMessage
 from tests.conftest import add_small_registry
+from tests.integration.conftest import running_gateway
 from tests.integration.test_gateway_real_services import ROOT, uniq
 
 pytestmark = pytest.mark.integration
@@ -36,27 +33,9 @@ async def test_mqtt5_device_is_served_like_a_311_one(
     host, port = mosquitto
     dev = uniq("btn5")
     await add_small_registry(pg_maker, {dev: "button"})
-    settings = load_settings(
-        mqtt_url=f"mqtt://{host}:{port}",
-        database_url=pg_url,
-        redis_url=redis_url,
-        instance=uniq("it5"),
-        mqtt_shared_group=uniq("grp"),
-    )
-    gw = Gateway(
-        settings=settings,
-        maker=pg_maker,
-        bus=RedisBus(redis_url),
-        clock=SystemClock(),
-        mqtt=MqttTarget.from_url(settings.mqtt_url or ""),
-        shared_group=settings.mqtt_shared_group,
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(gw.run(stop))
-    try:
-        await asyncio.wait_for(gw.connected.wait(), 10)
+    async with running_gateway(mosquitto, pg_url, pg_maker, redis_url, instance=uniq("it5")) as gw:
         # MQTT 5 extras a device may send: user properties and a message expiry on the
-        # event, a will with a delay; none of them may change what the gateway does.
+        # event, and a will; none of them may change what the gateway does.
         props = Properties(PacketTypes.PUBLISH)
         props.UserProperty = [("fw", "2.1.0")]
         props.MessageExpiryInterval = 3600
@@ -121,9 +100,6 @@ async def test_mqtt5_device_is_served_like_a_311_one(
         assert stored == 1
         assert battery == 87
         assert rejected == 0
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
-        # leave no retained status on the shared broker
-        async with aiomqtt.Client(host, port) as clean:
-            await clean.publish(f"{ROOT}/{dev}/status", b"", qos=1, retain=True)
+    # leave no retained status on the shared broker
+    async with aiomqtt.Client(host, port) as clean:
+        await clean.publish(f"{ROOT}/{dev}/status", b"", qos=1, retain=True)
