@@ -187,8 +187,9 @@ async def coverage_report(
     the_shift = targets.shift(shift) if shift is not None else None  # ValueError if unknown
     async with maker() as s:
         scope = await service.narrow_scope(s, where.scope, where.station_id)
-        homes, stations = await service.load_coverage_inputs(s, scope, shift)
-        tz = service.home_timezone(await service.load_stations(s), where.station_id)
+        infos = await service.load_stations(s)
+        homes, stations = await service.load_coverage_inputs(s, scope, shift, infos)
+        tz = service.home_timezone(infos, where.station_id)
         rosters = (
             {sh.name: await service.responder_counts(s, sh.name) for sh in targets.shifts} if by_shift else {}
         )

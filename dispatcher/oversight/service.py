@@ -490,7 +490,10 @@ async def rostered_shift_names(session: AsyncSession) -> set[str]:
 
 
 async def load_coverage_inputs(
-    session: AsyncSession, scope: frozenset[str] | None, shift: str | None = None
+    session: AsyncSession,
+    scope: frozenset[str] | None,
+    shift: str | None = None,
+    stations: dict[str, StationInfo] | None = None,
 ) -> tuple[list[CoverageHome], list[CoverageStation]]:
     """Homes in scope and every station with its responders: on duty now, or, given a
     shift, rostered on it.
@@ -498,7 +501,8 @@ async def load_coverage_inputs(
     Every station, not only those in scope: a bed near the street boundary may well be
     covered by the neighbour's station, and the circle does not stop at the boundary.
     """
-    stations = await load_stations(session)
+    if stations is None:
+        stations = await load_stations(session)
     counts = await responder_counts(session, shift)
     homes_q = select(Home.id, Home.station_id, Home.lat, Home.lon, Home.area, Home.address).order_by(Home.id)
     if scope is not None:

@@ -16,10 +16,23 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.console.conftest import CHROMIUM, CHROMIUM_ARGS, DemoServer, free_port
 from tests.console.test_browser import pick_home, sos
 from tests.console.test_supervisor import seed_calls
+
+
+async def signed_in_page(browser: Any, demo: DemoServer, lang: str, *, height: int) -> tuple[Any, Any]:
+    """A 1366-wide page in ``lang``, signed in as the demo's county operator."""
+    ctx = await browser.new_context(viewport={"width": 1366, "height": height}, locale=lang)
+    await ctx.add_init_script(f"localStorage.setItem('carecall.lang', '{lang}')")
+    page = await ctx.new_page()
+    await page.goto(f"{demo.url}/")
+    await page.fill("#login-username", "county-op")
+    await page.fill("#login-password", "carecall-demo")
+    await page.click("#login-submit")
+    return ctx, page
 
 
 async def shoot_supervisor(out: Path, history: Path | None = None) -> None:
@@ -43,13 +56,7 @@ async def shoot_supervisor(out: Path, history: Path | None = None) -> None:
             async with async_playwright() as pw:
                 browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 for lang in ("zh-CN", "en"):
-                    ctx = await browser.new_context(viewport={"width": 1366, "height": 1330}, locale=lang)
-                    await ctx.add_init_script(f"localStorage.setItem('carecall.lang', '{lang}')")
-                    page = await ctx.new_page()
-                    await page.goto(f"{demo.url}/")
-                    await page.fill("#login-username", "county-op")
-                    await page.fill("#login-password", "carecall-demo")
-                    await page.click("#login-submit")
+                    ctx, page = await signed_in_page(browser, demo, lang, height=1330)
                     await page.wait_for_selector("#conn-state.ok")
                     await page.goto(f"{demo.url}/console/#/oversight")
                     await page.wait_for_selector("#ch-coverage svg.chart-coverage")
@@ -78,13 +85,7 @@ async def shoot(out: Path) -> None:
             async with async_playwright() as pw:
                 browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 for lang in ("zh-CN", "en"):
-                    ctx = await browser.new_context(viewport={"width": 1366, "height": 768}, locale=lang)
-                    await ctx.add_init_script(f"localStorage.setItem('carecall.lang', '{lang}')")
-                    page = await ctx.new_page()
-                    await page.goto(f"{demo.url}/")
-                    await page.fill("#login-username", "county-op")
-                    await page.fill("#login-password", "carecall-demo")
-                    await page.click("#login-submit")
+                    ctx, page = await signed_in_page(browser, demo, lang, height=768)
                     await page.locator("#queue-list li.call").nth(2).wait_for()
                     await page.wait_for_timeout(300)
                     await page.screenshot(path=str(out / f"queue-{lang}.png"))
