@@ -17,6 +17,8 @@ import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from config.types import TimeZoneName
+
 CONFIG_DIR = Path(__file__).resolve().parent
 
 
@@ -36,6 +38,12 @@ class Settings(BaseSettings):
         default="sqlite:///carecall.db", description="SQLAlchemy URL: sqlite:///file or postgresql://"
     )
     redis_url: str | None = Field(default=None, description="redis://host:port/db; unset = in-memory")
+    mqtt_admin_url: str | None = Field(
+        default=None,
+        description="mqtt://carecall-broker-admin:password@host:port: Mosquitto's dynamic-security "
+        "admin account (written by broker-config); set on the gateway, disabled or re-keyed "
+        "devices are refused and disconnected at once",
+    )
 
     # --- identity of this process copy ------------------------------------------------
     instance: str = Field(
@@ -74,23 +82,69 @@ class Settings(BaseSettings):
     escalation_file: Path = Field(default=CONFIG_DIR / "escalation.yaml", description="escalation policies")
     notifier: Literal["log", "webhook"] = "log"
     webhook_url: str | None = None
+    # config/notifications.yaml (or another file like it): the SMS, voice, robot and e-mail
+    # channels and the purposes routed through them (docs/notifications.md). Unset: every
+    # notification goes to the notifier above, and pages reach the responder app only.
+    notifications_file: Path | None = Field(
+        default=None, description="notification channels (SMS, voice, robots, e-mail); unset = notifier only"
+    )
+    # The address people outside the control room reach CareCall at (https://…), for the
+    # links in family contacts' messages (/f/…). Unset: the links are paths only.
+    public_url: str | None = Field(default=None, description="https://… base of family links")
     timer_poll_s: float = Field(default=0.25, gt=0, le=10)
+
+    # --- stall alarm (dead man's switch over dispatch; docs/operations.md) ----------------
+    stall_check_s: float = Field(default=2.0, gt=0, le=60, description="how often each process checks for a stall")
+    stall_intake_s: float = Field(
+        default=15.0, gt=0, description="a stored event not taken into a call for this long is a stall"
+    )
+    stall_timers_s: float = Field(default=10.0, gt=0, description="an escalation timer this late is a stall")
+    stall_acks_s: float = Field(default=30.0, gt=0, description="a device ack pending this long is a stall")
+    stall_notifications_s: float = Field(
+        default=30.0, gt=0, description="a notification overdue this long is a stall"
+    )
+    stall_loop_s: float = Field(
+        default=30.0, gt=0, description="a dispatcher loop (intake, timers, outbox) idle this long is a stall"
+    )
+    stall_watchdog_loop_s: float = Field(
+        default=120.0, gt=30, description="the watchdog loop (runs every 30 s) idle this long is a stall"
+    )
 
     # --- access ------------------------------------------------------------------------
     admin_password: SecretStr | None = Field(
         default=None, description="password of the first admin (else generated)"
     )
     secret_key: SecretStr | None = Field(default=None, description="token signing key shared by all copies")
+    login_max_failures: int = Field(
+        default=5, ge=1, le=1000, description="consecutive failed sign-ins that lock an account"
+    )
+    login_lock_s: int = Field(
+        default=900, ge=1, le=7 * 86_400, description="how long a locked account stays locked"
+    )
+    login_throttle_ip: str = Field(
+        default="30/minute", description="failed sign-ins allowed per client address (limits syntax)"
+    )
+    login_throttle_user: str = Field(
+        default="10/minute", description="failed sign-ins allowed per username, known or not (limits syntax)"
+    )
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="largest accepted HTTP request body (413 above)"
+    )
 
     # --- files -----------------------------------------------------------------------
     rules_file: Path = Field(default=CONFIG_DIR / "rules.yaml")
-    timezone: str = Field(default="Asia/Shanghai")
+    basemap_file: Path | None = Field(
+        default=None,
+        description="streets under the console's map: a PMTiles archive of PNG/JPEG/WebP tiles of "
+        "this county, served at /console/basemap.pmtiles; unset = the demo county's generated map",
+    )
+    timezone: TimeZoneName = Field(default="Asia/Shanghai")
 
     # --- logging ---------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
 
-    @field_validator("mqtt_url")
+    @field_validator("mqtt_url", "mqtt_admin_url")
     @classmethod
     def _check_mqtt_url(cls, value: str | None) -> str | None:
         if value in (None, ""):
@@ -123,15 +177,15 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis:// or rediss://")
         return value
 
-    @field_validator("timezone")
+    @field_validator("login_throttle_ip", "login_throttle_user")
     @classmethod
-    def _check_timezone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+    def _check_rate(cls, value: str) -> str:
+        from limits import parse
 
         try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r}") from exc
+            parse(value)
+        except ValueError as exc:
+            raise ValueError("must be a rate like 30/minute or 100/hour") from exc
         return value
 
     @field_validator("rules_file", "dispatch_file", "escalation_file")

@@ -1,0 +1,76 @@
+"""Pure decisions of ``carecall bench``'s lane phases (issue 15): which phases a
+``--phases`` text selects, and the contended and flood figures set beside the quiet ones
+with their ratios. No I/O here; carecall/shell/bench.py runs the phases and prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+PHASES = ("quiet", "contended", "flood")
+"""quiet: alarm path, storm, timers as before; contended: the alarm path and storm again
+while a helper process keeps one core busy; flood: one device sends junk while others
+send alarms. The baseline and the ingest ramp always run (every ratio needs them)."""
+
+
+def parse_phases(text: str) -> tuple[str, ...]:
+    """``"quiet,contended"`` → ``("quiet", "contended")`` in the bench's own order;
+    raises ValueError naming the unknown or missing phase."""
+    names = [p.strip().lower() for p in text.split(",") if p.strip()]
+    if not names:
+        raise ValueError(f"--phases needs at least one of {', '.join(PHASES)}")
+    unknown = [n for n in names if n not in PHASES]
+    if unknown:
+        raise ValueError(f"unknown phase {unknown[0]!r}: choose from {', '.join(PHASES)}")
+    return tuple(p for p in PHASES if p in names)
+
+
+def ratio(value: Any, reference: Any) -> float | None:
+    """value / reference, or None when either is missing or the reference is not positive."""
+    if isinstance(value, bool) or isinstance(reference, bool):
+        return None
+    if not isinstance(value, int | float) or not isinstance(reference, int | float) or reference <= 0:
+        return None
+    return round(value / reference, 2)
+
+
+# (label, quiet figure key, other figure key)
+CONTENDED_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("event→'received' ack p50 (ms)", "alarm_ack_p50_ms", "contended_alarm_ack_p50_ms"),
+    ("event→'received' ack p99 (ms)", "alarm_ack_p99_ms", "contended_alarm_ack_p99_ms"),
+    ("event→call on a console p99 (ms)", "console_p99_ms", "contended_console_p99_ms"),
+    ("storm ack p50 (ms)", "storm_ack_p50_ms", "contended_storm_ack_p50_ms"),
+    ("storm ack p99 (ms)", "storm_ack_p99_ms", "contended_storm_ack_p99_ms"),
+    ("storm: not stored + not acked + not routed", "storm_lost", "contended_storm_lost"),
+)
+FLOOD_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("other devices' SOS ack p50 (ms)", "flood_quiet_ack_p50_ms", "flood_ack_p50_ms"),
+    ("other devices' SOS ack p99 (ms)", "flood_quiet_ack_p99_ms", "flood_ack_p99_ms"),
+    ("other devices' SOS not acked", "flood_quiet_unacked", "flood_unacked"),
+)
+
+
+def lane_rows(
+    figures: Mapping[str, Any], phases: tuple[str, ...]
+) -> list[tuple[str, str, Any, Any, float | None]]:
+    """(section, label, quiet value, phase value, phase/quiet) for the phases that ran.
+
+    The contended rows compare with the quiet phase of the same run (None when it did not
+    run); the flood rows with the flood phase's own quiet leg just before the junk."""
+    out: list[tuple[str, str, Any, Any, float | None]] = []
+    if "contended" in phases:
+        for label, quiet_key, key in CONTENDED_ROWS:
+            q, v = figures.get(quiet_key), figures.get(key)
+            out.append(("contended", label, q, v, ratio(v, q)))
+    if "flood" in phases:
+        for label, quiet_key, key in FLOOD_ROWS:
+            q, v = figures.get(quiet_key), figures.get(key)
+            out.append(("flood", label, q, v, ratio(v, q)))
+    return out
+
+
+def storm_lost(st: Mapping[str, Any]) -> int:
+    """Storm events not stored, plus not acked, plus not routed into a call."""
+    events = int(st["events"])
+    return int(st["lost"]) + (events - int(st["acked"])) + (events - int(st["routed_into_calls"]))

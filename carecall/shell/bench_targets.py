@@ -1,0 +1,502 @@
+"""What ``carecall bench`` runs against (carecall/shell/bench.py drives it): the platform
+processes it starts (carecall/shell/bench_worker.py) on the embedded target (amqtt +
+SQLite + in-memory bus, one process) or the real one (Mosquitto + PostgreSQL + Redis on
+127.0.0.1, gateways and dispatchers in separate processes), the fleet registered for them,
+and the CPU and memory they use. Every process started is stopped (SIGTERM, then
+SIGKILL) and every database created is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from carecall.shell.fleet_registry import Fleet, provision_fleet
+from simulators.loadgen import paho_client
+
+PG_ADMIN_URL = os.environ.get("CARECALL_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = "redis://127.0.0.1:6379/0"
+MOSQUITTO = ("127.0.0.1", 1883)
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    quick: bool = False
+    targets: tuple[str, ...] = ("embedded",)
+    gateways: int = 1
+    dispatchers: int = 1
+    homes: int = 2_000
+    phases: tuple[str, ...] = ("quiet", "contended", "flood")
+
+    @property
+    def repeats(self) -> int:
+        # a full run quotes the median of 3; --quick trades that for finishing in a minute
+        return 1 if self.quick else 3
+
+    @property
+    def baseline_messages(self) -> int:
+        return 5_000 if self.quick else 30_000
+
+    @property
+    def latency_s(self) -> float:
+        return 1.0 if self.quick else 5.0
+
+    @property
+    def ingest_step_s(self) -> float:
+        return 2.0 if self.quick else 4.0
+
+    @property
+    def alarm_s(self) -> float:
+        return 4.0 if self.quick else 20.0
+
+    @property
+    def storm(self) -> tuple[int, float]:
+        """(events, seconds): the issue's storm is 5,000 in 10 s; --quick keeps the rate."""
+        return (1_000, 2.0) if self.quick else (5_000, 10.0)
+
+    @property
+    def hog_limit_s(self) -> float:
+        """The contended phase's CPU hog stops itself after this, whatever happens: longer
+        than the phase's alarm path and storm with their waits, never unbounded."""
+        return 90.0 if self.quick else 400.0
+
+    @property
+    def flood_s(self) -> float:
+        """Length of each flood leg (quiet, then junk) at ``flood_junk_per_s``."""
+        return 2.0 if self.quick else 10.0
+
+    @property
+    def lane_alarm_s(self) -> float:
+        """The contended phase's alarm path: --quick halves the quiet one (same rates)."""
+        return self.alarm_s / 2 if self.quick else self.alarm_s
+
+    @property
+    def lane_storm(self) -> tuple[int, float]:
+        """The contended phase's storm: --quick halves the quiet one (same rate)."""
+        n, secs = self.storm
+        return (n // 2, secs / 2) if self.quick else (n, secs)
+
+    @property
+    def lane_wait_s(self) -> float | None:
+        """--quick: the contended and flood phases wait at most this for acks and routing
+        (they are crash and correctness checks there, bounded to keep the run short);
+        None: the quiet phase's waits."""
+        return 5.0 if self.quick else None
+
+    @property
+    def flood_junk_per_s(self) -> float:
+        return 1_000.0
+
+    @property
+    def flood_alarms_per_s(self) -> float:
+        return 50.0
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def reachable(addr: tuple[str, int]) -> bool:
+    try:
+        with socket.create_connection(addr, timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Worker:
+    name: str
+    proc: subprocess.Popen[bytes]
+    stats_path: Path
+    log_path: Path
+
+    def stats(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.stats_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_worker(role: str, name: str, env: dict[str, str], workdir: Path) -> Worker:
+    stats_path = workdir / f"{name}.stats.json"
+    log_path = workdir / f"{name}.log"
+    full_env = dict(os.environ)
+    full_env.update(env)
+    full_env.setdefault("CARECALL_LOG_LEVEL", "WARNING")
+    with log_path.open("ab") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "carecall.shell.bench_worker", role, "--stats", str(stats_path)],
+            env=full_env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    return Worker(name, proc, stats_path, log_path)
+
+
+def wait_ready(workers: list[Worker], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for w in workers:
+            if w.proc.poll() is not None:
+                tail = w.log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
+                raise RuntimeError(f"bench worker {w.name} exited with {w.proc.returncode}:\n{tail}")
+        if all(w.stats().get("ready") for w in workers):
+            return
+        time.sleep(0.1)
+    raise TimeoutError("bench workers did not become ready in time")
+
+
+def gateway_messages(workers: list[Worker]) -> int:
+    return sum(int(w.stats().get("gateway", {}).get("telemetry", 0)) for w in workers)
+
+
+# --------------------------------------------------------------------------- CPU / memory
+
+
+class ProcessMeter:
+    """CPU seconds and resident memory of named processes between start() and stop()."""
+
+    def __init__(self, procs: dict[str, list[int]]) -> None:
+        self._procs = {
+            name: [psutil.Process(p) for p in pids if psutil.pid_exists(p)] for name, pids in procs.items()
+        }
+        self._t0 = 0.0
+        self._cpu0: dict[str, float] = {}
+        self._rss_peak: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _cpu(self, name: str) -> float:
+        total = 0.0
+        for p in self._procs[name]:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
+
+    def _rss(self, name: str) -> float:
+        total = 0.0
+        for p in self._procs[name]:
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+        return total / 2**20
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.5):
+            for name in self._procs:
+                self._rss_peak[name] = max(self._rss_peak.get(name, 0.0), self._rss(name))
+
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+        self._cpu0 = {n: self._cpu(n) for n in self._procs}
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> dict[str, dict[str, float]]:
+        wall = time.monotonic() - self._t0
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        out: dict[str, dict[str, float]] = {}
+        for name in self._procs:
+            cpu = self._cpu(name) - self._cpu0.get(name, 0.0)
+            out[name] = {
+                "cpu_pct": round(100 * cpu / wall, 1) if wall > 0 else 0.0,
+                "rss_peak_mb": round(max(self._rss_peak.get(name, 0.0), self._rss(name)), 1),
+                "processes": len(self._procs[name]),
+            }
+        return out
+
+
+def service_pids() -> dict[str, list[int]]:
+    """PIDs of the system services on this machine (Mosquitto, PostgreSQL, Redis)."""
+    found: dict[str, list[int]] = {"mosquitto": [], "postgres": [], "redis": []}
+    for p in psutil.process_iter(["name", "pid"]):
+        name = (p.info.get("name") or "").lower()
+        for key in found:
+            if name.startswith(key):
+                found[key].append(int(p.info["pid"]))
+    return found
+
+
+@dataclass
+class Target:
+    name: str
+    host: str
+    port: int
+    loadgen_creds: tuple[str | None, str | None]
+    observer_creds: tuple[str | None, str | None]
+    db_url: str
+    gateways: list[Worker]
+    workers: list[Worker]
+    console: Callable[[], dict[int, float]]
+    fleet: Fleet
+    notes: list[str] = field(default_factory=list)
+    # fresh homes for the phases that follow the quiet one (issue 15), so their alarms open
+    # calls of their own instead of joining the quiet phase's still-open ones
+    fleets: dict[str, Fleet] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- targets
+
+
+@contextlib.contextmanager
+def embedded_target(cfg: BenchConfig, workdir: Path, say: Progress) -> Iterator[Target]:
+    from carecall.core.db import make_engine, make_sessionmaker
+    from carecall.core.migrate import upgrade
+    from carecall.shell.runtime import PLATFORM_USER
+
+    db_url = f"sqlite:///{workdir}/bench.db"
+    upgrade(db_url)
+    fleet = _provision(db_url, cfg.homes, make_engine, make_sessionmaker)
+    fleets = _phase_fleets(db_url, cfg, make_engine, make_sessionmaker)
+    port = free_port()
+    password = secrets.token_urlsafe(18)
+    env = {
+        "CARECALL_DATABASE_URL": db_url,
+        "CARECALL_EMBEDDED_MQTT_PORT": str(port),
+        "CARECALL_BENCH_PLATFORM_PASSWORD": password,
+        "CARECALL_INSTANCE": "bench-embedded",
+    }
+    env.pop("CARECALL_MQTT_URL", None)
+    worker = start_worker("embedded", "embedded", env, workdir)
+    try:
+        wait_ready([worker])
+        say(f"embedded target up: amqtt on 127.0.0.1:{port}, SQLite, in-memory bus (pid {worker.proc.pid})")
+
+        def console() -> dict[int, float]:
+            seen = worker.stats().get("console", {}).get("first_seen", {})
+            return {int(k): float(v) for k, v in seen.items()}
+
+        yield Target(
+            name="embedded",
+            host="127.0.0.1",
+            port=port,
+            loadgen_creds=(fleet.loadgen_id, fleet.loadgen_secret),
+            observer_creds=(PLATFORM_USER, password),
+            db_url=db_url,
+            gateways=[worker],
+            workers=[worker],
+            console=console,
+            fleet=fleet,
+            fleets=fleets,
+        )
+    finally:
+        worker.stop()
+
+
+def _provision(
+    db_url: str,
+    homes: int,
+    make_engine: Any,
+    make_sessionmaker: Any,
+    prefix: str = "bench",
+    with_secrets: bool = False,
+) -> Fleet:
+    async def go() -> Fleet:
+        engine = make_engine(db_url)
+        try:
+            return await provision_fleet(
+                make_sessionmaker(engine), homes, prefix=prefix, with_secrets=with_secrets
+            )
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+def phase_fleet_sizes(cfg: BenchConfig) -> dict[str, int]:
+    """Homes registered up front for the contended and flood phases (before the platform
+    starts, like the main fleet): the contended phase re-runs the alarm path and storm,
+    the flood phase needs the flooding device plus one home per alarm of its two legs."""
+    sizes: dict[str, int] = {}
+    if "contended" in cfg.phases:
+        sizes["contended"] = cfg.homes
+    if "flood" in cfg.phases:
+        sizes["flood"] = 1 + 2 * round(cfg.flood_alarms_per_s * cfg.flood_s)
+    return sizes
+
+
+def _phase_fleets(
+    db_url: str, cfg: BenchConfig, make_engine: Any, make_sessionmaker: Any
+) -> dict[str, Fleet]:
+    # the flood's devices get secrets: the flooding one connects as itself, like a device
+    return {
+        phase: _provision(
+            db_url,
+            n,
+            make_engine,
+            make_sessionmaker,
+            prefix=f"bench{phase[0]}",
+            with_secrets=phase == "flood",
+        )
+        for phase, n in phase_fleet_sizes(cfg).items()
+    }
+
+
+class RedisConsole:
+    """A console client on the real bus: Redis ``carecall:calls``, first sight per call id."""
+
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self._r = redis.Redis.from_url(url)
+        self._ps = self._r.pubsub(ignore_subscribe_messages=True)
+        self._ps.subscribe("carecall:calls")
+        self.first_seen: dict[int, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="redis-console")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            msg = self._ps.get_message(timeout=0.2)
+            if msg is None or msg.get("type") != "message":
+                continue
+            now = time.monotonic()
+            with contextlib.suppress(ValueError, TypeError):
+                for cid in json.loads(msg["data"]).get("ids", []):
+                    with self._lock:
+                        self.first_seen.setdefault(int(cid), now)
+
+    def snapshot(self) -> dict[int, float]:
+        with self._lock:
+            return dict(self.first_seen)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self._ps.close()
+        self._r.close()
+
+
+def _admin(sql: str) -> None:
+    import asyncpg  # type: ignore[import-untyped]
+
+    async def go() -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL.replace("postgresql://", "postgres://"))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+def _forget_sessions(client_ids: list[str]) -> None:
+    """Drop the persistent sessions our gateways left on the shared Mosquitto."""
+    for cid in client_ids:
+        with contextlib.suppress(Exception):
+            c = paho_client(MOSQUITTO[0], MOSQUITTO[1], cid)
+            c.disconnect()
+            c.loop_stop()
+
+
+@contextlib.contextmanager
+def real_target(cfg: BenchConfig, workdir: Path, say: Progress) -> Iterator[Target]:
+    from carecall.core.db import make_engine, make_sessionmaker
+    from carecall.core.migrate import upgrade
+
+    missing = [
+        n
+        for n, a in (
+            ("Mosquitto", MOSQUITTO),
+            ("PostgreSQL", ("127.0.0.1", 5432)),
+            ("Redis", ("127.0.0.1", 6379)),
+        )
+        if not reachable(a)
+    ]
+    if missing:
+        raise RuntimeError(f"--target real needs {', '.join(missing)} on 127.0.0.1")
+    name = f"carecall_bench_{secrets.token_hex(4)}"
+    _admin(f'CREATE DATABASE "{name}"')
+    db_url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    workers: list[Worker] = []
+    instances: list[str] = []
+    console: RedisConsole | None = None
+    try:
+        upgrade(db_url)
+        fleet = _provision(db_url, cfg.homes, make_engine, make_sessionmaker)
+        fleets = _phase_fleets(db_url, cfg, make_engine, make_sessionmaker)
+        group = f"bench-{secrets.token_hex(3)}"
+        base_env = {
+            "CARECALL_DATABASE_URL": db_url,
+            "CARECALL_REDIS_URL": REDIS_URL,
+            "CARECALL_MQTT_URL": f"mqtt://{MOSQUITTO[0]}:{MOSQUITTO[1]}",
+            "CARECALL_MQTT_SHARED_GROUP": group,
+        }
+        gws = []
+        for i in range(cfg.gateways):
+            inst = f"bench-gw{i}-{secrets.token_hex(2)}"
+            instances.append(f"carecall-gateway-{inst}")
+            gws.append(
+                start_worker("gateway", f"gateway{i}", {**base_env, "CARECALL_INSTANCE": inst}, workdir)
+            )
+        dsps = [
+            start_worker(
+                "dispatcher", f"dispatcher{i}", {**base_env, "CARECALL_INSTANCE": f"bench-d{i}"}, workdir
+            )
+            for i in range(cfg.dispatchers)
+        ]
+        workers = gws + dsps
+        wait_ready(workers)
+        console = RedisConsole(REDIS_URL)
+        say(
+            f"real target up: Mosquitto {MOSQUITTO[0]}:{MOSQUITTO[1]}, PostgreSQL {name}, Redis; "
+            f"{cfg.gateways} gateway(s), {cfg.dispatchers} dispatcher(s)"
+        )
+        yield Target(
+            name=f"real ({cfg.gateways} gw, {cfg.dispatchers} dsp)",
+            host=MOSQUITTO[0],
+            port=MOSQUITTO[1],
+            loadgen_creds=(None, None),
+            observer_creds=(None, None),
+            db_url=db_url,
+            gateways=gws,
+            workers=workers,
+            console=console.snapshot,
+            fleet=fleet,
+            fleets=fleets,
+        )
+    finally:
+        if console is not None:
+            console.close()
+        for w in workers:
+            w.stop()
+        _forget_sessions(instances)
+        with contextlib.suppress(Exception):
+            _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

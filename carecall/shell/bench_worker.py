@@ -1,0 +1,184 @@
+"""A platform process for the benchmark: the production Gateway / Dispatcher classes, run
+exactly as ``carecall gateway`` / ``carecall dispatcher`` / ``carecall demo`` wire them,
+plus a stats file the benchmark can read.
+
+Why not measure the CLI processes from outside? Telemetry leaves no row per message, so
+"sustained without loss" can only be counted by the gateway itself; and on the embedded
+target the console push is an in-process MemoryBus, so only a subscriber inside the same
+process sees it. The stats file (JSON, replaced atomically every 0.2 s and once more at
+exit) carries the gateway's counters, and for the embedded target the monotonic time each
+call id first reached a console subscriber (CLOCK_MONOTONIC is system-wide on Linux, so
+the benchmark can subtract its own publish times).
+
+    python -m carecall.shell.bench_worker {embedded|gateway|dispatcher} --stats FILE [...]
+
+Settings come from CARECALL_* like every other process. SIGTERM stops it after draining.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from carecall.core.logs import configure_logging
+from carecall.core.metrics import REGISTRY
+from carecall.shell.runtime import (
+    Core,
+    Parts,
+    embedded_broker,
+    install_signal_handlers,
+    open_core,
+    start_parts,
+)
+from config.settings import load_settings
+from device_gateway.mqtt import MqttTarget
+from device_gateway.service import Gateway
+
+
+class _Stats:
+    def __init__(self, path: Path, role: str) -> None:
+        self.path = path
+        self.role = role
+        self.gateway: Gateway | None = None
+        self.console: dict[int, float] = {}
+        self.console_messages = 0
+        self.ready = False
+        self.dispatcher_stats: Any = None
+
+    def snapshot(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "role": self.role,
+            "pid": os.getpid(),
+            "ready": self.ready,
+            "t": time.monotonic(),
+        }
+        gw = self.gateway
+        if gw is not None:
+            out["gateway"] = {
+                "messages": gw.stats.messages,
+                # per channel, from the gateway's own Prometheus counter: the ingest figure
+                # must count telemetry only, not echoed acks or status messages
+                "telemetry": REGISTRY.get_sample_value(
+                    "carecall_gateway_messages_total", {"channel": "telemetry"}
+                )
+                or 0,
+                "events_stored": gw.stats.events_stored,
+                "events_duplicate": gw.stats.events_duplicate,
+                "acks": gw.stats.acks,
+                "rejected": gw.rejects.total,
+                "queue": gw.writer.queue.qsize(),
+                "connected": gw.connected.is_set(),
+            }
+        ds = self.dispatcher_stats
+        if ds is not None:
+            out["dispatcher"] = {
+                "events": ds.events,
+                "timers_fired": ds.timers_fired,
+                "device_acks": ds.device_acks,
+            }
+        if self.role == "embedded":
+            out["console"] = {"messages": self.console_messages, "first_seen": self.console}
+        return out
+
+    def write(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.snapshot()), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    async def loop(self) -> None:
+        while True:
+            self.write()
+            await asyncio.sleep(0.2)
+
+
+async def _console(core: Core, stats: _Stats) -> None:
+    """A console client in the embedded process: the same bus push the browser gets."""
+    async for msg in core.bus.subscribe("calls"):
+        now = time.monotonic()
+        stats.console_messages += 1
+        for cid in msg.get("ids", []):
+            if isinstance(cid, int) and cid not in stats.console:
+                stats.console[cid] = now
+
+
+async def main_async(role: str, stats_path: Path, platform_password: str | None) -> None:
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    stats = _Stats(stats_path, role)
+    core = await open_core(settings)
+    try:
+        if role == "embedded":
+            if not platform_password:
+                raise SystemExit("embedded role needs --platform-password")
+            host, port = settings.embedded_mqtt_host, settings.embedded_mqtt_port
+            async with embedded_broker(core, host=host, port=port, password=platform_password) as target:
+                await _serve(core, role, target, None, stats, stop)
+        else:
+            if settings.mqtt_url is None:
+                raise SystemExit("gateway/dispatcher roles need CARECALL_MQTT_URL")
+            target = MqttTarget.from_url(settings.mqtt_url)
+            await _serve(core, role, target, settings.mqtt_shared_group, stats, stop)
+    finally:
+        await core.close()
+
+
+async def _serve(
+    core: Core, role: str, target: MqttTarget, shared: str | None, stats: _Stats, stop: asyncio.Event
+) -> None:
+    """The role's parts, wired as the demo and ``carecall gateway``/``dispatcher`` wire
+    them (``start_parts``), until SIGTERM; the stats file is written to the end."""
+    writer = asyncio.create_task(stats.loop())
+    console: asyncio.Task[None] | None = None
+    parts: Parts | None = None
+    try:
+        parts = await start_parts(
+            core,
+            target,
+            gateway=role in ("embedded", "gateway"),
+            dispatcher=role in ("embedded", "dispatcher"),
+            shared_group=shared,
+            telemetry_qos=int(os.environ.get("CARECALL_BENCH_TELEMETRY_QOS", "0")),
+        )
+        stats.gateway = parts.gateway
+        stats.dispatcher_stats = parts.dispatcher.stats if parts.dispatcher is not None else None
+        console = asyncio.create_task(_console(core, stats)) if role == "embedded" else None
+        await asyncio.sleep(0.3)  # subscriptions settle before anyone is told we are ready
+        stats.ready = True
+        await stop.wait()
+        if console is not None:
+            console.cancel()
+        failures = await parts.close()
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+        if failures:
+            raise failures[0]
+    finally:
+        stop.set()
+        for t in (writer, console, *(parts.tasks if parts is not None else ())):
+            if t is not None:
+                t.cancel()
+        if parts is not None:
+            await asyncio.gather(*parts.tasks, return_exceptions=True)
+        stats.write()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("role", choices=["embedded", "gateway", "dispatcher"])
+    parser.add_argument("--stats", type=Path, required=True)
+    parser.add_argument("--platform-password", default=os.environ.get("CARECALL_BENCH_PLATFORM_PASSWORD"))
+    args = parser.parse_args()
+    asyncio.run(main_async(args.role, args.stats, args.platform_password))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""``python -m carecall.shell.cli``: the ``carecall`` command."""
+
+from carecall.shell.cli import main
+
+main()

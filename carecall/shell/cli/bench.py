@@ -1,0 +1,81 @@
+"""``carecall bench``: the benchmark's command line (carecall/shell/bench.py runs it)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from carecall.shell.bench import render, run_bench
+from carecall.shell.bench_compare import PHASES, parse_phases
+from carecall.shell.bench_targets import BenchConfig
+
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def bench_command(
+    quick: Annotated[
+        bool,
+        typer.Option("--quick", help="Shorter phases: a crash and correctness check, not figures to quote."),
+    ] = False,
+    target: Annotated[
+        str,
+        typer.Option(
+            help="embedded (amqtt + SQLite + in-memory bus, one process), real (Mosquitto + "
+            "PostgreSQL + Redis on 127.0.0.1), or all."
+        ),
+    ] = "embedded",
+    gateways: Annotated[int, typer.Option(help="Gateway copies (real target).", min=1, max=8)] = 1,
+    dispatchers: Annotated[int, typer.Option(help="Dispatcher copies (real target).", min=1, max=8)] = 1,
+    json_file: Annotated[Path | None, typer.Option("--json", help="Write every figure as JSON here.")] = None,
+    phases: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: quiet (alarm path, storm, timers), contended (the same "
+            "with one core held by a CPU loop), flood (other devices' alarms during one "
+            "device's 1,000 malformed messages/s). The baseline and ingest always run."
+        ),
+    ] = ",".join(PHASES),
+) -> None:
+    """Measure throughput and latency on this machine against a same-run baseline (raw
+    paho → broker → paho): ingest, alarm acks, storm, console push, timers, CPU/memory.
+    Targets only 127.0.0.1; bounded; prints a table marking missed targets."""
+    if target not in ("embedded", "real", "all"):
+        raise typer.BadParameter("--target must be embedded, real or all")
+    targets = ("embedded", "real") if target == "all" else (target,)
+    try:
+        selected = parse_phases(phases)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--phases") from exc
+    cfg = BenchConfig(
+        quick=quick, targets=targets, gateways=gateways, dispatchers=dispatchers, phases=selected
+    )
+    t0 = time.monotonic()
+
+    def say(line: str) -> None:
+        sys.stderr.write(f"[{time.monotonic() - t0:6.1f}s] {line}\n")
+        sys.stderr.flush()
+
+    # SIGTERM (a CI job's timeout, `kill`) unwinds like Ctrl-C, so every process the bench
+    # started (platform workers, the contended phase's CPU hog) is stopped on the way out
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        result = run_bench(cfg, say)
+    except (RuntimeError, TimeoutError) as exc:
+        sys.stderr.write(f"carecall bench: {exc}\n")
+        raise typer.Exit(2) from exc
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    typer.echo(render(result))
+    typer.echo(f"\nfinished in {result['seconds']} s")
+    if json_file is not None:
+        json_file.write_text(json.dumps(result, indent=2), encoding="utf-8")
+        typer.echo(f"JSON written to {json_file}")

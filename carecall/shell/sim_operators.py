@@ -1,0 +1,575 @@
+"""Simulated operators and responders for the demo county: they answer the open calls.
+
+Without them a demo has calls that nobody acknowledges, dispatches or closes, and the
+supervisor dashboard has no answer, dispatch, arrival or close times to show. They act
+through the same code path as the API (``dispatcher.calls.actions.act`` in a transaction, the same
+bus announcements after commit), as real users of the ``users`` table — one operator login
+per station, ``sim-<station id>`` — so their actions are audit rows like anybody's.
+
+Two parts:
+
+- ``plan_call`` is pure: given a call's facts and a random stream it returns when the
+  operator answers, whether a responder is sent, when they set off and arrive, and how
+  the call ends. The stream is seeded by the call id, so every copy of the simulator
+  plans the same call the same way (and races on the same actions: the calls service's
+  state checks let one win; the others get a CallError, which is counted, not fatal).
+- ``SimulatedOperators`` is the I/O at the edge: it watches the open calls, performs each
+  planned step when simulated time reaches it, and asks the clock for fine resolution
+  around its steps (``Clock.hold``) so a compressed history keeps human-scale times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import secrets
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import structlog
+from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from carecall.core.bus import MemoryBus, RedisBus
+from carecall.core.clock import Clock
+from device_gateway.models import DeviceEvent
+from dispatcher.audit.chain import AuditKind
+from dispatcher.audit.models import AuditRow
+from dispatcher.auth.models import User
+from dispatcher.calls.actions import act
+from dispatcher.calls.context import Actor, CallError, DispatchContext
+from dispatcher.calls.models import OPEN_STATUSES, Assignment, Call, CallEvent, Timer
+from dispatcher.calls.outbox import queue_device_notices
+from dispatcher.registry.models import Home, Staff, Station
+
+log = structlog.get_logger("carecall.sim.operators")
+
+Action = Literal["acknowledge", "dispatch", "en-route", "arrive", "resolve", "cancel"]
+Answer = Literal["fast", "slow", "unanswered"]
+
+DISPATCHABLE_ROLES = ("responder", "nurse", "doctor")
+# Escalation timer actions and the operator step that makes them pointless (the ``until``
+# of config/escalation.yaml): a timer due before that step will fire.
+STOPPED_BY: dict[str, str] = {
+    "remind": "acknowledge",
+    "escalate_street": "acknowledge",
+    "escalate_county": "acknowledge",
+    "notify_contacts": "acknowledge",
+    "alert_supervisor": "arrive",
+}
+USER_PREFIX = "sim-"
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class CallFacts:
+    """What the operator knows when the call rings."""
+
+    call_id: int
+    event_class: str  # emergency, urgent, trouble, …
+    event_type: str  # sos, fall, offline, …
+    area: str  # urban or rural: the arrival limit
+    travel_limit_s: float  # the call's service circle (15 min urban / 30 rural by default)
+    county_after_s: float | None  # when the call's policy hands it to the county unanswered
+    street_after_s: float | None
+
+
+@dataclass(frozen=True)
+class Step:
+    at_s: float  # seconds after the call's start (its first event_received)
+    action: Action
+    outcome: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    answer: Answer
+    steps: tuple[Step, ...]
+
+    @property
+    def outcome(self) -> str | None:
+        return self.steps[-1].outcome if self.steps else None
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """The shares and ranges of the simulated staff. Defaults: a well-run county that still
+    misses now and then, so the compliance figures are not trivially 100 %."""
+
+    answer_fast: float = 0.88  # answered within 60 s
+    answer_slow: float = 0.08  # answered in 60–180 s; the rest are left to escalate
+    false_alarm_on_phone: float = 0.12  # closed after talking to the resident, nobody sent
+    late_arrival: float = 0.07  # responder arrives after the service circle
+    no_access: float = 0.04  # responder cannot get in
+    false_alarm_on_site: float = 0.08
+    hospital: float = 0.15
+    trouble_dispatch: float = 0.3  # device trouble: someone goes to fix it, else closed by phone
+
+
+DEFAULT_BEHAVIOUR = Behaviour()
+
+
+def plan_call(facts: CallFacts, rng: random.Random, b: Behaviour = DEFAULT_BEHAVIOUR) -> Plan:
+    """When and how the simulated staff handle one call. Pure: same facts and stream, same plan."""
+    r = rng.random()
+    if r < b.answer_fast:
+        answer: Answer = "fast"
+        t = rng.triangular(4.0, 59.0, 14.0)
+    elif r < b.answer_fast + b.answer_slow:
+        answer = "slow"
+        t = rng.uniform(61.0, 178.0)
+    else:
+        answer = "unanswered"  # nobody at the station: the timers escalate it; the county answers
+        up = facts.county_after_s or facts.street_after_s or 180.0
+        t = max(up, 181.0) + rng.uniform(15.0, 240.0)
+    steps: list[Step] = [Step(round(t, 3), "acknowledge")]
+
+    send = rng.random() >= b.false_alarm_on_phone
+    if facts.event_class == "trouble":
+        send = rng.random() < b.trouble_dispatch
+    if not send:
+        t += rng.uniform(30.0, 300.0)
+        if facts.event_class == "trouble":
+            steps.append(Step(round(t, 3), "resolve", "other"))
+        else:
+            steps.append(Step(round(t, 3), "cancel", "false_alarm"))
+        return Plan(answer, tuple(steps))
+
+    t += rng.triangular(15.0, 180.0, 40.0)
+    steps.append(Step(round(t, 3), "dispatch"))
+    t += rng.uniform(20.0, 120.0)
+    steps.append(Step(round(t, 3), "en-route"))
+    limit = facts.travel_limit_s if facts.travel_limit_s > 0 else (1800.0 if facts.area == "rural" else 900.0)
+    # travel counted from the call's start, as the arrival target is
+    if rng.random() < b.late_arrival:
+        arrive_at = limit * rng.uniform(1.03, 1.8)
+    else:
+        arrive_at = limit * rng.triangular(0.3, 0.97, 0.55)
+    t = max(t + 60.0, arrive_at)
+    steps.append(Step(round(t, 3), "arrive"))
+
+    o = rng.random()
+    if facts.event_class == "trouble":
+        outcome = "other"
+    elif o < b.no_access:
+        outcome = "no_access"
+    elif o < b.no_access + b.false_alarm_on_site:
+        outcome = "false_alarm"
+    elif o < b.no_access + b.false_alarm_on_site + b.hospital:
+        outcome = "taken_to_hospital"
+    else:
+        outcome = "helped_on_site"
+    t += rng.triangular(120.0, 2700.0, 600.0) if outcome != "no_access" else rng.uniform(300.0, 1200.0)
+    steps.append(Step(round(t, 3), "resolve", outcome))
+    return Plan(answer, tuple(steps))
+
+
+def facts_from_policy(
+    call_id: int, event_class: str, event_type: str, area: str, policy: Mapping[str, Any]
+) -> CallFacts:
+    """Read the escalation times the call was opened with (its frozen policy snapshot)."""
+    county = street = None
+    for step in policy.get("steps") or ():
+        if not isinstance(step, Mapping):
+            continue
+        after = step.get("after_s")
+        if not isinstance(after, int | float):
+            continue
+        if step.get("action") == "escalate_county":
+            county = float(after)
+        elif step.get("action") == "escalate_street":
+            street = float(after)
+    limit = policy.get("travel_limit_s")
+    return CallFacts(
+        call_id=call_id,
+        event_class=event_class,
+        event_type=event_type,
+        area=area if area in ("urban", "rural") else "urban",
+        travel_limit_s=float(limit) if isinstance(limit, int | float) else 0.0,
+        county_after_s=county,
+        street_after_s=street,
+    )
+
+
+def pick_responders(
+    candidates: Sequence[tuple[str, str]], prefer: Sequence[str], scope: frozenset[str] | None
+) -> list[str]:
+    """One free responder: (staff id, station id) pairs, preferring the stations in
+    ``prefer`` order, limited to the acting operator's scope (None: the whole county)."""
+    allowed = [c for c in candidates if scope is None or c[1] in scope]
+    for station in prefer:
+        for staff_id, st in allowed:
+            if st == station:
+                return [staff_id]
+    return [allowed[0][0]] if allowed else []
+
+
+# --------------------------------------------------------------------------- the shell
+
+
+@dataclass
+class OperatorStats:
+    planned: int = 0
+    actions: Counter[str] = field(default_factory=Counter)
+    conflicts: int = 0  # another copy (or a human) was first: a 409 from the calls service
+    skipped: Counter[str] = field(default_factory=Counter)
+    answers: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class _Tracked:
+    start: datetime
+    plan: Plan
+    next: int = 0
+    held_until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class _Login:
+    user_id: int
+    username: str
+    scope: frozenset[str] | None
+
+
+class SimulatedOperators:
+    """Watches the open calls and acts on them when their planned moments come."""
+
+    HOLD_BEFORE_S = 1.0
+    HOLD_AFTER_S = 3.0
+    # Continuous fine time until an answer due within this (an emergency's reminders come
+    # every 20 s); a device-trouble call left for hours is held around its timers only.
+    ANSWER_HOLD_MAX_S = 900.0
+
+    def __init__(
+        self,
+        *,
+        maker: async_sessionmaker[AsyncSession],
+        clock: Clock,
+        ctx: DispatchContext,
+        bus: MemoryBus | RedisBus | None = None,
+        seed: int = 1,
+        behaviour: Behaviour = DEFAULT_BEHAVIOUR,
+        idle_s: float = 1.0,
+        min_pause_s: float = 0.01,
+    ) -> None:
+        self.maker = maker
+        self.clock = clock
+        self.ctx = ctx
+        self.bus = bus
+        self.seed = seed
+        self.behaviour = behaviour
+        self.idle_s = idle_s  # real seconds between looks when nothing is planned and nothing wakes us
+        self.min_pause_s = min_pause_s  # real seconds between two looks
+        self.stats = OperatorStats()
+        self._tracked: dict[int, _Tracked] = {}
+        self._held_timers: set[int] = set()
+        self._logins: dict[str, _Login] = {}
+        self._wake = asyncio.Event()
+
+    async def prepare(self) -> int:
+        """Create the simulated operator of every station now, before simulated time runs:
+        hashing a password takes half a second of CPU, which at ×10,000 would be more than
+        an hour of simulated time lost in the middle of a station's first call. Returns
+        how many logins exist."""
+        async with self.maker() as s:
+            stations = list(await s.scalars(select(Station.id).order_by(Station.id)))
+        gate = asyncio.Semaphore(4)  # the hashes run in threads; a few at a time
+
+        async def one(station_id: str) -> None:
+            async with gate:
+                await self._login(station_id)
+
+        await asyncio.gather(*(one(st) for st in stations))
+        return len(self._logins)
+
+    # ------------------------------------------------------------------ loop
+
+    async def run(self, stop: asyncio.Event) -> None:
+        listener = asyncio.create_task(self._listen()) if self.bus is not None else None
+        try:
+            while not stop.is_set():
+                self._wake.clear()  # before looking: a call opened meanwhile wakes the next wait
+                try:
+                    delay = await self.step(stop)
+                    # Every action, reminder and escalation publishes "calls" and wakes
+                    # us; a short real pause makes a burst of them one look at the queue.
+                    await asyncio.sleep(self.min_pause_s)
+                except Exception:
+                    log.exception("sim_operators.step_failed")
+                    delay = None
+                await self._wait(stop, delay)
+        finally:
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
+
+    async def _listen(self) -> None:
+        assert self.bus is not None
+        async for _ in self.bus.subscribe("calls"):
+            self._wake.set()
+
+    async def _wait(self, stop: asyncio.Event, simulated_s: float | None) -> None:
+        """Until the next planned step (simulated time), a new call (the bus), or — with
+        nothing planned — a look every ``idle_s`` real seconds, which the bus makes rare."""
+        waiters = [
+            asyncio.ensure_future(stop.wait()),
+            asyncio.ensure_future(self._wake.wait()),
+            asyncio.ensure_future(
+                self.clock.sleep(simulated_s) if simulated_s is not None else asyncio.sleep(self.idle_s)
+            ),
+        ]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    async def step(self, stop: asyncio.Event | None = None) -> float | None:
+        """Look at the open calls, do what is due; returns simulated seconds to the next
+        step (None: nothing planned). Stops between calls once ``stop`` is set, and after
+        the first busy-database write (the rest wait for the next look, 1 s on)."""
+        await self._refresh()
+        now = self.clock.now()
+        next_in: float | None = None
+        for call_id in sorted(self._tracked):
+            if stop is not None and stop.is_set():
+                return None
+            tr = self._tracked[call_id]
+            while tr.next < len(tr.plan.steps):
+                st = tr.plan.steps[tr.next]
+                due = tr.start + timedelta(seconds=st.at_s)
+                if due > now:
+                    wait = (due - now).total_seconds()
+                    next_in = wait if next_in is None else min(next_in, wait)
+                    self._hold(tr, due)
+                    break
+                try:
+                    await self._do(call_id, st)
+                except (OperationalError, DBAPIError) as exc:  # busy database: again soon
+                    log.warning(
+                        "sim_operators.db_busy", call_id=call_id, action=st.action, error=str(exc)[:200]
+                    )
+                    return 1.0 if next_in is None else min(next_in, 1.0)
+                tr.next += 1
+                now = self.clock.now()
+            if tr.next >= len(tr.plan.steps):
+                self._tracked.pop(call_id, None)
+        return None if next_in is None else max(next_in, 0.0)
+
+    def _hold(self, tr: _Tracked, due: datetime) -> None:
+        """Fine time from the start until the answer, then around each next step (the
+        timers that fire after the answer are held apart)."""
+        if tr.held_until is not None and tr.held_until >= due:
+            return
+        # Until the answer the call's reminders repeat every few simulated seconds; at
+        # ×10,000 they would be a write transaction every few real milliseconds, and the
+        # answer itself would wait behind them for SQLite's lock: fine time all along.
+        continuous = tr.next == 0 and (due - tr.start).total_seconds() <= self.ANSWER_HOLD_MAX_S
+        begin = tr.start if continuous else due - timedelta(seconds=self.HOLD_BEFORE_S)
+        end = due + timedelta(seconds=self.HOLD_AFTER_S)
+        self.clock.hold(begin, end)
+        tr.held_until = end
+
+    # ------------------------------------------------------------------ reading
+
+    async def _refresh(self) -> None:
+        async with self.maker() as s:
+            rows = (
+                await s.execute(
+                    select(Call.id, Call.event_class, Call.policy, Home.area)
+                    .join(Home, Home.id == Call.home_id)
+                    .where(Call.status.in_([x.value for x in OPEN_STATUSES]))
+                )
+            ).all()
+            open_ids = {r.id for r in rows}
+            for gone in set(self._tracked) - open_ids:
+                self._tracked.pop(gone, None)
+            timers = (
+                await s.execute(
+                    select(Timer.id, Timer.call_id, Timer.action, Timer.due_at).where(
+                        Timer.status == "pending", Timer.call_id.in_(open_ids)
+                    )
+                )
+            ).all()
+            new = [r for r in rows if r.id not in self._tracked]
+            ids = [r.id for r in new]
+            starts: dict[int, datetime] = {}
+            first_type: dict[int, str] = {}
+            if ids:
+                for cid, at in (
+                    await s.execute(
+                        select(AuditRow.call_id, func.min(AuditRow.at))
+                        .where(AuditRow.call_id.in_(ids), AuditRow.kind == AuditKind.event_received.value)
+                        .group_by(AuditRow.call_id)
+                    )
+                ).all():
+                    if cid is not None and at is not None:
+                        starts[cid] = at
+                for cid, typ in (
+                    await s.execute(
+                        select(CallEvent.call_id, DeviceEvent.type)
+                        .join(DeviceEvent, DeviceEvent.id == CallEvent.event_pk)
+                        .where(CallEvent.call_id.in_(ids))
+                        .order_by(DeviceEvent.id)
+                    )
+                ).all():
+                    first_type.setdefault(cid, typ)
+        for r in new:
+            start = starts.get(r.id)
+            if start is None:
+                continue  # no event_received row yet: look again next time
+            start = start if start.tzinfo else start.replace(tzinfo=UTC)
+            facts = facts_from_policy(r.id, r.event_class, first_type.get(r.id, "?"), r.area, r.policy or {})
+            plan = plan_call(facts, random.Random(f"{self.seed}:call:{r.id}"), self.behaviour)
+            self._tracked[r.id] = _Tracked(start=start, plan=plan)
+            self.stats.planned += 1
+            self.stats.answers[plan.answer] += 1
+        # The platform's own timers (reminders, escalations, the supervisor alert) are
+        # human-scale moments too: fine time around each one that will fire.
+        self._held_timers &= {t.id for t in timers}
+        for t in timers:
+            if t.id in self._held_timers:
+                continue
+            self._held_timers.add(t.id)
+            due = t.due_at if t.due_at.tzinfo else t.due_at.replace(tzinfo=UTC)
+            if self._will_fire(t.call_id, t.action, due):
+                self.clock.hold(
+                    due - timedelta(seconds=self.HOLD_BEFORE_S), due + timedelta(seconds=self.HOLD_AFTER_S)
+                )
+
+    def _will_fire(self, call_id: int, action: str, due: datetime) -> bool:
+        """Whether a timer is due before the planned step that makes it pointless (the
+        answer stops reminders and escalations, the arrival the supervisor alert)."""
+        tr = self._tracked.get(call_id)
+        stopper = STOPPED_BY.get(action)
+        if tr is None or stopper is None:
+            return True
+        for st in tr.plan.steps:
+            if st.action == stopper or (stopper == "arrive" and st.action in ("resolve", "cancel")):
+                return due <= tr.start + timedelta(seconds=st.at_s)
+        return True
+
+    # ------------------------------------------------------------------ acting
+
+    async def _login(self, station_id: str | None) -> _Login | None:
+        """The simulated operator of a station: a real user, created on first need."""
+        if station_id is None:
+            return None
+        known = self._logins.get(station_id)
+        if known is not None:
+            return known
+        from dispatcher.auth.principals import station_subtree
+        from dispatcher.auth.users import DuplicateUsername, create_user
+
+        username = f"{USER_PREFIX}{station_id}"[:64]
+        for attempt in range(5):
+            try:
+                async with self.maker() as s, s.begin():
+                    station = await s.get(Station, station_id)
+                    if station is None:
+                        return None
+                    user = await s.scalar(select(User).where(User.username == username))
+                    if user is None:
+                        user = await create_user(
+                            s,
+                            username=username,
+                            password=secrets.token_urlsafe(24),  # never shown: nobody signs in as it
+                            role="operator",
+                            station_id=station_id,
+                            display_name=f"模拟值班员 {station.name}"[:100],
+                            now=self.clock.now(),
+                        )
+                    scope = (
+                        None if station.tier == "county" else await station_subtree(s, station_id=station_id)
+                    )
+                    login = _Login(user.id, user.username, scope)
+            except (DuplicateUsername, IntegrityError, OperationalError):
+                # another copy created it meanwhile, or SQLite's writer was busy: again
+                await asyncio.sleep(0.05 * (attempt + 1))
+                continue
+            self._logins[station_id] = login
+            return login
+        return None
+
+    async def _responders(self, session: AsyncSession, call: Call, login: _Login) -> list[str]:
+        busy = select(Assignment.staff_id).where(Assignment.active.is_(True))
+        free = (
+            await session.execute(
+                select(Staff.id, Staff.station_id)
+                .where(
+                    Staff.on_duty.is_(True),
+                    Staff.role.in_(DISPATCHABLE_ROLES),
+                    Staff.id.not_in(busy),
+                )
+                .order_by(Staff.id)
+            )
+        ).all()
+        home = await session.get(Home, call.home_id)
+        prefer = [x for x in (home.station_id if home else None, call.station_id) if x]
+        if home is not None:
+            parent = await session.scalar(select(Station.parent_id).where(Station.id == home.station_id))
+            if parent:
+                prefer.append(parent)
+        return pick_responders([(a, b) for a, b in free], prefer, login.scope)
+
+    async def _do(self, call_id: int, st: Step) -> None:
+        # What the operator sees first (a read), then the action in its own transaction,
+        # which the calls service opens with the audit chain's lock, as the API does.
+        async with self.maker() as s:
+            call = await s.get(Call, call_id)
+            if call is None:
+                return
+            station_id = call.station_id
+        login = await self._login(station_id)
+        if login is None:
+            self.stats.skipped["no_station"] += 1
+            return
+        body: dict[str, Any] = {}
+        if st.action == "dispatch":
+            async with self.maker() as s:
+                call = await s.get(Call, call_id)
+                staff = await self._responders(s, call, login) if call is not None else []
+            if not staff:
+                self.stats.skipped["no_free_responder"] += 1
+                log.info("sim_operators.no_free_responder", call_id=call_id)
+                return
+            body["staff_ids"] = staff
+        if st.action == "resolve":
+            body["outcome"] = st.outcome or "other"
+        if st.action == "cancel":
+            body["outcome"] = st.outcome or "cancelled"
+            body["false_alarm"] = True
+        if st.action == "resolve" and st.outcome == "no_access":
+            body["note"] = "nobody opened the door"
+        now = self.clock.now()
+        try:
+            async with self.maker() as s, s.begin():
+                out = await act(
+                    s,
+                    call_id=call_id,
+                    action=st.action,
+                    actor=Actor(name=f"user:{login.username}", user_id=login.user_id),
+                    body=body,
+                    now=now,
+                    ctx=self.ctx,
+                )
+                await queue_device_notices(s, notices=out.device_notices, now=now)
+        except CallError as exc:
+            # Another copy, a human or the resident (a cancel) was first, or the step no
+            # longer applies (nobody was dispatched, so nobody arrives): counted, moved on.
+            self.stats.conflicts += 1
+            log.debug("sim_operators.conflict", call_id=call_id, action=st.action, error=str(exc))
+            return
+        self.stats.actions[st.action] += 1
+        if self.bus is not None:
+            await self.bus.publish("calls", {"ids": sorted(out.calls), "by": "sim-operators"})
+            if out.device_notices or out.notifications:
+                await self.bus.publish("outbox", {"count": len(out.device_notices)})
