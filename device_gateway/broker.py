@@ -2,7 +2,7 @@
 
 Production runs Mosquitto with files from ``broker_config``; this broker exists so that
 ``carecall`` runs with nothing else installed. It must still hold the device contract of
-PROTOCOL.md "Who talks": a device logs in as itself, may publish only under its own
+docs/protocol.md "Who is on the line": a device logs in as itself, may publish only under its own
 topic root and may read only its own downlink, so demo data can never cross homes.
 
 amqtt is extended, not forked. Credentials and topic rules live in ``AccessPolicy`` (plain
@@ -24,6 +24,10 @@ A subclass of amqtt's ``Broker`` fixes what amqtt 0.12.1 gets wrong for this con
   single gateway can use the same subscription on both brokers. Every member of a group
   gets every message (no load split); the embedded broker serves one process anyway.
 
+A registry change announced on the bus (channel ``devices``: a device disabled, re-keyed or
+removed) takes effect at once: ``EmbeddedBroker.follow`` drops the device's cached logins
+and closes each live connection whose credentials the registry no longer accepts.
+
 amqtt speaks MQTT 3.1.1 only (a 5.0 CONNECT is refused), keeps everything in memory and
 delivers QoS 1 at the subscriber's granted QoS.
 """
@@ -35,10 +39,10 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
 from amqtt.broker import Broker
 from amqtt.contexts import Action
@@ -50,9 +54,13 @@ from amqtt.utils import gen_client_id
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from device_gateway.changes import DEVICES_CHANNEL, announced_ids
 from device_gateway.credentials import verify_secret
+from device_gateway.models import Device
 from device_gateway.protocol import DEVICE_ID_RE, DOWNLINK, UPLINK, parse_topic
-from dispatcher.models import Device
+
+if TYPE_CHECKING:
+    from carecall.core.bus import MemoryBus, RedisBus
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +97,7 @@ def _split_share(topic_filter: str) -> str | None:
 
 
 def may_publish(principal: Principal, topic: str) -> bool:
-    """Publish rule; mirrors the ``acl`` file written by ``broker_config``."""
+    """Publish rule; mirrors the dynsec roles written by ``broker_config``."""
     if principal.platform:
         return topic.startswith(_PLATFORM_ROOT)
     parsed = parse_topic(topic)
@@ -127,8 +135,10 @@ class AccessPolicy:
 
     Successful device logins are cached for ``cache_ttl_s`` keyed by (username, SHA-256 of
     the password), so a fleet reconnecting after a broker restart costs one query and one
-    PBKDF2 per device, not per attempt. A device disabled meanwhile can log in again until
-    its entry expires. Failures are never cached, so a fixed secret works at once.
+    PBKDF2 per device, not per attempt. A registry change announced on the bus (``forget``,
+    see ``EmbeddedBroker.follow``) drops the device's entries at once; without it a device
+    disabled meanwhile could log in again until its entry expired. Failures are never
+    cached, so a fixed secret works at once.
     """
 
     def __init__(
@@ -174,6 +184,16 @@ class AccessPolicy:
                 self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
             self._cache[key] = (now + self._ttl, principal)
         return principal
+
+    def forget(self, usernames: Iterable[str]) -> None:
+        """Drop cached logins of these devices: their next login asks the registry."""
+        gone = set(usernames)
+        if gone:
+            self._cache = {k: v for k, v in self._cache.items() if k[0] not in gone}
+
+    async def still_valid(self, username: str, password: str | None) -> bool:
+        """Whether a live device connection's credentials are still accepted (no cache)."""
+        return bool(password) and await self._check_device(username, password or "") is not None
 
     async def _check_device(self, device_id: str, password: str) -> Principal | None:
         self.db_lookups += 1
@@ -288,6 +308,21 @@ class _CareCallBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hint
         finally:
             if task is not None:
                 self._connections.discard(task)
+
+    def device_sessions(self, usernames: set[str]) -> list[tuple[Session, BrokerProtocolHandler]]:
+        """Connected sessions of these devices (platform connections never)."""
+        found = []
+        for session, handler in list(self._sessions.values()):
+            principal = session.attributes.get(_PRINCIPAL_KEY)
+            if (
+                isinstance(principal, Principal)
+                and not principal.platform
+                and principal.username in usernames
+                and session.transitions.state == "connected"
+                and handler is not None
+            ):
+                found.append((session, handler))
+        return found
 
     async def close(self) -> None:
         """amqtt's shutdown closes the sockets but can leave connection tasks behind,
@@ -473,6 +508,37 @@ class EmbeddedBroker:
         await broker.start()
         self._broker = broker
         log.info("embedded MQTT broker listening on %s:%d", self.host, self.port)
+
+    async def follow(self, bus: MemoryBus | RedisBus) -> None:
+        """Apply registry changes announced on the ``devices`` bus channel until cancelled:
+        a disabled, re-keyed or removed device is refused from then on and its live
+        connection is closed (as amqtt does on a takeover: the will fires)."""
+        async for message in bus.subscribe(DEVICES_CHANNEL):
+            ids = announced_ids(message)
+            if not ids:
+                continue
+            try:
+                kicked = await self.revoke(ids)
+            except Exception:  # a bad row or a database hiccup must not end the watch
+                log.exception("embedded broker: applying a registry change failed")
+                continue
+            if kicked:
+                log.info("embedded broker: disconnected %d device(s) no longer accepted", len(kicked))
+
+    async def revoke(self, device_ids: Sequence[str]) -> list[str]:
+        """Forget these devices' cached logins and close each live connection whose
+        credentials the registry no longer accepts; the client ids closed."""
+        self.policy.forget(device_ids)
+        broker = self._broker
+        if broker is None:
+            return []
+        kicked: list[str] = []
+        for session, handler in broker.device_sessions(set(device_ids)):
+            if await self.policy.still_valid(session.username, session.password):
+                continue
+            await handler.handle_connection_closed()
+            kicked.append(session.client_id)
+        return kicked
 
     async def stop(self) -> None:
         broker, self._broker = self._broker, None

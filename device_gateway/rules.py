@@ -1,10 +1,10 @@
-"""Alarm rules the platform owns: calls derived from telemetry (PROTOCOL.md "Telemetry").
+"""Alarm rules the platform owns: calls derived from telemetry (docs/protocol.md "Telemetry").
 
 Many devices in a family care bed only report readings: a mattress sends heart and
 breathing rate and presence, a radar sends motion, battery sensors send a percentage.
 These rules turn those readings into the same calls a smarter device would raise itself
 (``vital_alert``, ``bed_exit``, ``inactivity``, ``low_battery``), so "services find
-people" (DOMAIN.md) does not depend on the device model.
+people" does not depend on the device model.
 
 Everything here is pure: the gateway shell keeps one :class:`RuleState` per device (in
 memory or in Redis via ``to_dict``/``from_dict``), calls :func:`evaluate` for every
@@ -372,7 +372,7 @@ def _vital(
     event = DerivedEvent(
         event_id=f"rule-vital-{metric}-{start}",
         type="vital_alert",
-        # data[metric] mirrors device-side vital_alert events (PROTOCOL: data.hr, data.rr).
+        # data[metric] mirrors device-side vital_alert events (docs/protocol.md: data.hr, data.rr).
         data={"metric": metric, "value": value, "min": lo, "max": hi, "readings": n, metric: value},
         at=at,
     )
@@ -402,27 +402,69 @@ def evaluate(
         raise ValueError(f"local_hour must be 0-23, got {local_hour}")
     at_ms = _epoch_ms(at)
     events: list[DerivedEvent] = []
-
     # Presence first: the vitals and the timers below depend on where the resident is.
-    presence = state.presence
-    out_since = state.out_since_ms
-    out_at_night = state.out_at_night
-    bed_fired = state.bed_exit_fired
-    moved = observed = False
+    pr = _presence(cfg, state, metrics, at_ms, local_hour)
+    runs = _vitals(cfg, ranges, state, metrics, pr.presence, at_ms, at, events)
+    _not_back_in_bed(cfg, pr, at_ms, at, events)
+    last_activity, inactivity_fired = _no_movement(cfg, state, metrics, pr, at_ms, at, events)
+    low_since = _battery(cfg, state, metrics, at_ms, at, events)
+
+    new_state = replace(
+        state,
+        hr=runs["hr"],
+        rr=runs["rr"],
+        presence=pr.presence,
+        out_since_ms=pr.out_since,
+        out_at_night=pr.out_at_night,
+        bed_exit_fired=pr.bed_fired,
+        last_activity_ms=last_activity,
+        inactivity_fired=inactivity_fired,
+        battery_low_since_ms=low_since,
+    )
+    return new_state, events
+
+
+@dataclass(slots=True)
+class _Presence:
+    """Where the resident is after this message, and whether it showed movement."""
+
+    presence: str | None
+    out_since: int | None
+    out_at_night: bool
+    bed_fired: bool
+    moved: bool = False
+    observed: bool = False
+
+
+def _presence(
+    cfg: RulesConfig, state: RuleState, metrics: Mapping[str, MetricValue], at_ms: int, local_hour: int
+) -> _Presence:
+    pr = _Presence(state.presence, state.out_since_ms, state.out_at_night, state.bed_exit_fired)
     reading = metrics.get("presence")
     if isinstance(reading, str) and reading in PRESENCE_VALUES:
-        observed = True
-        if reading != presence:
-            moved = presence is not None  # a change of presence is movement
+        pr.observed = True
+        if reading != pr.presence:
+            pr.moved = pr.presence is not None  # a change of presence is movement
             if reading == IN_BED:
-                out_since, out_at_night, bed_fired = None, False, False
-            elif presence == IN_BED:
+                pr.out_since, pr.out_at_night, pr.bed_fired = None, False, False
+            elif pr.presence == IN_BED:
                 # An exit is a transition out of bed; an out-of-bed first reading tells us
                 # nothing about when they left, so it starts no episode.
-                out_since, out_at_night, bed_fired = at_ms, cfg.bed_exit.is_night(local_hour), False
-            presence = reading
+                pr.out_since, pr.out_at_night, pr.bed_fired = at_ms, cfg.bed_exit.is_night(local_hour), False
+            pr.presence = reading
+    return pr
 
-    # Vital signs.
+
+def _vitals(
+    cfg: RulesConfig,
+    ranges: VitalRanges,
+    state: RuleState,
+    metrics: Mapping[str, MetricValue],
+    presence: str | None,
+    at_ms: int,
+    at: datetime,
+    events: list[DerivedEvent],
+) -> dict[VitalMetric, VitalRun]:
     runs: dict[VitalMetric, VitalRun] = {"hr": state.hr, "rr": state.rr}
     for metric in VITAL_METRICS:
         value = _number(metrics.get(metric))
@@ -432,30 +474,45 @@ def evaluate(
         runs[metric] = run
         if event is not None:
             events.append(event)
+    return runs
 
-    # Not back in bed at night.
+
+def _not_back_in_bed(
+    cfg: RulesConfig, pr: _Presence, at_ms: int, at: datetime, events: list[DerivedEvent]
+) -> None:
     if (
-        presence in NOT_IN_BED
-        and out_since is not None
-        and out_at_night
-        and not bed_fired
-        and at_ms - out_since >= cfg.bed_exit.return_minutes * 60_000
+        pr.presence in NOT_IN_BED
+        and pr.out_since is not None
+        and pr.out_at_night
+        and not pr.bed_fired
+        and at_ms - pr.out_since >= cfg.bed_exit.return_minutes * 60_000
     ):
-        bed_fired = True
+        pr.bed_fired = True
         events.append(
             DerivedEvent(
-                event_id=f"rule-bed-exit-{out_since}",
+                event_id=f"rule-bed-exit-{pr.out_since}",
                 type="bed_exit",
                 data={
                     "returned": False,
                     "minutes": cfg.bed_exit.return_minutes,
-                    "left_at": _iso(out_since),
+                    "left_at": _iso(pr.out_since),
                 },
                 at=at,
             )
         )
 
-    # No movement.
+
+def _no_movement(
+    cfg: RulesConfig,
+    state: RuleState,
+    metrics: Mapping[str, MetricValue],
+    pr: _Presence,
+    at_ms: int,
+    at: datetime,
+    events: list[DerivedEvent],
+) -> tuple[int | None, bool]:
+    """(last activity, whether inactivity has fired) after this message."""
+    observed, moved = pr.observed, pr.moved
     motion = metrics.get("motion")
     if isinstance(motion, bool):
         observed, moved = True, moved or motion
@@ -477,8 +534,18 @@ def evaluate(
                 at=at,
             )
         )
+    return last_activity, inactivity_fired
 
-    # Battery, with hysteresis.
+
+def _battery(
+    cfg: RulesConfig,
+    state: RuleState,
+    metrics: Mapping[str, MetricValue],
+    at_ms: int,
+    at: datetime,
+    events: list[DerivedEvent],
+) -> int | None:
+    """When the battery went low (None = armed), with hysteresis."""
     low_since = state.battery_low_since_ms
     battery = _number(metrics.get("battery_pct"))
     if battery is not None:
@@ -494,17 +561,4 @@ def evaluate(
             )
         elif low_since is not None and battery > cfg.battery.low_pct + cfg.battery.hysteresis_pct:
             low_since = None
-
-    new_state = replace(
-        state,
-        hr=runs["hr"],
-        rr=runs["rr"],
-        presence=presence,
-        out_since_ms=out_since,
-        out_at_night=out_at_night,
-        bed_exit_fired=bed_fired,
-        last_activity_ms=last_activity,
-        inactivity_fired=inactivity_fired,
-        battery_low_since_ms=low_since,
-    )
-    return new_state, events
+    return low_since

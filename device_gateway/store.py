@@ -6,16 +6,16 @@ ON CONFLICT DO NOTHING on (device_id, event_id), so a resent event is the same r
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dispatcher.models import Device, DeviceEvent, DeviceState, RejectedMessage, Resident
+from device_gateway.models import Device, DeviceEvent, DeviceState, RejectedMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +33,27 @@ class DeviceInfo:
     hr_max: int | None
     rr_min: int | None
     rr_max: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ResidentVitals:
+    """How a home's vitals are watched: the facts of its most dependent resident."""
+
+    capacity_level: int | None
+    hr_min: int | None
+    hr_max: int | None
+    rr_min: int | None
+    rr_max: int | None
+
+
+class ResidentLookup(Protocol):
+    """Home id → ``ResidentVitals`` (homes without a resident absent). Residents are the
+    registry's: the process wiring hands the gateway the registry's lookup, the edge
+    itself reads no resident table."""
+
+    async def __call__(
+        self, session: AsyncSession, *, home_ids: Sequence[str]
+    ) -> Mapping[str, ResidentVitals]: ...
 
 
 @dataclass(slots=True)
@@ -81,6 +102,7 @@ class RejectRow:
     detail: str
     payload_size: int
     payload_excerpt: str
+    messages: int = 1  # > 1: a summary of rate-limited rejections (device_gateway/limits.py)
 
 
 @dataclass(slots=True)
@@ -112,11 +134,10 @@ def _greatest(session: AsyncSession, a: Any, b: Any) -> Any:
     return func.max(a, b)
 
 
-_IN_CHUNK = 10_000
-
-
-async def load_devices(session: AsyncSession, device_ids: Iterable[str] | None = None) -> list[DeviceInfo]:
-    """Devices with their first resident's ranges (the one the rules watch)."""
+async def load_devices(
+    session: AsyncSession, device_ids: Iterable[str] | None = None, *, residents: ResidentLookup
+) -> list[DeviceInfo]:
+    """Devices with their home's watched resident facts (the ones the rules use)."""
     stmt = select(
         Device.id,
         Device.home_id,
@@ -128,22 +149,10 @@ async def load_devices(session: AsyncSession, device_ids: Iterable[str] | None =
     if device_ids is not None:
         stmt = stmt.where(Device.id.in_(list(device_ids)))
     rows = (await session.execute(stmt)).all()
-    homes = {r.home_id for r in rows}
-    residents: dict[str, Resident] = {}
-    # In chunks: asyncpg refuses a statement with more than 32,767 parameters, and a
-    # county-scale registry (carecall simulate --devices 100000) has more homes than that.
-    home_list = sorted(homes)
-    for start in range(0, len(home_list), _IN_CHUNK):
-        res = await session.scalars(
-            select(Resident)
-            .where(Resident.home_id.in_(home_list[start : start + _IN_CHUNK]))
-            .order_by(Resident.capacity_level.desc())
-        )
-        for resident in res:
-            residents.setdefault(resident.home_id, resident)  # most dependent resident first
+    vitals = await residents(session, home_ids=sorted({r.home_id for r in rows}))
     out = []
     for r in rows:
-        res_ = residents.get(r.home_id)
+        res = vitals.get(r.home_id)
         out.append(
             DeviceInfo(
                 id=r.id,
@@ -152,11 +161,11 @@ async def load_devices(session: AsyncSession, device_ids: Iterable[str] | None =
                 enabled=r.enabled,
                 heartbeat_s=r.heartbeat_s,
                 privileged=r.privileged,
-                capacity_level=res_.capacity_level if res_ else None,
-                hr_min=res_.hr_min if res_ else None,
-                hr_max=res_.hr_max if res_ else None,
-                rr_min=res_.rr_min if res_ else None,
-                rr_max=res_.rr_max if res_ else None,
+                capacity_level=res.capacity_level if res else None,
+                hr_min=res.hr_min if res else None,
+                hr_max=res.hr_max if res else None,
+                rr_min=res.rr_min if res else None,
+                rr_max=res.rr_max if res else None,
             )
         )
     return out
@@ -195,6 +204,7 @@ async def insert_rejects(session: AsyncSession, rows: Sequence[RejectRow]) -> No
                 "detail": r.detail,
                 "payload_size": r.payload_size,
                 "payload_excerpt": r.payload_excerpt,
+                "messages": r.messages,
             }
             for r in rows
         ],

@@ -1,10 +1,10 @@
-"""Device liveness (PROTOCOL.md "Supervision"): offline once, online once, in turn.
+"""Device liveness (docs/protocol.md "Supervision"): offline once, online once, in turn.
 
 Every uplink message proves the device is alive; there is no heartbeat topic. A device
 silent for ``intervals`` heartbeat intervals (default 3), or whose MQTT will
 (``{"state":"offline"}`` on ``status``) arrives, is offline: one ``offline`` trouble event
 for its station, cleared by one ``online`` event when it is heard again. Silence matters
-because a dead hub is a bed with no emergency call at all (DOMAIN.md: the platform must
+because a dead hub is a bed with no emergency call at all (the platform must
 notice silence, not only wait for a button).
 
 Pure functions: the gateway shell keeps a :class:`Liveness` per device, feeds it uplinks
@@ -177,7 +177,7 @@ def sweep(
 def maintenance_due(
     last_test_at: datetime | None, registered_at: datetime, now: datetime, days: int = 7
 ) -> bool:
-    """True when the device has not sent ``test`` for ``days`` (PROTOCOL: weekly tests).
+    """True when the device has not sent ``test`` for ``days`` (docs/protocol.md: weekly tests).
 
     A button that is never pressed may be broken without anyone knowing; the weekly test
     is the only proof it still calls. A device never tested counts from its registration,
