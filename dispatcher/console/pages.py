@@ -24,7 +24,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 _NO_CACHE = {"Cache-Control": "no-cache"}
 
 
-class _RevalidatedFiles(StaticFiles):
+class RevalidatedFiles(StaticFiles):
     """Static files that the browser revalidates on every load (cheap 304s), so a new
     release is picked up without anyone clearing a cache on a night shift."""
 
@@ -42,7 +42,7 @@ class _RevalidatedFiles(StaticFiles):
 
 def mount_console(app: FastAPI) -> None:
     """Add the console's pages to ``app`` (API routes are added separately)."""
-    app.mount("/console/static", _RevalidatedFiles(directory=STATIC_DIR), name="console-static")
+    app.mount("/console/static", RevalidatedFiles(directory=STATIC_DIR), name="console-static")
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:

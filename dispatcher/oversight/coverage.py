@@ -2,7 +2,7 @@
 
 For every home, the travel time to the nearest station (any tier) with at least one
 responder on duty now, by the same straight-line road estimate routing falls back on
-(``dispatcher.routing.travel_minutes``), against the limit for the home's area. A
+(``dispatcher.calls.routing.travel_minutes``), against the limit for the home's area. A
 what-if adds responders at one station and shows which homes that would bring inside
 the circle: the question a supervisor asks before moving staff.
 
@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from dispatcher.routing import RoutingConfig, straight_km, travel_minutes
+from carecall.core.geo import great_circle_km
+from dispatcher.calls.routing import RoutingConfig, travel_minutes
 
 __all__ = [
     "CoverageHome",
@@ -80,7 +81,7 @@ def coverage(
         limit = limits_min.get(h.area, limits_min["urban"])
         best: tuple[float, str] | None = None
         for s in staffed:
-            m = travel_minutes(routing, straight_km(h.lat, h.lon, s.lat, s.lon), h.area)
+            m = travel_minutes(routing, great_circle_km(h.lat, h.lon, s.lat, s.lon), h.area)
             if best is None or m < best[0]:
                 best = (m, s.id)
         if best is None:

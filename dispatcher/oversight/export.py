@@ -1,4 +1,5 @@
-"""Tables out: CSV, XLSX and terminal text from the same flat rows.
+"""Tables out: CSV, XLSX (written by carecall/core/tabular.py) and terminal text from the
+same flat rows.
 
 Every report is a list of flat dicts before it becomes anything else, and each format
 here is a faithful rendering of those values (numbers stay numbers in XLSX, CSV writes
@@ -8,69 +9,40 @@ report`` cannot disagree about a figure.
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["FORMATS", "MEDIA_TYPES", "columns_of", "to_csv", "to_table", "to_xlsx"]
+from carecall.core.tabular import (
+    MEDIA_TYPES,
+    columns_of,
+    csv_bytes,
+    display_width,
+    ljust_display,
+    rows_in,
+    xlsx_bytes,
+)
+from dispatcher.oversight.text import Lang, column_label
+
+__all__ = ["FORMATS", "MEDIA_TYPES", "columns_of", "headers", "to_csv", "to_table", "to_xlsx"]
 
 FORMATS = ("json", "csv", "xlsx")
-MEDIA_TYPES = {
-    "csv": "text/csv; charset=utf-8",
-    "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-}
 
 
-def columns_of(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Columns in first-seen order across all rows (rows of one report share keys)."""
-    cols: dict[str, None] = {}
-    for r in rows:
-        for k in r:
-            cols.setdefault(k, None)
-    return list(cols)
+def headers(columns: Sequence[str], lang: Lang | None) -> list[str]:
+    """The header row: column names as they are (``lang`` None, for scripts) or as
+    words in zh-CN or English (text.column_label)."""
+    return list(columns) if lang is None else [column_label(c, lang) for c in columns]
 
 
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
-def to_csv(rows: Sequence[Mapping[str, Any]]) -> bytes:
+def to_csv(rows: Sequence[Mapping[str, Any]], lang: Lang | None = None) -> bytes:
     """UTF-8 with a BOM: Excel in a Chinese locale otherwise reads it as GBK."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
     cols = columns_of(rows)
-    w.writerow(cols)
-    for r in rows:
-        w.writerow([_text(r.get(c)) for c in cols])
-    return ("\ufeff" + buf.getvalue()).encode("utf-8")
+    return csv_bytes(headers(cols, lang), rows_in(cols, rows), bom=True)
 
 
-def to_xlsx(rows: Sequence[Mapping[str, Any]], sheet: str = "report") -> bytes:
-    from openpyxl import Workbook
-
-    wb = Workbook()
-    ws = wb.active
-    assert ws is not None
-    ws.title = sheet[:31]
+def to_xlsx(rows: Sequence[Mapping[str, Any]], sheet: str = "report", lang: Lang | None = None) -> bytes:
     cols = columns_of(rows)
-    ws.append(cols)
-    for r, row in enumerate(rows, start=2):
-        for c, col in enumerate(cols, start=1):
-            value = row.get(col)
-            cell = ws.cell(row=r, column=c, value=value)
-            if isinstance(value, str) and value.startswith("="):
-                cell.data_type = "s"  # a report holds no formulas; text stays text
-    ws.freeze_panes = "A2"
-    buf = io.BytesIO()
-    wb.save(buf)
-    return buf.getvalue()
+    return xlsx_bytes(headers(cols, lang), rows_in(cols, rows), sheet=sheet)
 
 
 def _cell(value: Any) -> str:
@@ -93,9 +65,10 @@ def to_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = 
     if not rows:
         return "(no rows)"
     cells = [[_cell(r.get(c)) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip()]
+    # by display width: a Chinese name takes two terminal columns a character
+    widths = [max(display_width(c), *(display_width(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(ljust_display(c, w) for c, w in zip(cols, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     for row in cells:
-        lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+        lines.append("  ".join(ljust_display(v, w) for v, w in zip(row, widths, strict=True)).rstrip())
     return "\n".join(lines)

@@ -29,19 +29,21 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from operator import attrgetter
 from typing import Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo
 
-from dispatcher.chain import AuditKind
+from dispatcher.audit.chain import AuditKind
 from dispatcher.oversight.targets import Targets
+from dispatcher.oversight.workhours import trouble_state
 
 __all__ = [
     "GROUPINGS",
     "METRICS",
     "PERCENTILES",
+    "REPORT_TZ",
     "AuditFact",
     "CallFigures",
     "CallInfo",
@@ -51,17 +53,21 @@ __all__ = [
     "Stats",
     "aggregate",
     "call_figures",
+    "default_period",
     "figures_maker",
     "from_us",
+    "graded_answer_times",
     "group_rows",
     "in_period",
     "marks_from_rows",
     "nearest_rank",
+    "period_bounds",
     "stats",
     "summary",
     "target_column",
     "target_state",
     "to_us",
+    "utc_window",
 ]
 
 PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
@@ -244,6 +250,36 @@ class Period:
         return self.start <= day <= self.end
 
 
+REPORT_TZ = "Asia/Shanghai"  # the county's calendar, when no station's zone applies
+
+
+def default_period(now: datetime, timezone: str = REPORT_TZ) -> Period:
+    """This month so far, by the county's calendar: what a supervisor opens first."""
+    today = now.astimezone(_zone(timezone)).date()
+    return Period(today.replace(day=1), today)
+
+
+# Time zones run from UTC-12 to UTC+14: a local day lies inside this margin of UTC.
+_TZ_MARGIN = timedelta(hours=15)
+
+
+def utc_window(period: Period) -> tuple[datetime, datetime]:
+    """A UTC range that surely holds every local day of the period in any time zone."""
+    lo = datetime.combine(period.start, time(0), tzinfo=UTC) - _TZ_MARGIN
+    hi = datetime.combine(period.end + timedelta(days=1), time(0), tzinfo=UTC) + _TZ_MARGIN
+    return lo, hi
+
+
+def period_bounds(period: Period, timezone: str) -> tuple[datetime, datetime]:
+    """UTC instants of local midnight at the period's first day and after its last, in
+    ``timezone``: device hours are counted over the same local days as the calls."""
+    tz = _zone(timezone)
+    return (
+        datetime.combine(period.start, time(0), tzinfo=tz).astimezone(UTC),
+        datetime.combine(period.end + timedelta(days=1), time(0), tzinfo=tz).astimezone(UTC),
+    )
+
+
 # --------------------------------------------------------------------------- per call
 
 
@@ -270,6 +306,10 @@ class CallFigures(NamedTuple):
     arrival_limit_s: float
     arrival_met: bool | None
     answer_review: bool | None
+    # whether the answer/arrival targets grade this call (targets.answer_classes), and
+    # the device-trouble target's state (None for calls that are not trouble)
+    graded: bool = True
+    trouble_met: bool | None = None
 
     def seconds(self, metric: str) -> float | None:
         value: float | None = getattr(self, f"{metric}_s")
@@ -293,6 +333,9 @@ def figures_maker(targets: Targets, now: datetime) -> Callable[[CallInfo, CallMa
     answer_limits = tuple(t.within_s for t in targets.answer)
     review_s = targets.review.answer_over_s
     urban_s, rural_s = targets.arrival.limit_s("urban"), targets.arrival.limit_s("rural")
+    graded_classes = frozenset(targets.answer_classes)
+    trouble = targets.trouble
+    not_graded = dict.fromkeys(answer_limits)
     epoch = _EPOCH
 
     def make(info: CallInfo, marks: CallMarks) -> CallFigures:
@@ -304,6 +347,17 @@ def figures_maker(targets: Targets, now: datetime) -> Callable[[CallInfo, CallMa
         answer = None if ack is None else round((ack - start) / 1e6, 3)
         arrival = None if scene is None else round((scene - start) / 1e6, 3)
         limit = rural_s if info.area == "rural" else urban_s
+        graded = info.event_class in graded_classes
+        trouble_met = None
+        if info.event_class == "trouble":
+            start_at = epoch + timedelta(microseconds=start)
+            trouble_met = trouble_state(
+                start_at,
+                None if ack is None else epoch + timedelta(microseconds=ack),
+                epoch + timedelta(microseconds=closed if closed is not None else now_us),
+                trouble,
+                info.timezone,
+            )
         return CallFigures(
             info,
             marks,
@@ -312,10 +366,12 @@ def figures_maker(targets: Targets, now: datetime) -> Callable[[CallInfo, CallMa
             None if disp is None else round((disp - start) / 1e6, 3),
             arrival,
             None if closed is None else round((closed - start) / 1e6, 3),
-            {s: target_state(answer, s, waited) for s in answer_limits},
+            {s: target_state(answer, s, waited) for s in answer_limits} if graded else not_graded,
             limit,
-            target_state(arrival, limit, waited) if disp is not None else None,
-            target_state(answer, review_s, waited),
+            target_state(arrival, limit, waited) if disp is not None and graded else None,
+            target_state(answer, review_s, waited) if graded else None,
+            graded,
+            trouble_met,
         )
 
     return make
@@ -389,9 +445,11 @@ def aggregate(figs: Sequence[CallFigures], targets: Targets) -> dict[str, Any]:
     terminal line, and the four can only agree.
     """
     row: dict[str, Any] = {"calls": len(figs)}
+    graded = [f for f in figs if f.graded]
+    row["graded_calls"] = len(graded)
     for metric in METRICS:
         get = attrgetter(f"{metric}_s")
-        st = stats([v for f in figs if (v := get(f)) is not None])
+        st = stats([v for f in graded if (v := get(f)) is not None])
         row[f"{metric}_n"] = st.count
         row[f"{metric}_median_s"] = st.median
         row[f"{metric}_p90_s"] = st.p90
@@ -400,13 +458,13 @@ def aggregate(figs: Sequence[CallFigures], targets: Targets) -> dict[str, Any]:
         row[f"{metric}_max_s"] = st.max
     for t in targets.answer:
         col = target_column(t.within_s)
-        met, eligible = _share(f.answer_met[t.within_s] for f in figs)
+        met, eligible = _share(f.answer_met[t.within_s] for f in graded)
         row[f"{col}_met"] = met
         row[f"{col}_eligible"] = eligible
         row[f"{col}_pct"] = _pct(met, eligible)
         row[f"{col}_target_pct"] = round(100.0 * t.min_share, 2)
         row[f"{col}_target_met"] = _target_met(met, eligible, t.min_share)
-    met, eligible = _share(f.arrival_met for f in figs)
+    met, eligible = _share(f.arrival_met for f in graded)
     row["arrival_within_limit_met"] = met
     row["arrival_within_limit_eligible"] = eligible
     row["arrival_within_limit_pct"] = _pct(met, eligible)
@@ -414,8 +472,28 @@ def aggregate(figs: Sequence[CallFigures], targets: Targets) -> dict[str, Any]:
     row["arrival_within_limit_target_met"] = _target_met(met, eligible, targets.arrival.min_share)
     row["escalated"] = sum(1 for f in figs if f.marks.escalations > 0)
     row["escalated_to_county"] = sum(1 for f in figs if f.marks.escalated_to_county)
-    row["unanswered"] = sum(1 for f in figs if f.answer_s is None)
+    row["unanswered"] = sum(1 for f in graded if f.answer_s is None)
+    row.update(_trouble_columns(figs, targets))
     return row
+
+
+def _trouble_columns(figs: Sequence[CallFigures], targets: Targets) -> dict[str, Any]:
+    """Device trouble against its own working-hours target (never the answer targets)."""
+    trouble = [f for f in figs if f.info.event_class == "trouble"]
+    answered = stats([f.answer_s for f in trouble if f.answer_s is not None])
+    met, eligible = _share(f.trouble_met for f in trouble)
+    share = targets.trouble.min_share
+    return {
+        "trouble_calls": len(trouble),
+        "trouble_answer_median_s": answered.median,
+        "trouble_answer_max_s": answered.max,
+        "trouble_in_time_met": met,
+        "trouble_in_time_eligible": eligible,
+        "trouble_in_time_pct": _pct(met, eligible),
+        "trouble_in_time_target_pct": round(100.0 * share, 2),
+        "trouble_in_time_target_met": _target_met(met, eligible, share),
+        "trouble_unanswered": sum(1 for f in trouble if f.answer_s is None),
+    }
 
 
 def summary(figs: Sequence[CallFigures], targets: Targets) -> dict[str, Any]:
@@ -466,6 +544,11 @@ def group_rows(figs: Sequence[CallFigures], grouping: Grouping, targets: Targets
         {"group": grouping, "key": key, "label": label, **aggregate(members, targets)}
         for (key, label), members in sorted(groups.items())
     ]
+
+
+def graded_answer_times(figs: Iterable[CallFigures]) -> list[float]:
+    """Every answered graded call's seconds, sorted: the answer-time distribution."""
+    return sorted(f.answer_s for f in figs if f.graded and f.answer_s is not None)
 
 
 def in_period(figs: Iterable[CallFigures], period: Period) -> list[CallFigures]:

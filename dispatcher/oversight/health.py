@@ -8,14 +8,31 @@ last test, last seen) is the gateway's current device state.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from device_gateway.supervision import maintenance_due
+from dispatcher.oversight.targets import TESTING_KINDS
 
-__all__ = ["DeviceFacts", "device_rows", "offline_seconds"]
+__all__ = ["DeviceFacts", "device_rows", "offline_seconds", "weekly_test_overdue"]
+
+
+def weekly_test_overdue(
+    kind: str,
+    last_test_at: datetime | None,
+    registered_at: datetime,
+    now: datetime,
+    *,
+    days: int,
+    tested_kinds: Collection[str] = TESTING_KINDS,
+) -> bool:
+    """Whether a device is overdue for its weekly test call. Only kinds that send test
+    calls (buttons and pull cords, smoke, gas and water detectors by default) can be:
+    a hub, watch, radar, mattress or door contact never sends one, so flagging it would
+    bury the untested buttons under devices nobody can fix."""
+    return kind in tested_kinds and maintenance_due(last_test_at, registered_at, now, days=days)
 
 
 def offline_seconds(
@@ -58,22 +75,32 @@ class DeviceFacts:
     last_test_at: datetime | None
     offline_s_in_period: float
     rejected_in_period: int
+    station_name: str = ""
 
 
 def device_rows(
-    devices: Sequence[DeviceFacts], *, now: datetime, test_every_days: int, low_battery_pct: float
+    devices: Sequence[DeviceFacts],
+    *,
+    now: datetime,
+    test_every_days: int,
+    low_battery_pct: float,
+    tested_kinds: Collection[str] = TESTING_KINDS,
 ) -> list[dict[str, Any]]:
     """One row per device, worst first: offline now, then untested, then low battery."""
     rows: list[dict[str, Any]] = []
     for d in devices:
         offline_now = d.online is False and d.offline_since is not None
-        untested = maintenance_due(d.last_test_at, d.created_at, now, days=test_every_days)
+        sends_tests = d.kind in tested_kinds
+        untested = weekly_test_overdue(
+            d.kind, d.last_test_at, d.created_at, now, days=test_every_days, tested_kinds=tested_kinds
+        )
         low = d.battery_pct is not None and d.battery_pct <= low_battery_pct
         rows.append(
             {
                 "device_id": d.id,
                 "home_id": d.home_id,
                 "station_id": d.station_id,
+                "station_name": d.station_name or d.station_id,
                 "street_id": d.street_id,
                 "kind": d.kind,
                 "enabled": d.enabled,
@@ -83,8 +110,9 @@ def device_rows(
                 "battery_pct": d.battery_pct,
                 "low_battery": low,
                 "last_test_at": d.last_test_at.isoformat() if d.last_test_at else None,
+                "sends_tests": sends_tests,
                 "not_tested": untested,
-                "test_every_days": test_every_days,
+                "test_every_days": test_every_days if sends_tests else None,
                 "last_seen_at": d.last_seen_at.isoformat() if d.last_seen_at else None,
                 "rejected_messages": d.rejected_in_period,
             }

@@ -7,11 +7,32 @@ regulator's browser would fetch. Every number on it comes from reports.monthly_d
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-__all__ = ["answer_histogram", "bar_chart", "coverage_map", "line_chart", "monthly_html"]
+from dispatcher.oversight.figures import REPORT_TZ, target_column
+from dispatcher.oversight.text import (
+    Lang,
+    code_label,
+    column_label,
+    format_duration,
+    format_local,
+    format_value,
+    phrase,
+)
+
+__all__ = [
+    "answer_histogram",
+    "bar_chart",
+    "coverage_map",
+    "label_every",
+    "line_chart",
+    "monthly_html",
+    "services_html",
+    "text_width",
+]
 
 W, H = 640, 220
 PAD_L, PAD_B, PAD_T, PAD_R = 44, 28, 12, 10
@@ -35,6 +56,21 @@ def _svg(body: str, title: str, width: int = W, height: int = H) -> str:
     )
 
 
+def text_width(label: str, font_px: float = 9.0) -> float:
+    """An estimate of a label's drawn width: CJK characters are square, Latin ones
+    about 0.6 of the font size (no font metrics in a page that fetches no fonts)."""
+    return sum(font_px if ord(ch) > 0x2E7F else 0.6 * font_px for ch in label)
+
+
+def label_every(labels: Sequence[str], slot_w: float, font_px: float = 9.0, gap: float = 4.0) -> int:
+    """Draw every k-th label, k the smallest so the widest label fits in k slots with a
+    gap: labels under bars never overlap, however many bars or however long the words."""
+    if slot_w <= 0:
+        raise ValueError(f"slot width must be positive, got {slot_w}")
+    widest = max((text_width(lab, font_px) for lab in labels), default=0.0)
+    return max(1, math.ceil((widest + gap) / slot_w))
+
+
 def bar_chart(labels: Sequence[str], values: Sequence[float], title: str, *, colour: str = "#3b6ea5") -> str:
     """Vertical bars with the value above each; empty data draws an empty frame."""
     n = max(1, len(values))
@@ -45,7 +81,7 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], title: str, *, col
         f'<line x1="{PAD_L}" y1="{H - PAD_B}" x2="{W - PAD_R}" y2="{H - PAD_B}" stroke="#444"/>',
         f'<text x="4" y="{PAD_T + 8}" font-size="10">{_fmt(top)}</text>',
     ]
-    step = max(1, n // 24)
+    step = label_every(labels, bw)
     for i, (label, v) in enumerate(zip(labels, values, strict=True)):
         h = plot_h * v / top
         x = PAD_L + i * bw
@@ -61,7 +97,7 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], title: str, *, col
     return _svg("".join(parts), title)
 
 
-def answer_histogram(answer_s: Sequence[float], limits: Sequence[float]) -> str:
+def answer_histogram(answer_s: Sequence[float], limits: Sequence[float], lang: Lang = "en") -> str:
     """Answer times in 15-second bins up to the largest target, the rest in one bin."""
     top = max([*limits, 180.0])
     width = 15.0
@@ -70,7 +106,7 @@ def answer_histogram(answer_s: Sequence[float], limits: Sequence[float]) -> str:
     for v in answer_s:
         counts[min(bins, int(v // width))] += 1
     labels = [f"{int(i * width)}" for i in range(bins)] + [f">{int(top)}"]
-    svg = bar_chart(labels, [float(c) for c in counts], "Answer-time distribution (s)")
+    svg = bar_chart(labels, [float(c) for c in counts], phrase("chart_answer", lang))
     plot_w = W - PAD_L - PAD_R
     marks = "".join(
         f'<line x1="{PAD_L + plot_w * (lim / width) / (bins + 1):.1f}" y1="{PAD_T}" '
@@ -137,13 +173,20 @@ def line_chart(
     return _svg("".join(parts), title)
 
 
-def coverage_map(homes: Sequence[Mapping[str, Any]], stations: Sequence[Mapping[str, Any]]) -> str:
+def coverage_map(
+    homes: Sequence[Mapping[str, Any]], stations: Sequence[Mapping[str, Any]], lang: Lang = "en"
+) -> str:
     """Homes (green inside the circle, red outside) and stations (squares, dark when
     staffed) on an equirectangular projection: a county is small enough for it."""
     size = 420
     pts = [(h["lat"], h["lon"]) for h in homes] + [(s["lat"], s["lon"]) for s in stations]
     if not pts:
-        return _svg('<text x="10" y="20">no homes</text>', "Coverage map", size, size)
+        return _svg(
+            f'<text x="10" y="20">{escape(phrase("no_homes", lang))}</text>',
+            phrase("coverage_map", lang),
+            size,
+            size,
+        )
     lats = [p[0] for p in pts]
     lons = [p[1] for p in pts]
     span = max(max(lats) - min(lats), max(lons) - min(lons), 1e-3)
@@ -161,7 +204,7 @@ def coverage_map(homes: Sequence[Mapping[str, Any]], stations: Sequence[Mapping[
         fill = "#2c3e50" if s["on_duty"] > 0 else "#bbb"
         parts.append(
             f'<rect x="{x - 3:.1f}" y="{y - 3:.1f}" width="6" height="6" fill="{fill}">'
-            f"<title>{escape(str(s['name']))}: {s['on_duty']} on duty</title></rect>"
+            f"<title>{escape(str(s['name']))}: {s['on_duty']} {escape(phrase('on_duty', lang))}</title></rect>"
         )
     for h in homes:
         x, y = xy(h["lat"], h["lon"])
@@ -170,15 +213,39 @@ def coverage_map(homes: Sequence[Mapping[str, Any]], stations: Sequence[Mapping[
             f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{fill}"><title>{escape(str(h["home_id"]))}: '
             f"{_fmt(h['minutes'])} min</title></circle>"
         )
-    return _svg("".join(parts), "Coverage map", size, size)
+    return _svg("".join(parts), phrase("coverage_map", lang), size, size)
 
 
-def _table(rows: Sequence[Mapping[str, Any]], cols: Sequence[tuple[str, str]]) -> str:
+Col = tuple[
+    str, str, str
+]  # (row key, header, how to write it: n number, d duration, t time, or a code family)
+
+
+def _cell(value: Any, how: str, lang: Lang) -> str:
+    if value is None:
+        return "–"
+    if how == "d" and isinstance(value, int | float) and not isinstance(value, bool):
+        return format_duration(float(value), lang)
+    if how == "t":
+        return format_local(str(value), REPORT_TZ, lang)
+    if how == "pct" and isinstance(value, int | float):
+        return f"{value:g}%"
+    if how == "ok" and isinstance(value, bool):
+        return phrase("met" if value else "missed", lang)
+    if how == "reasons":
+        return ", ".join(code_label("reason", r, lang) for r in str(value).split())
+    if how not in ("n", "") and isinstance(value, str):
+        return code_label(how, value, lang)
+    return format_value(value, lang)
+
+
+def _table(rows: Sequence[Mapping[str, Any]], cols: Sequence[Col], lang: Lang) -> str:
     if not rows:
-        return "<p>None.</p>"
-    head = "".join(f"<th>{escape(label)}</th>" for _, label in cols)
+        return f"<p>{escape(phrase('none', lang))}</p>"
+    head = "".join(f"<th>{escape(label)}</th>" for _, label, _ in cols)
     body = "".join(
-        "<tr>" + "".join(f"<td>{escape(_fmt(r.get(k)))}</td>" for k, _ in cols) + "</tr>" for r in rows
+        "<tr>" + "".join(f"<td>{escape(_cell(r.get(k), how, lang))}</td>" for k, _, how in cols) + "</tr>"
+        for r in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -194,103 +261,225 @@ th{background:#eee}td:first-child,th:first-child{text-align:left}.kpi{display:fl
 """
 
 
-def monthly_html(data: Mapping[str, Any]) -> str:
-    """The monthly report page from reports.monthly_data."""
-    s = data["summary"]
-    targets = data["targets"]
+def _c(key: str, lang: Lang, how: str = "n") -> Col:
+    label = column_label(key, lang)
+    if how == "d":  # the cells are words ("1 min 12 s"), so the header drops its unit
+        label = label.removesuffix(" (s)").removesuffix("（秒）")
+    return (key, label, how)
+
+
+def _compliance(data: Mapping[str, Any], lang: Lang) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    s, targets = data["summary"], data["targets"]
     answer_cols = [
-        (f"answer_within_{t['within_s']:g}s", f"answered ≤ {t['within_s']:g} s") for t in targets["answer"]
+        (
+            target_column(t["within_s"]),
+            phrase("answered_within", lang, t=format_duration(t["within_s"], lang)),
+        )
+        for t in targets["answer"]
     ]
-    kpis = [
-        ("calls", "Calls", ""),
-        ("answer_median_s", "Median answer", " s"),
-        ("answer_p90_s", "p90 answer", " s"),
-    ]
-    kpis += [("arrival_median_s", "Median arrival", " s"), ("escalated_to_county", "Escalated to county", "")]
-    kpi_html = "".join(
-        f"<div>{escape(label)}<b>{escape(_fmt(s[k], unit))}</b></div>" for k, label, unit in kpis
-    )
-    comp_rows = [
+    arr, tr = targets["arrival"], targets["trouble"]
+    rows = [
         {
             "target": label,
-            "met": s[f"{col}_met"],
-            "eligible": s[f"{col}_eligible"],
-            "pct": s[f"{col}_pct"],
-            "target_pct": s[f"{col}_target_pct"],
-            "result": s[f"{col}_target_met"],
+            **{k: s[f"{col}_{k}"] for k in ("met", "eligible", "pct", "target_pct", "target_met")},
         }
         for col, label in answer_cols
     ]
-    comp_rows.append(
-        {
-            "target": f"on scene ≤ {targets['arrival']['urban_min']:g} min urban / {targets['arrival']['rural_min']:g} rural",
-            "met": s["arrival_within_limit_met"],
-            "eligible": s["arrival_within_limit_eligible"],
-            "pct": s["arrival_within_limit_pct"],
-            "target_pct": s["arrival_within_limit_target_pct"],
-            "result": s["arrival_within_limit_target_met"],
-        }
+    on_scene = phrase(
+        "on_scene_within",
+        lang,
+        urban=format_duration(60 * arr["urban_min"], lang),
+        rural=format_duration(60 * arr["rural_min"], lang),
     )
+    trouble = phrase(
+        "trouble_within", lang, h=f"{tr['acknowledge_within_h']:g}", start=tr["start"][:5], end=tr["end"][:5]
+    )
+    for label, col in ((on_scene, "arrival_within_limit"), (trouble, "trouble_in_time")):
+        rows.append(
+            {
+                "target": label,
+                **{k: s[f"{col}_{k}"] for k in ("met", "eligible", "pct", "target_pct", "target_met")},
+            }
+        )
+    return rows, answer_cols
+
+
+def _charts(data: Mapping[str, Any], answer_cols: Sequence[tuple[str, str]], lang: Lang) -> list[str]:
+    targets = data["targets"]
     days = data["by_day"]
     series: dict[str, list[float | None]] = {
         label: [d[f"{col}_pct"] for d in days] for col, label in answer_cols
     }
-    series["on scene in limit"] = [d["arrival_within_limit_pct"] for d in days]
-    charts = [
-        answer_histogram(data["answer_times"], [t["within_s"] for t in targets["answer"]]),
+    series[column_label("arrival_within_limit_pct", lang)] = [d["arrival_within_limit_pct"] for d in days]
+    hours = {r["key"]: r["calls"] for r in data["by_hour"]}
+    return [
+        answer_histogram(data["answer_times"], [t["within_s"] for t in targets["answer"]], lang),
         line_chart(
             [d["key"] for d in days],
             series,
-            "Compliance by day (%)",
+            phrase("chart_compliance", lang),
             y_min=min([80.0, *(v for vals in series.values() for v in vals if v is not None)]),
             guides=[100 * t["min_share"] for t in targets["answer"]],
         ),
         bar_chart(
-            [r["key"] for r in data["by_type"]], [float(r["calls"]) for r in data["by_type"]], "Calls by type"
+            [code_label("type", r["key"], lang) for r in data["by_type"]],
+            [float(r["calls"]) for r in data["by_type"]],
+            phrase("chart_type", lang),
         ),
-    ]
-    hours = {r["key"]: r["calls"] for r in data["by_hour"]}
-    charts.append(
         bar_chart(
             [f"{h:02d}" for h in range(24)],
             [float(hours.get(f"{h:02d}", 0)) for h in range(24)],
-            "Calls by hour",
-        )
+            phrase("chart_hour", lang),
+        ),
+    ]
+
+
+def _order_cols(lang: Lang) -> list[Col]:
+    return [
+        ("label", column_label("label", lang), "n"),
+        _c("orders", lang),
+        _c("done", lang),
+        _c("cancelled", lang),
+        _c("open", lang),
+        _c("accept_median_s", lang, "d"),
+        _c("accept_within_level_pct", lang, "pct"),
+        _c("completion_median_s", lang, "d"),
+        _c("completion_within_level_pct", lang, "pct"),
+        _c("satisfaction_mean", lang),
+        *(_c(f"satisfaction_{n}", lang) for n in range(1, 6)),
+        _c("not_done", lang),
+    ]
+
+
+def services_html(orders: Mapping[str, Any], visits: Mapping[str, Any], lang: Lang) -> str:
+    """The service-orders and visit-compliance sections (reports.monthly_data's
+    ``orders`` and ``visits``)."""
+    names = orders.get("kind_names", {})
+    by_kind = [{**r, "label": names.get(r["key"], {}).get(lang, r["key"])} for r in orders["by_kind"]]
+    total = {**orders["summary"], "label": phrase("total", lang)}
+    unassigned = phrase("unassigned", lang)
+    by_provider = [
+        {**r, "label": unassigned if r["key"] == "(none)" else r["label"]} for r in orders["by_provider"]
+    ]
+    # no chart of nothing: a month without orders says "none" in the tables
+    kinds, counts = [r["label"] for r in by_kind], [float(r["orders"]) for r in by_kind]
+    chart = bar_chart(kinds, counts, phrase("chart_orders_kind", lang)) if by_kind else ""
+    cols = _order_cols(lang)
+    visit_cols: list[Col] = [
+        _c("station_name", lang),
+        _c("due", lang),
+        _c("done_on_time", lang),
+        _c("late", lang),
+        _c("missed", lang),
+        _c("open", lang),
+        _c("cancelled", lang),
+        _c("visits_escalated", lang),
+        _c("on_time_pct", lang, "pct"),
+        _c("not_visited", lang),
+    ]
+    who_cols = [_c("station_name", lang), _c("resident_name", lang), _c("resident_id", lang)]
+    reason_cols = [_c("reason", lang), _c("orders", lang)]
+    return f"""<h2>{escape(phrase("orders", lang))}</h2>
+<p class="note">{escape(phrase("orders_note", lang))}</p>
+{_table([total], cols, lang)}
+<div class="charts">{chart}</div>
+<h3>{escape(phrase("orders_by_kind", lang))}</h3>{_table(by_kind, cols, lang)}
+<h3>{escape(phrase("orders_by_provider", lang))}</h3>{_table(by_provider, cols, lang)}
+<h3>{escape(phrase("orders_by_station", lang))}</h3>{_table(orders["by_station"], cols, lang)}
+<h3>{escape(phrase("cancellations", lang))}</h3>{_table(orders["cancellations"], reason_cols, lang)}
+<h2>{escape(phrase("visits", lang))}</h2>
+<p class="note">{escape(phrase("visits_note", lang))}</p>
+{_table(visits["stations"], visit_cols, lang)}
+<h3>{escape(phrase("not_visited", lang))} ({len(visits["not_visited"])})</h3>
+{_table(visits["not_visited"], who_cols, lang)}
+"""
+
+
+def monthly_html(data: Mapping[str, Any], lang: Lang | None = None) -> str:
+    """The monthly report page from reports.monthly_data, in ``lang`` (default: the
+    language the data was built in): headings, codes, local times and durations as
+    words, stations by name."""
+    lang = lang or data.get("lang", "zh-CN")
+    s = data["summary"]
+    comp_rows, answer_cols = _compliance(data, lang)
+    kpis = [
+        _c("calls", lang),
+        _c("graded_calls", lang),
+        _c("answer_median_s", lang, "d"),
+        _c("answer_p90_s", lang, "d"),
+        _c("arrival_median_s", lang, "d"),
+        _c("escalated_to_county", lang),
+        _c("trouble_calls", lang),
+    ]
+    kpi_html = "".join(
+        f"<div>{escape(label)}<b>{escape(_cell(s[k], how, lang))}</b></div>" for k, label, how in kpis
     )
+    charts = _charts(data, answer_cols, lang)
     cov = data["coverage"]
     dev = data["devices"]
-    stat_cols = [
-        ("label", "station"),
-        ("calls", "calls"),
-        ("answer_median_s", "answer median s"),
-        ("answer_p90_s", "p90"),
-        ("answer_p95_s", "p95"),
-        ("answer_p99_s", "p99"),
-        *((f"{c}_pct", f"{lab} %") for c, lab in answer_cols),
-        ("arrival_median_s", "arrival median s"),
-        ("arrival_within_limit_pct", "on scene in limit %"),
-        ("escalated", "escalated"),
+    stat_cols: list[Col] = [
+        ("label", column_label("station_name", lang), "n"),
+        _c("calls", lang),
+        _c("graded_calls", lang),
+        _c("answer_median_s", lang, "d"),
+        _c("answer_p90_s", lang, "d"),
+        _c("answer_p95_s", lang, "d"),
+        _c("answer_p99_s", lang, "d"),
+        *((f"{c}_pct", label, "pct") for c, label in answer_cols),
+        _c("arrival_median_s", lang, "d"),
+        _c("arrival_within_limit_pct", lang, "pct"),
+        _c("escalated", lang),
+        _c("trouble_calls", lang),
     ]
+    trouble_cols: list[Col] = [
+        ("key", column_label("type", lang), "type"),
+        _c("trouble_calls", lang),
+        _c("trouble_answer_median_s", lang, "d"),
+        _c("trouble_answer_max_s", lang, "d"),
+        _c("trouble_in_time_pct", lang, "pct"),
+        _c("trouble_unanswered", lang),
+    ]
+    comp_cols: list[Col] = [
+        ("target", phrase("target", lang), ""),
+        ("met", phrase("met_n", lang), "n"),
+        ("eligible", phrase("counted", lang), "n"),
+        ("pct", "%", "pct"),
+        ("target_pct", phrase("target", lang) + " %", "pct"),
+        ("target_met", phrase("result", lang), "ok"),
+    ]
+    review_cols: list[Col] = [
+        _c("call_id", lang),
+        _c("reasons", lang, "reasons"),
+        _c("started_local", lang, "t"),
+        _c("station_name", lang),
+        _c("type", lang, "type"),
+        _c("priority", lang),
+        _c("answer_s", lang, "d"),
+        _c("arrival_s", lang, "d"),
+        _c("outcome", lang, "outcome"),
+    ]
+    period = data["period"]
+    title = phrase("title", lang)
     return f"""<!DOCTYPE html>
-<html lang="zh-CN"><head><meta charset="utf-8"><title>CareCall monthly report {escape(data["month"])} – {escape(data["station_name"])}</title>
+<html lang="{lang}"><head><meta charset="utf-8"><title>{escape(title)} {escape(data["month"])} – {escape(data["station_name"])}</title>
 <style>{_CSS}</style></head><body>
-<h1>CareCall monthly oversight report · 月度监管报告</h1>
-<p>{escape(data["station_name"])} · {escape(data["period"]["from"])} – {escape(data["period"]["to"])} ·
-generated {escape(data["generated_at"])}</p>
-<p class="note">Every figure is recomputed from the hash-chained audit log. Times run from the first
-stored event of a call; percentiles are nearest-rank; calls count in the month they started, by their
-station's time zone.</p>
+<h1>{escape(title)}</h1>
+<p>{escape(data["station_name"])} · {escape(period["from"])} – {escape(period["to"])} ·
+{escape(phrase("generated", lang))} {escape(format_local(data["generated_at"], REPORT_TZ, lang))}</p>
+<p class="note">{escape(phrase("note", lang))}</p>
 <div class="kpi">{kpi_html}</div>
-<h2>Compliance against targets</h2>
-{_table(comp_rows, [("target", "target"), ("met", "met"), ("eligible", "eligible"), ("pct", "%"), ("target_pct", "target %"), ("result", "result")])}
-<h2>Charts</h2><div class="charts">{"".join(charts)}</div>
-<h2>By station</h2>{_table(data["by_station"], stat_cols)}
-<h2>Review list ({len(data["review"])})</h2>
-{_table(data["review"], [("call_id", "call"), ("reasons", "reasons"), ("started_local", "started"), ("station_id", "station"), ("type", "type"), ("priority", "priority"), ("answer_s", "answer s"), ("arrival_s", "arrival s"), ("outcome", "outcome")])}
-<h2>Coverage now (homes outside the service circle)</h2>
-<div class="charts">{coverage_map(cov["homes"], cov["stations"])}
-{_table(cov["by_street"], [("street_name", "street"), ("homes", "homes"), ("covered", "covered"), ("outside", "outside"), ("covered_pct", "covered %")])}</div>
-<h2>Devices</h2>
-{_table([dev], [("devices", "devices"), ("offline_now", "offline now"), ("not_tested", "not tested in time"), ("low_battery", "low battery"), ("rejected_messages", "rejected messages")])}
+<h2>{escape(phrase("compliance", lang))}</h2>
+{_table(comp_rows, comp_cols, lang)}
+<h2>{escape(phrase("charts", lang))}</h2><div class="charts">{"".join(charts)}</div>
+<h2>{escape(phrase("by_station", lang))}</h2>{_table(data["by_station"], stat_cols, lang)}
+<h2>{escape(phrase("trouble", lang))}</h2>{_table(data.get("trouble_by_type", []), trouble_cols, lang)}
+<h2>{escape(phrase("review", lang))} ({len(data["review"])})</h2>
+{_table(data["review"], review_cols, lang)}
+<h2>{escape(phrase("coverage", lang))}</h2>
+<div class="charts">{coverage_map(cov["homes"], cov["stations"], lang)}
+{_table(cov["by_street"], [_c("street_name", lang), _c("homes", lang), _c("covered", lang), _c("outside", lang), _c("covered_pct", lang, "pct")], lang)}</div>
+<h2>{escape(phrase("devices", lang))}</h2>
+{_table([dev], [_c("devices", lang), _c("offline_now", lang), _c("not_tested", lang), _c("low_battery", lang), _c("rejected_messages", lang)], lang)}
+{services_html(data["orders"], data["visits"], lang) if "orders" in data else ""}
 </body></html>
 """

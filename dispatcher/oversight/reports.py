@@ -16,13 +16,23 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dispatcher.oversight import service
+from dispatcher.calls.routing import RoutingConfig
+from dispatcher.oversight import service, services_reports, staffing
 from dispatcher.oversight.coverage import by_street, coverage, coverage_rows, what_if
-from dispatcher.oversight.figures import CallFigures, Grouping, Period, group_rows, summary
+from dispatcher.oversight.device_facts import load_device_facts
+from dispatcher.oversight.figures import (
+    CallFigures,
+    Grouping,
+    Period,
+    graded_answer_times,
+    group_rows,
+    period_bounds,
+    summary,
+)
 from dispatcher.oversight.health import device_rows
 from dispatcher.oversight.review import review_list, review_rows
 from dispatcher.oversight.targets import Targets
-from dispatcher.routing import RoutingConfig
+from dispatcher.oversight.text import Lang, scope_label
 
 __all__ = [
     "ReportScope",
@@ -95,7 +105,7 @@ async def summary_report(
         "summary": row,
         "rows": [row],
         # every answered call's seconds, for the dashboard's distribution chart
-        "answer_times": sorted(f.answer_s for f in figs if f.answer_s is not None),
+        "answer_times": graded_answer_times(figs),
     }
 
 
@@ -188,12 +198,14 @@ async def coverage_report(
     async with maker() as s:
         scope = await service.narrow_scope(s, where.scope, where.station_id)
         infos = await service.load_stations(s)
-        homes, stations = await service.load_coverage_inputs(s, scope, shift, infos)
+        homes, stations = await staffing.load_coverage_inputs(s, scope, shift, infos)
         tz = service.home_timezone(infos, where.station_id)
         rosters = (
-            {sh.name: await service.responder_counts(s, sh.name) for sh in targets.shifts} if by_shift else {}
+            {sh.name: await staffing.responder_counts(s, sh.name) for sh in targets.shifts}
+            if by_shift
+            else {}
         )
-        rostered = await service.rostered_shift_names(s)
+        rostered = await staffing.rostered_shift_names(s)
     now_cov = coverage(homes, stations, routing, limits)
     local_now = (now or datetime.now(UTC)).astimezone(ZoneInfo(tz))
     current = targets.shift_at(local_now.time())
@@ -258,13 +270,14 @@ async def devices_report(
         scope = await service.narrow_scope(s, where.scope, where.station_id)
         stations = await service.load_stations(s)
         tz = service.home_timezone(stations, where.station_id)
-        start, end = service.period_bounds(period, tz)
-        facts = await service.load_device_facts(s, scope=scope, start=start, end=min(end, now))
+        start, end = period_bounds(period, tz)
+        facts = await load_device_facts(s, scope=scope, start=start, end=min(end, now))
     rows = device_rows(
         facts,
         now=now,
         test_every_days=targets.devices.test_every_days,
         low_battery_pct=targets.devices.low_battery_pct,
+        tested_kinds=targets.devices.tested_kinds,
     )
     counts = {
         "devices": len(rows),
@@ -302,31 +315,46 @@ async def monthly_data(
     targets: Targets,
     routing: RoutingConfig,
     now: datetime,
+    lang: Lang = "zh-CN",
 ) -> dict[str, Any]:
-    """Everything the printable monthly report shows, as data (render.monthly_html draws it)."""
+    """Everything the printable monthly report shows, as data (render.monthly_html draws
+    it in ``lang``). ``station_name`` names whose figures they are: the station asked
+    for, else the top of the caller's scope (a street supervisor's street)."""
     period = month_period(month)
     async with maker() as s:
         figs = await _figures(s, where, period, targets, now)
         stations = await service.load_stations(s)
-    name = stations[where.station_id].name if where.station_id in stations else "全县 / whole county"
+        orders = await services_reports.orders_data(
+            s, scope=where.scope, station_id=where.station_id, month=month, now=now
+        )
+        visits = await services_reports.visits_data(
+            s, scope=where.scope, station_id=where.station_id, month=month, now=now
+        )
+    name = scope_label(
+        where.station_id, where.scope, {k: (v.name, v.parent_id) for k, v in stations.items()}, lang
+    )
     items = review_list(figs)
     cov = await coverage_report(maker, where=where, routing=routing, targets=targets)
     dev = await devices_report(maker, where=where, period=period, targets=targets, now=now)
     return {
         "month": month,
+        "lang": lang,
         "period": _period_json(period),
         "station_id": where.station_id,
         "station_name": name,
         "generated_at": now.isoformat(timespec="seconds"),
         "summary": summary(figs, targets),
-        "answer_times": sorted(f.answer_s for f in figs if f.answer_s is not None),
+        "answer_times": graded_answer_times(figs),
         "by_day": group_rows(figs, "day", targets),
         "by_type": group_rows(figs, "type", targets),
         "by_hour": group_rows(figs, "hour", targets),
         "by_station": group_rows(figs, "station", targets),
+        "trouble_by_type": group_rows([f for f in figs if f.info.event_class == "trouble"], "type", targets),
         "review": review_rows(items),
         "coverage": cov,
         "devices": dev["counts"],
+        "orders": orders,
+        "visits": visits,
         "targets": targets.model_dump(mode="json"),
     }
 

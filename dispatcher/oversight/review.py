@@ -1,7 +1,8 @@
 """The review list: calls a supervisor must look at one by one, each with its timeline.
 
-A call is listed for every reason that holds (answered after the review limit or left
-unanswered past it, escalated to the county, responder arrived over the service-circle
+A call is listed for every reason that holds (an emergency or urgent call answered after
+the review limit or left unanswered past it; device trouble acknowledged later than its
+own working-hours target, escalated to the county, responder arrived over the service-circle
 limit or never arrived after it, closed as no access), so the list is also a tally of
 what went wrong and nothing is hidden behind a first match.
 """
@@ -22,6 +23,7 @@ REVIEW_REASONS: dict[str, str] = {
     "escalated_to_county": "Escalated to the county centre.",
     "arrival_over_limit": "Responder on scene after the service-circle limit, or not there by it.",
     "no_access": "Closed as no access: nobody could get in.",
+    "trouble_late": "Device trouble not acknowledged within its working-hours target.",
 }
 
 
@@ -61,6 +63,8 @@ def _reasons(f: CallFigures) -> tuple[str, ...]:
         out.append("arrival_over_limit")
     if f.info.outcome == "no_access":
         out.append("no_access")
+    if f.trouble_met is False:
+        out.append("trouble_late")
     return tuple(out)
 
 
@@ -83,9 +87,11 @@ def review_rows(items: Sequence[ReviewItem]) -> list[dict[str, Any]]:
                 "reasons": " ".join(item.reasons),
                 "started_local": f.start_local.isoformat(),
                 "station_id": i.station_id,
+                "station_name": i.station_name,
                 "street_id": i.street_id,
                 "home_id": i.home_id,
                 "type": i.event_type,
+                "class": i.event_class,
                 "priority": i.priority,
                 "area": i.area,
                 "status": i.status,

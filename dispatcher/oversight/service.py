@@ -16,55 +16,46 @@ import gc
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from sqlalchemy import BigInteger, and_, case, func, literal, select, text
+from sqlalchemy import BigInteger, and_, case, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
-from dispatcher.auth import station_subtree
-from dispatcher.chain import AuditKind
-from dispatcher.models import (
-    AuditRow,
-    Call,
-    CallEvent,
-    Device,
-    DeviceEvent,
-    DeviceState,
-    Home,
-    RejectedMessage,
-    Staff,
-    Station,
+from carecall.core.clock import as_utc
+from device_gateway.models import DeviceEvent
+from dispatcher.audit.chain import AuditKind
+from dispatcher.audit.models import AuditRow
+from dispatcher.auth.principals import station_subtree
+from dispatcher.calls.models import Call, CallEvent
+from dispatcher.oversight.figures import (
+    CallFigures,
+    CallInfo,
+    CallMarks,
+    Period,
+    figures_maker,
+    in_period,
+    utc_window,
 )
-from dispatcher.oversight.coverage import CoverageHome, CoverageStation
-from dispatcher.oversight.figures import CallFigures, CallInfo, CallMarks, Period, figures_maker, in_period
-from dispatcher.oversight.health import DeviceFacts, offline_seconds
 from dispatcher.oversight.review import TimelineEntry
 from dispatcher.oversight.targets import Targets
+from dispatcher.registry.models import Home, Station
 
 __all__ = [
-    "RESPONDER_ROLES",
     "StationInfo",
     "call_in_scope",
+    "epoch_us",
+    "gc_paused",
     "home_timezone",
     "load_call_figures",
-    "load_coverage_inputs",
-    "load_device_facts",
     "load_stations",
     "load_timelines",
     "narrow_scope",
-    "period_bounds",
-    "utc_window",
+    "utc_value",
     "visible",
 ]
-
-# Staff who can be sent to a door (as dispatcher.calls.station_nodes counts them).
-RESPONDER_ROLES = ("responder", "nurse", "doctor")
-# Time zones run from UTC-12 to UTC+14: a local day lies inside this margin of UTC.
-_TZ_MARGIN = timedelta(hours=15)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,17 +129,10 @@ async def narrow_scope(
         return scope
     if scope is not None and station_id not in scope:
         raise LookupError(station_id)
-    sub = await station_subtree(session, station_id)
+    sub = await station_subtree(session, station_id=station_id)
     if not sub:
         raise LookupError(station_id)
     return sub if scope is None else sub & scope
-
-
-def utc_window(period: Period) -> tuple[datetime, datetime]:
-    """A UTC range that surely holds every local day of the period in any time zone."""
-    lo = datetime.combine(period.start, time(0), tzinfo=UTC) - _TZ_MARGIN
-    hi = datetime.combine(period.end + timedelta(days=1), time(0), tzinfo=UTC) + _TZ_MARGIN
-    return lo, hi
 
 
 class epoch_us(FunctionElement[int]):
@@ -255,14 +239,14 @@ def _marks_query(candidates: Any, lo: datetime) -> Any:
     )
 
 
-def _utc(value: datetime | str | None) -> datetime | None:
+def utc_value(value: datetime | str | None) -> datetime | None:
     """Aggregates over a UTC column come back typed on PostgreSQL; on SQLite min() of a
     CASE can come back as the stored text, so both are accepted."""
     if value is None:
         return None
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return as_utc(value)
 
 
 def visible(scope: frozenset[str] | None, *station_ids: str | None) -> bool:
@@ -448,7 +432,9 @@ async def load_timelines(session: AsyncSession, call_ids: Sequence[int]) -> dict
         for r in rows:
             if r.call_id is not None:
                 out[r.call_id].append(
-                    TimelineEntry(r.seq, _utc(r.at) or r.at, r.kind, r.actor, r.station_id, r.detail or {})
+                    TimelineEntry(
+                        r.seq, utc_value(r.at) or r.at, r.kind, r.actor, r.station_id, r.detail or {}
+                    )
                 )
     return out
 
@@ -467,173 +453,6 @@ async def call_in_scope(session: AsyncSession, call_id: int, scope: frozenset[st
         .limit(1)
     )
     return visible(scope, home_station, first_station)
-
-
-def _on_shift(shift: str) -> Any:
-    # Staff.shifts is a space-separated list of names: pad it so a name matches whole.
-    return (literal(" ") + Staff.shifts + literal(" ")).contains(f" {shift} ", autoescape=True)
-
-
-async def responder_counts(session: AsyncSession, shift: str | None = None) -> dict[str, int]:
-    """Responders per station: on duty now (shift None), or rostered on a shift."""
-    q = select(Staff.station_id, func.count()).where(Staff.role.in_(RESPONDER_ROLES))
-    q = q.where(Staff.on_duty.is_(True)) if shift is None else q.where(_on_shift(shift))
-    return {sid: int(n) for sid, n in (await session.execute(q.group_by(Staff.station_id))).all()}
-
-
-async def rostered_shift_names(session: AsyncSession) -> set[str]:
-    """Every shift name some staff row is rostered on (to flag names the config lacks)."""
-    names: set[str] = set()
-    for value in (await session.scalars(select(Staff.shifts).distinct())).all():
-        names.update((value or "").split())
-    return names
-
-
-async def load_coverage_inputs(
-    session: AsyncSession,
-    scope: frozenset[str] | None,
-    shift: str | None = None,
-    stations: dict[str, StationInfo] | None = None,
-) -> tuple[list[CoverageHome], list[CoverageStation]]:
-    """Homes in scope and every station with its responders: on duty now, or, given a
-    shift, rostered on it.
-
-    Every station, not only those in scope: a bed near the street boundary may well be
-    covered by the neighbour's station, and the circle does not stop at the boundary.
-    """
-    if stations is None:
-        stations = await load_stations(session)
-    counts = await responder_counts(session, shift)
-    homes_q = select(Home.id, Home.station_id, Home.lat, Home.lon, Home.area, Home.address).order_by(Home.id)
-    if scope is not None:
-        homes_q = homes_q.where(Home.station_id.in_(sorted(scope)))
-    homes: list[CoverageHome] = []
-    for hid, sid, lat, lon, area, address in (await session.execute(homes_q)).all():
-        st = stations.get(sid)
-        street = stations.get(st.street_id or "") if st else None
-        homes.append(
-            CoverageHome(
-                hid,
-                sid,
-                street.id if street else None,
-                street.name if street else "",
-                lat,
-                lon,
-                area,
-                address,
-            )
-        )
-    cstations = [
-        CoverageStation(s.id, s.name, s.tier, s.lat, s.lon, int(counts.get(s.id, 0)))
-        for s in sorted(stations.values(), key=lambda s: s.id)
-    ]
-    return homes, cstations
-
-
-async def load_device_facts(
-    session: AsyncSession,
-    *,
-    scope: frozenset[str] | None,
-    start: datetime,
-    end: datetime,
-) -> list[DeviceFacts]:
-    """Registry devices in scope with their state, offline seconds in [start, end) and
-    rejected messages in it."""
-    stations = await load_stations(session)
-    q = (
-        select(
-            Device.id,
-            Device.home_id,
-            Home.station_id,
-            Device.kind,
-            Device.enabled,
-            Device.created_at,
-            DeviceState.online,
-            DeviceState.offline_since,
-            DeviceState.last_seen_at,
-            DeviceState.battery_pct,
-            DeviceState.last_test_at,
-        )
-        .join(Home, Home.id == Device.home_id)
-        .outerjoin(DeviceState, DeviceState.device_id == Device.id)
-        .order_by(Device.id)
-    )
-    if scope is not None:
-        q = q.where(Home.station_id.in_(sorted(scope)))
-    devices = (await session.execute(q)).all()
-    sup_types = ("offline", "online")
-    changes: dict[str, list[tuple[datetime, str]]] = {}
-    for dev, at, typ in (
-        await session.execute(
-            select(DeviceEvent.device_id, DeviceEvent.received_at, DeviceEvent.type).where(
-                DeviceEvent.type.in_(sup_types),
-                DeviceEvent.received_at >= start,
-                DeviceEvent.received_at < end,
-            )
-        )
-    ).all():
-        changes.setdefault(dev, []).append((_utc(at) or at, typ))
-    last_before = (
-        select(DeviceEvent.device_id.label("dev"), func.max(DeviceEvent.id).label("pk"))
-        .where(DeviceEvent.type.in_(sup_types), DeviceEvent.received_at < start)
-        .group_by(DeviceEvent.device_id)
-        .subquery()
-    )
-    state_at_start: dict[str, str] = dict(
-        (
-            await session.execute(
-                select(last_before.c.dev, DeviceEvent.type).join(
-                    DeviceEvent, DeviceEvent.id == last_before.c.pk
-                )
-            )
-        ).all()
-    )
-    rejected = dict(
-        (
-            await session.execute(
-                select(RejectedMessage.device_id, func.count())
-                .where(RejectedMessage.received_at >= start, RejectedMessage.received_at < end)
-                .group_by(RejectedMessage.device_id)
-            )
-        ).all()
-    )
-    out: list[DeviceFacts] = []
-    for d in devices:
-        st = stations.get(d.station_id)
-        out.append(
-            DeviceFacts(
-                id=d.id,
-                home_id=d.home_id,
-                station_id=d.station_id,
-                street_id=st.street_id if st else None,
-                kind=d.kind,
-                enabled=d.enabled,
-                created_at=_utc(d.created_at) or d.created_at,
-                online=d.online,
-                offline_since=_utc(d.offline_since),
-                last_seen_at=_utc(d.last_seen_at),
-                battery_pct=d.battery_pct,
-                last_test_at=_utc(d.last_test_at),
-                offline_s_in_period=offline_seconds(
-                    changes.get(d.id, []),
-                    start=start,
-                    end=end,
-                    offline_at_start=state_at_start.get(d.id) == "offline",
-                ),
-                rejected_in_period=int(rejected.get(d.id, 0)),
-            )
-        )
-    return out
-
-
-def period_bounds(period: Period, timezone: str) -> tuple[datetime, datetime]:
-    """UTC instants of local midnight at the period's first day and after its last, in
-    ``timezone``: device hours are counted over the same local days as the calls."""
-    tz = ZoneInfo(timezone)
-    return (
-        datetime.combine(period.start, time(0), tzinfo=tz).astimezone(UTC),
-        datetime.combine(period.end + timedelta(days=1), time(0), tzinfo=tz).astimezone(UTC),
-    )
 
 
 def home_timezone(stations: dict[str, StationInfo], station_id: str | None) -> str:

@@ -1,4 +1,5 @@
-"""Oversight targets (config/oversight.yaml) as a validated, frozen model.
+"""Oversight targets (config/oversight.yaml, read by dispatcher/oversight/targets_file.py)
+as a validated, frozen model.
 
 The targets are what supervisors are graded against, so a misspelt key must stop the
 command rather than leave a target at a value nobody chose: unknown keys are errors and
@@ -8,15 +9,12 @@ the message names the file and the key.
 from __future__ import annotations
 
 from datetime import time
-from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from config.settings import CONFIG_DIR
-from config.yamlfile import load_yaml_model
+from device_gateway.kinds import DeviceKind
 
 __all__ = [
-    "DEFAULT_TARGETS_FILE",
     "AnswerTarget",
     "ArrivalTarget",
     "DeviceTargets",
@@ -24,10 +22,17 @@ __all__ = [
     "Shift",
     "Targets",
     "TargetsError",
-    "load_targets",
+    "TroubleTarget",
 ]
 
-DEFAULT_TARGETS_FILE = CONFIG_DIR / "oversight.yaml"
+# The protocol's call classes (docs/protocol.md): answer and arrival targets are about
+# people, so by default only emergency and urgent calls count toward them.
+CALL_CLASSES: tuple[str, ...] = ("emergency", "urgent", "trouble")
+# Device kinds that send the weekly `test` call (buttons and pull cords are `button`,
+# and the home-hazard detectors); hubs, watches, radars, mattresses and door contacts
+# never do, so they cannot be "untested".
+TESTING_KINDS: tuple[str, ...] = ("button", "smoke", "gas", "water")
+WEEKDAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 class AnswerTarget(BaseModel):
@@ -63,6 +68,57 @@ class DeviceTargets(BaseModel):
 
     test_every_days: int = Field(default=7, ge=1)
     low_battery_pct: float = Field(default=20.0, ge=0, le=100)
+    # only these kinds send test calls, so only they can be overdue for one
+    tested_kinds: tuple[str, ...] = TESTING_KINDS
+
+    @field_validator("tested_kinds")
+    @classmethod
+    def _known_kinds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        known = {k.value for k in DeviceKind}
+        bad = sorted(set(value) - known)
+        if bad:
+            raise ValueError(f"unknown device kind(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
+        return value
+
+
+class TroubleTarget(BaseModel):
+    """Device trouble (low battery, offline, power, tamper) is handled in working hours:
+    at least ``min_share`` acknowledged within ``acknowledge_within_h`` working hours,
+    counting only ``start``–``end`` local time on ``days``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    acknowledge_within_h: float = Field(default=4.0, gt=0, le=24 * 31)
+    start: time = time(8)
+    end: time = time(18)
+    days: tuple[str, ...] = WEEKDAYS
+    min_share: float = Field(default=0.95, gt=0, le=1)
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _quoted(cls, value: object) -> object:
+        if isinstance(value, int | float):
+            raise ValueError('write times of day in quotes, like "08:00"')
+        return value
+
+    @field_validator("days")
+    @classmethod
+    def _weekdays(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [d for d in value if d not in WEEKDAYS]
+        if bad or not value:
+            raise ValueError(f"days must be some of {', '.join(WEEKDAYS)}, got {list(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _day_has_hours(self) -> TroubleTarget:
+        if self.end <= self.start:
+            raise ValueError(f"working hours end ({self.end}) must be after they start ({self.start})")
+        return self
+
+    @property
+    def weekdays(self) -> frozenset[int]:
+        """The working days as Python weekday numbers (Monday 0)."""
+        return frozenset(WEEKDAYS.index(d) for d in self.days)
 
 
 class Shift(BaseModel):
@@ -115,6 +171,9 @@ class Targets(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     answer: tuple[AnswerTarget, ...] = Field(default_factory=_default_answer)
+    # which call classes the answer, arrival and review targets grade
+    answer_classes: tuple[str, ...] = ("emergency", "urgent")
+    trouble: TroubleTarget = TroubleTarget()
     arrival: ArrivalTarget = ArrivalTarget()
     review: ReviewTargets = ReviewTargets()
     devices: DeviceTargets = DeviceTargets()
@@ -126,6 +185,14 @@ class Targets(BaseModel):
         names = [s.name for s in value]
         if len(set(names)) != len(names):
             raise ValueError("two shifts have the same name")
+        return value
+
+    @field_validator("answer_classes")
+    @classmethod
+    def _classes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [c for c in value if c not in CALL_CLASSES]
+        if bad or not value:
+            raise ValueError(f"answer_classes must be some of {', '.join(CALL_CLASSES)}, got {list(value)}")
         return value
 
     def shift(self, name: str) -> Shift:
@@ -152,9 +219,3 @@ class Targets(BaseModel):
 
 class TargetsError(ValueError):
     """config/oversight.yaml cannot be used; the message names the file and the bad key."""
-
-
-def load_targets(path: Path | None = None) -> Targets:
-    """Read and validate the targets file (default: the shipped config/oversight.yaml)."""
-    path = path or DEFAULT_TARGETS_FILE
-    return load_yaml_model(path, Targets, TargetsError)

@@ -7,33 +7,38 @@ reproducing a bug see the same county. A few beds lie far from their station on 
 so out-of-range routing and the 15-minute service circle have something to find.
 
 Ages are fixed relative to ``REFERENCE_DATE`` (not today) so a generation never changes.
+This module only generates (in memory, no database); ``dispatcher.registry.demo_load``
+writes the county into a registry.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
-from device_gateway.credentials import generate_secret, hash_secret
-from dispatcher.db import session_scope
-from dispatcher.models import (
-    DEFAULT_HEARTBEAT_S,
-    TIER_OF_KIND,
-    Area,
-    Device,
-    DeviceKind,
-    Station,
-    StationKind,
+from device_gateway.kinds import DEFAULT_HEARTBEAT_S, DeviceKind
+from dispatcher.registry.demo_handoff import with_handoff
+from dispatcher.registry.demo_names import (
+    CHILD_RELATIONS,
+    CONDITIONS,
+    ELDER_FEMALE,
+    ELDER_MALE,
+    FLAT_NOTES,
+    GENERAL_NOTES,
+    HOUSE_NOTES,
+    KIN_RELATIONS,
+    MOBILE_PREFIXES,
+    SURNAMES,
+    TOWN_COMMUNITIES,
+    URBAN_COMMUNITIES,
+    VILLAGES,
+    YOUNG_FEMALE,
+    YOUNG_MALE,
 )
-from dispatcher.registry.io import KINDS, apply_rows
+from dispatcher.registry.models import TIER_OF_KIND, Area, StationKind
 from dispatcher.registry.schemas import (
     ContactRow,
     DeviceRow,
@@ -44,7 +49,6 @@ from dispatcher.registry.schemas import (
     StaffRow,
     StationRow,
 )
-from dispatcher.registry.service import rekey_existing
 
 DEMO_SEED = 2022
 SEAT_LAT, SEAT_LON = 32.681, 112.838
@@ -95,70 +99,8 @@ _STREETS: tuple[tuple[str, str, Area, float, float, tuple[str, ...]], ...] = (
 _URBAN_DC, _URBAN_HP = 5, 8
 _TOWN_DC, _TOWN_HP, _TOWN_VP = 4, 3, 6
 
-_URBAN_COMMUNITIES = (
-    "建设", "人民", "新春", "文峰", "滨河", "友兰", "红庙", "北关", "南关", "东关", "西关", "锦华",
-    "城北", "城南", "和谐", "幸福", "书院", "桐河", "育才", "唐州", "香山", "泗洲", "新华", "团结",
-    "光明", "花园", "迎宾", "平安", "车站", "体育", "广场", "民主", "胜利", "长春", "永安", "金桥",
-    "秀水", "凤凰", "三里河", "七里园", "大桥", "湖滨", "东风", "朝阳", "前进", "兴盛", "丰收",
-    "新城", "龙山", "东园", "西园", "南苑", "北苑", "石榴园", "杏花", "桃园",
-)  # fmt: skip
-_TOWN_COMMUNITIES = ("东街", "西街", "南街", "北街", "新区", "中心", "河滨", "东营", "西营")
-_VILLAGES = (
-    "前营", "后湾", "李庄", "王岗", "张寨", "刘楼", "大杨庄", "郭湾", "马庄", "赵河", "陈营",
-    "黄庄", "小河", "西岗", "高庄", "周湾", "三合", "新店", "杨楼", "孙庄",
-)  # fmt: skip
 
-_SURNAMES = (
-    "王王王李李李张张张刘刘陈陈杨杨赵黄周吴徐孙胡朱高林何郭马罗梁宋郑谢韩唐冯于董程曹袁邓许"
-    "沈曾彭吕苏卢蒋蔡贾丁魏薛叶余潘杜夏钟汪田任姜范方石姚谭邹熊金郝孔白崔毛邱秦史侯孟段雷"
-)
-_ELDER_MALE = (
-    "建国", "国强", "德胜", "长顺", "志刚", "保国", "金生", "福来", "万山", "玉成", "振华", "广才",
-    "富贵", "庆云", "树林", "永祥", "春生", "有才", "大海", "明德", "天佑", "文斌", "清泉", "守义",
-)  # fmt: skip
-_ELDER_FEMALE = (
-    "桂兰", "秀英", "玉梅", "淑珍", "桂芳", "凤英", "秀兰", "玉兰", "翠花", "素珍", "桂荣", "春梅",
-    "秀珍", "兰英", "金凤", "玉珍", "秀云", "爱华", "月娥", "巧云", "银花", "改兰", "小凤", "荣华",
-)  # fmt: skip
-_YOUNG_MALE = (
-    "伟", "磊", "强", "军", "鹏", "涛", "斌", "超", "勇", "杰", "亮", "明", "刚", "辉", "峰",
-    "志强", "海涛", "建军", "晓东", "俊杰", "国华", "红军", "卫东", "新民", "浩然", "子豪",
-)  # fmt: skip
-_YOUNG_FEMALE = (
-    "丽", "娜", "静", "敏", "燕", "艳", "芳", "婷", "霞", "娟", "晓燕", "丽娟", "雪梅", "海燕",
-    "欣怡", "佳琪", "红梅", "小红", "春燕", "慧敏", "玉洁", "文静",
-)  # fmt: skip
-_MOBILE_PREFIXES = (
-    "138", "139", "137", "136", "135", "150", "151", "152", "158", "159", "182", "187", "188",
-    "130", "131", "132", "155", "156", "185", "186", "133", "153", "180", "189",
-)  # fmt: skip
-
-_CONDITIONS = (
-    ("高血压", 40), ("糖尿病", 20), ("冠心病", 15), ("骨质疏松", 10), ("关节炎", 10),
-    ("慢性阻塞性肺病", 8), ("白内障", 8), ("脑梗后遗症", 6), ("阿尔茨海默病", 6), ("帕金森病", 3),
-)  # fmt: skip
 _CAPACITY_WEIGHTS = (18, 25, 25, 18, 14)  # GB/T 42195-2022 levels 0..4
-_GENERAL_NOTES = (
-    "低保户",
-    "失独家庭，重点关注",
-    "听力较差，来电请大声说话",
-    "夜间起夜多，注意防跌倒",
-    "有假牙，进食需注意",
-    "对青霉素过敏",
-    "每周三社区医生上门随访",
-)
-_FLAT_NOTES = (
-    "三楼，无电梯",
-    "小区东门进，门卫可协助开门",
-    "楼道灯损坏，夜间入户带手电",
-    "一楼，门口有台阶",
-)
-_HOUSE_NOTES = (
-    "院门常锁，备用钥匙在邻居家",
-    "家中养狗，入户请先电话联系",
-    "平房，院内有菜地",
-    "门口有台阶，轮椅需绕行",
-)
 _DEVICE_MODELS: dict[DeviceKind, str] = {
     DeviceKind.hub: "CC-HUB-2",
     DeviceKind.button: "CC-SOS-1",
@@ -170,8 +112,6 @@ _DEVICE_MODELS: dict[DeviceKind, str] = {
     DeviceKind.water: "CC-WATER-1",
     DeviceKind.door: "CC-DOOR-1",
 }
-_CHILD_RELATIONS = (("儿子", "M"), ("女儿", "F"), ("孙子", "M"), ("孙女", "F"))
-_KIN_RELATIONS = (("侄子", "M"), ("侄女", "F"), ("儿媳", "F"), ("女婿", "M"))
 
 
 @dataclass(frozen=True)
@@ -191,14 +131,6 @@ class DemoCounty:
             "devices": self.devices,
         }
         return rows[kind]
-
-
-def distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance; good enough at county scale."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * 6371.0 * math.asin(math.sqrt(a))
 
 
 def _offset(lat: float, lon: float, bearing_deg: float, km: float) -> tuple[float, float]:
@@ -221,20 +153,20 @@ class _Gen:
         return _offset(lat, lon, self.rng.uniform(0, 360), km)
 
     def mobile(self) -> str:
-        return self.rng.choice(_MOBILE_PREFIXES) + f"{self.rng.randrange(10**8):08d}"
+        return self.rng.choice(MOBILE_PREFIXES) + f"{self.rng.randrange(10**8):08d}"
 
     def landline(self) -> str:
         return f"0377-6{self.rng.randrange(10**7):07d}"
 
     def surname(self) -> str:
-        return self.rng.choice(_SURNAMES)
+        return self.rng.choice(SURNAMES)
 
     def young_name(self, sex: str, surname: str | None = None) -> str:
-        given = _YOUNG_MALE if sex == "M" else _YOUNG_FEMALE
+        given = YOUNG_MALE if sex == "M" else YOUNG_FEMALE
         return (surname or self.surname()) + self.rng.choice(given)
 
     def elder_name(self, sex: str, surname: str | None = None) -> str:
-        given = _ELDER_MALE if sex == "M" else _ELDER_FEMALE
+        given = ELDER_MALE if sex == "M" else ELDER_FEMALE
         return (surname or self.surname()) + self.rng.choice(given)
 
 
@@ -245,6 +177,24 @@ class _StationPlan:
     roads: tuple[str, ...]
     village: str | None
     weight: int  # share of beds
+
+
+# (id, name, kind, (nearest, farthest km from the street centre), village or None)
+_Spec = tuple[str, str, StationKind, tuple[float, float], str | None]
+
+
+def _community_specs(
+    slug: str, street: str, names: Sequence[str], day_care: int, ring: tuple[float, float]
+) -> list[_Spec]:
+    """The first ``day_care`` names become day-care centres, the rest home-care points."""
+    specs: list[_Spec] = []
+    for i, community in enumerate(names[:day_care]):
+        title = f"{street}{community}社区日间照料中心"
+        specs.append((f"{slug}-dc{i + 1}", title, StationKind.day_care_centre, ring, None))
+    for i, community in enumerate(names[day_care:]):
+        title = f"{street}{community}社区居家养老服务点"
+        specs.append((f"{slug}-hp{i + 1}", title, StationKind.home_care_point, ring, None))
+    return specs
 
 
 def _stations(g: _Gen) -> list[_StationPlan]:
@@ -261,9 +211,9 @@ def _stations(g: _Gen) -> list[_StationPlan]:
         timezone=TIMEZONE,
     )
     plans = [_StationPlan(county, "文峰街道", (), None, 0)]
-    urban_names = list(_URBAN_COMMUNITIES)
+    urban_names = list(URBAN_COMMUNITIES)
     g.rng.shuffle(urban_names)
-    villages = list(_VILLAGES)
+    villages = list(VILLAGES)
     g.rng.shuffle(villages)
     for slug, name, area, bearing, km, roads in _STREETS:
         lat, lon = _offset(SEAT_LAT, SEAT_LON, bearing + g.rng.uniform(-8, 8), km + g.rng.uniform(-0.4, 0.4))
@@ -282,34 +232,18 @@ def _stations(g: _Gen) -> list[_StationPlan]:
         )
         plans.append(_StationPlan(street, name, roads, None, 0))
 
-        specs: list[tuple[str, str, StationKind, tuple[float, float], str | None]] = []
+        specs: list[_Spec]
         if area is Area.urban:
             names = [urban_names.pop() for _ in range(_URBAN_DC + _URBAN_HP)]
-            for i in range(_URBAN_DC):
-                title = f"{name}{names[i]}社区日间照料中心"
-                specs.append((f"{slug}-dc{i + 1}", title, StationKind.day_care_centre, (0.3, 2.5), None))
-            for i in range(_URBAN_HP):
-                title = f"{name}{names[_URBAN_DC + i]}社区居家养老服务点"
-                specs.append((f"{slug}-hp{i + 1}", title, StationKind.home_care_point, (0.3, 2.5), None))
+            specs = _community_specs(slug, name, names, _URBAN_DC, (0.3, 2.5))
         else:
-            names = g.rng.sample(_TOWN_COMMUNITIES, _TOWN_DC + _TOWN_HP)
-            for i in range(_TOWN_DC):
-                title = f"{name}{names[i]}社区日间照料中心"
-                specs.append((f"{slug}-dc{i + 1}", title, StationKind.day_care_centre, (0.2, 1.5), None))
-            for i in range(_TOWN_HP):
-                title = f"{name}{names[_TOWN_DC + i]}社区居家养老服务点"
-                specs.append((f"{slug}-hp{i + 1}", title, StationKind.home_care_point, (0.2, 1.5), None))
+            names = g.rng.sample(TOWN_COMMUNITIES, _TOWN_DC + _TOWN_HP)
+            specs = _community_specs(slug, name, names, _TOWN_DC, (0.2, 1.5))
             for i in range(_TOWN_VP):
                 village_name = villages.pop()
                 title = f"{name}{village_name}村互助养老点"
                 specs.append(
-                    (
-                        f"{slug}-vp{i + 1}",
-                        title,
-                        StationKind.village_point,
-                        (1.5, 2.9),
-                        village_name,
-                    )
+                    (f"{slug}-vp{i + 1}", title, StationKind.village_point, (1.5, 2.9), village_name)
                 )
         for sid, title, kind, (near_km, far_km), village in specs:
             clat, clon = g.near(lat, lon, far_km, near_km)
@@ -430,10 +364,10 @@ def _contacts(g: _Gen, family: str, rural: bool) -> list[ContactRow]:
     for priority in range(1, count + 1):
         roll = g.rng.random()
         if priority == 1 or roll < 0.45:
-            relation, sex = g.rng.choice(_CHILD_RELATIONS)
+            relation, sex = g.rng.choice(CHILD_RELATIONS)
             name = g.young_name(sex, family)
         elif roll < 0.7:
-            relation, sex = g.rng.choice(_KIN_RELATIONS)
+            relation, sex = g.rng.choice(KIN_RELATIONS)
             name = g.young_name(sex, family if relation.startswith("侄") else None)
         elif roll < 0.9:
             relation, name = "邻居", g.elder_name(g.rng.choice("MF"))
@@ -461,8 +395,8 @@ def _resident(
     # Someone who has lost most capacity rarely lives alone, but those who do matter most.
     living_alone = alone_household and g.rng.random() < (0.8 if level <= 2 else 0.25)
 
-    names = [c for c, _ in _CONDITIONS]
-    weights = [w for _, w in _CONDITIONS]
+    names = [c for c, _ in CONDITIONS]
+    weights = [w for _, w in CONDITIONS]
     conditions: list[str] = []
     for _ in range(g.rng.choices((0, 1, 2, 3), weights=(15, 40, 30, 15))[0]):
         pick = g.rng.choices(names, weights=weights)[0]
@@ -485,7 +419,7 @@ def _resident(
     if age >= 80 and g.rng.random() < 0.3:
         notes.append("高龄津贴对象")
     if g.rng.random() < 0.3:
-        notes.append(g.rng.choice(_GENERAL_NOTES))
+        notes.append(g.rng.choice(GENERAL_NOTES))
 
     hr_min = hr_max = rr_min = rr_max = None
     if "冠心病" in conditions and g.rng.random() < 0.5:
@@ -582,7 +516,7 @@ def generate_demo_county(seed: int = DEMO_SEED) -> DemoCounty:
                 notes = ""
             address = _home_address(g, plan)
             if not notes and g.rng.random() < 0.4:
-                notes = g.rng.choice(_FLAT_NOTES if "号楼" in address else _HOUSE_NOTES)
+                notes = g.rng.choice(FLAT_NOTES if "号楼" in address else HOUSE_NOTES)
             home = HomeRow(
                 id=home_id,
                 station_id=plan.row.id,
@@ -612,6 +546,7 @@ def generate_demo_county(seed: int = DEMO_SEED) -> DemoCounty:
             residents.extend(people)
             devices.extend(_devices(g, home, people))
 
+    homes, residents = with_handoff(seed, homes, residents)
     return DemoCounty(
         stations=[p.row for p in plans],
         staff=staff,
@@ -619,51 +554,3 @@ def generate_demo_county(seed: int = DEMO_SEED) -> DemoCounty:
         residents=residents,
         devices=devices,
     )
-
-
-async def _has_stations(session: AsyncSession) -> bool:
-    return await session.scalar(select(Station.id).limit(1)) is not None
-
-
-async def load_demo_county(
-    maker: async_sessionmaker[AsyncSession], county: DemoCounty | None = None, *, now: datetime
-) -> dict[str, str]:
-    """Load the county into an empty registry and issue every device a secret.
-
-    Returns {device_id: secret}; the secrets exist nowhere else, so the demo must keep
-    them (or call ``rekey_devices``). A registry that already has stations is left alone
-    and ``{}`` is returned, so starting the demo twice is harmless.
-    """
-    if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware (UTC)")
-    async with maker() as session:
-        if await _has_stations(session):
-            return {}
-    county = county or generate_demo_county()
-    secrets = {d.id: generate_secret() for d in county.devices}
-    hashes = await asyncio.to_thread(lambda: {k: hash_secret(v) for k, v in secrets.items()})
-    try:
-        async with session_scope(maker) as session:
-            if await _has_stations(session):  # loaded while we were hashing
-                return {}
-            for kind in KINDS:
-                rows = list(enumerate(county.rows(kind), start=2))
-                await apply_rows(session, kind, rows, file=f"demo {kind}", now=now)
-            for device in (await session.scalars(select(Device))).all():
-                device.secret_hash = hashes[device.id]
-                device.rekeyed_at = now
-    except IntegrityError:
-        # Another process loaded the demo between our check and our insert.
-        async with maker() as session:
-            if await _has_stations(session):
-                return {}
-        raise
-    return secrets
-
-
-async def rekey_devices(
-    maker: async_sessionmaker[AsyncSession], device_ids: Sequence[str], *, now: datetime
-) -> dict[str, str]:
-    """Re-issue secrets the demo has lost; old secrets stop working. One transaction."""
-    async with session_scope(maker) as session:
-        return await rekey_existing(session, device_ids, now=now)

@@ -13,7 +13,6 @@ import re
 from datetime import date
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -26,22 +25,41 @@ from pydantic import (
     model_validator,
 )
 
-from dispatcher.models import DEFAULT_HEARTBEAT_S, TIER_OF_KIND, Area, DeviceKind, StationKind, Tier
+from config.types import TimeZoneName
+from device_gateway.kinds import DEFAULT_HEARTBEAT_S, DeviceKind
+from dispatcher.notifications.channels.models import ChannelKind
+from dispatcher.registry.models import TIER_OF_KIND, Area, StationKind, Tier
+from dispatcher.registry.reasons import refusal
 
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 ID_RE = re.compile(ID_PATTERN)
 # Loose on purpose: mobiles (13812345678), landlines (0377-61234567), +86 prefixes.
 PHONE_PATTERN = r"^\+?[0-9][0-9 ()-]{2,38}$"
+# A home's fixed line or a resident's mobile: digits, an optional leading +, spaces and
+# dashes between groups (0377-6123 4567, +86 138 1234 5678); 40 characters at most.
+LINE_PHONE_PATTERN = r"^\+?[0-9][0-9 -]*$"
+MAX_PHONE = 40
 
 # Separators people type for lists in one cell; the first of each is what export writes.
 CONDITION_SEPARATORS = (";", "；", "、")
 CONTACT_SEPARATORS = (";", "；")
 CONTACT_FIELD_SEPARATORS = ("/", "／")
+# A contact's channel order rides in the contact cell as a fourth field:
+# ``name/relation/phone/sms voice``.
 
 _TRUE = frozenset({"true", "t", "yes", "y", "1", "on", "是", "对", "√"})
 _FALSE = frozenset({"false", "f", "no", "n", "0", "off", "否", "不", "×"})
 
 MIN_SECRET_LEN = 16
+# Free text and lists a person types: generous for real use, bounded so one request
+# cannot store megabytes (the HTTP body limit is the outer bound).
+MAX_NOTES = 2000
+MAX_CONDITIONS = 50
+MAX_CONTACTS = 20
+# Hand-off facts read out to 120/110/119: a paragraph, not a file.
+MAX_HANDOFF = 1000
+MAX_CHANNELS_TEXT = 100
+CHANNEL_NAMES: tuple[str, ...] = tuple(k.value for k in ChannelKind)
 
 
 def _parse_flag(value: Any) -> Any:
@@ -52,7 +70,7 @@ def _parse_flag(value: Any) -> Any:
             return True
         if text in _FALSE:
             return False
-        raise ValueError(f"expected true/false (or 是/否), got {value!r}")
+        raise refusal("not_boolean")
     return value
 
 
@@ -86,22 +104,65 @@ def _parse_shifts(value: Any) -> str:
     names = sorted({p.strip().lower() for p in parts if p.strip()})
     for name in names:
         if not SHIFT_NAME.match(name):
-            raise ValueError(
-                f"shift name {name!r} must be a lowercase word (a-z, 0-9, _ or -), like day or night"
-            )
+            raise refusal("shift_name", name=name)
     joined = " ".join(names)
     if len(joined) > 200:
-        raise ValueError("too many shifts for one person (200 characters at most)")
+        raise refusal("too_many_shifts")
     return joined
 
 
 Shifts = Annotated[str, BeforeValidator(_parse_shifts)]
+
+
+def _parse_line_phone(value: Any) -> Any:
+    """A fixed line or mobile as typed; "" when there is none."""
+    if value is None:
+        return ""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # a spreadsheet cell typed as a number
+    if not isinstance(value, str):
+        return value
+    text = " ".join(value.split())
+    if len(text) > MAX_PHONE:
+        raise refusal("phone_too_long", max=MAX_PHONE)
+    if text and not re.match(LINE_PHONE_PATTERN, text):
+        raise refusal("phone_format")
+    return text
+
+
+def _parse_channels(value: Any) -> Any:
+    """A person's channel order: known channel names separated by spaces or commas (or a
+    list), kept in the order given, joined by one space; "" = the purpose's order."""
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):
+        parts = [str(v) for v in value]
+    elif isinstance(value, str):
+        parts = re.split(r"[\s,;、，；]+", value)
+    else:
+        return value
+    names: list[str] = []
+    for part in (p.strip().lower() for p in parts):
+        if not part:
+            continue
+        if part not in CHANNEL_NAMES:
+            raise refusal("unknown_channel", channel=part, channels=", ".join(CHANNEL_NAMES))
+        if part in names:
+            raise refusal("channel_twice", channel=part)
+        names.append(part)
+    return " ".join(names)
+
+
+LinePhone = Annotated[str, BeforeValidator(_parse_line_phone)]
+Channels = Annotated[str, BeforeValidator(_parse_channels)]
+HandoffText = Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_HANDOFF)]
 Id = Annotated[str, StringConstraints(strip_whitespace=True, pattern=ID_PATTERN)]
 OptionalId = Annotated[Id | None, BeforeValidator(_blank_to_none)]
 Flag = Annotated[bool, BeforeValidator(_parse_flag)]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 StationName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Address = Annotated[str, StringConstraints(strip_whitespace=True, max_length=300)]
+Notes = Annotated[str, StringConstraints(max_length=MAX_NOTES)]
 Phone = Annotated[str, StringConstraints(strip_whitespace=True, pattern=PHONE_PATTERN)]
 OptionalPhone = Annotated[str, StringConstraints(strip_whitespace=True, max_length=40)]
 Lat = Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False)]
@@ -133,11 +194,12 @@ class _Row(BaseModel):
     kind_name: ClassVar[str]
 
 
-def _check_text(value: str, what: str, forbidden: tuple[str, ...]) -> str:
-    """Reject characters that would break the one-cell encoding on the next export."""
+def _check_text(value: str, code: str, forbidden: tuple[str, ...]) -> str:
+    """Reject characters that would break the one-cell encoding on the next export
+    (``code``: the reason, naming what the value is)."""
     for sep in forbidden:
         if sep in value:
-            raise ValueError(f"{what} {value!r} must not contain {sep!r}")
+            raise refusal(code, value=value, sep=sep)
     return value
 
 
@@ -154,7 +216,7 @@ class StationRow(_Row):
     address: Address = ""
     phone: OptionalPhone = ""
     area: Area = Area.urban
-    timezone: str = "Asia/Shanghai"
+    timezone: TimeZoneName = "Asia/Shanghai"
 
     @model_validator(mode="before")
     @classmethod
@@ -166,31 +228,19 @@ class StationRow(_Row):
                 data = {**data, "tier": TIER_OF_KIND[kind].value}
         return data
 
-    @field_validator("timezone")
-    @classmethod
-    def _known_timezone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r}") from exc
-        return value
-
     @model_validator(mode="after")
     def _tree_shape(self) -> StationRow:
         expected = TIER_OF_KIND[self.kind]
         if self.tier != expected:
-            raise ValueError(
-                f"tier {self.tier.value!r} does not match kind {self.kind.value!r} "
-                f"(a {self.kind.value} is tier {expected.value!r})"
-            )
+            raise refusal("tier_kind", tier=self.tier.value, kind=self.kind.value, expected=expected.value)
         if self.tier is Tier.county and self.parent_id is not None:
-            raise ValueError("a county station has no parent; leave parent_id empty")
+            raise refusal("county_no_parent")
         if self.tier is not Tier.county and self.parent_id is None:
             parent_tier = PARENT_TIER[self.tier]
             assert parent_tier is not None
-            raise ValueError(f"a {self.tier.value} station needs parent_id (a {parent_tier.value} station)")
+            raise refusal("needs_parent", tier=self.tier.value, parent_tier=parent_tier.value)
         if self.parent_id == self.id:
-            raise ValueError("a station cannot be its own parent")
+            raise refusal("own_parent")
         return self
 
 
@@ -204,6 +254,7 @@ class StaffRow(_Row):
     phone: OptionalPhone = ""
     on_duty: Flag = False
     shifts: Shifts = ""
+    channels: Channels = ""
 
 
 class HomeRow(_Row):
@@ -215,7 +266,8 @@ class HomeRow(_Row):
     lat: Lat
     lon: Lon
     area: Area = Area.urban
-    notes: str = ""
+    notes: Notes = ""
+    phone: LinePhone = ""
 
 
 class ContactRow(BaseModel):
@@ -225,11 +277,12 @@ class ContactRow(BaseModel):
     relation: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=40)]
     phone: Phone
     priority: int = Field(default=1, ge=1, le=99)
+    channels: Channels = ""
 
     @field_validator("name", "relation")
     @classmethod
     def _encodable(cls, value: str) -> str:
-        return _check_text(value, "contact field", CONTACT_FIELD_SEPARATORS + CONTACT_SEPARATORS)
+        return _check_text(value, "contact_field_separator", CONTACT_FIELD_SEPARATORS + CONTACT_SEPARATORS)
 
 
 def _split(text: str, separators: tuple[str, ...]) -> list[str]:
@@ -239,20 +292,27 @@ def _split(text: str, separators: tuple[str, ...]) -> list[str]:
 
 
 def parse_contacts(cell: str) -> list[dict[str, Any]]:
-    """Decode ``name/relation/phone; ...``; position gives the calling priority."""
+    """Decode ``name/relation/phone[/channels]; ...``; position gives the calling priority."""
     contacts: list[dict[str, Any]] = []
     for number, item in enumerate(_split(cell, CONTACT_SEPARATORS), start=1):
         fields = _split(item, CONTACT_FIELD_SEPARATORS)
-        if len(fields) != 3:
-            raise ValueError(f"contact {number} {item!r} must be written name/relation/phone")
-        name, relation, phone = fields
-        contacts.append({"name": name, "relation": relation, "phone": phone, "priority": number})
+        if len(fields) not in (3, 4):
+            raise refusal("contact_form", number=number, item=item)
+        name, relation, phone = fields[:3]
+        contact = {"name": name, "relation": relation, "phone": phone, "priority": number}
+        if len(fields) == 4:
+            contact["channels"] = fields[3]
+        contacts.append(contact)
     return contacts
+
+
+def encode_contact(name: str, relation: str, phone: str, channels: str = "") -> str:
+    return "/".join([name, relation, phone, channels] if channels else [name, relation, phone])
 
 
 def encode_contacts(contacts: list[ContactRow]) -> str:
     ordered = sorted(contacts, key=lambda c: c.priority)
-    return "; ".join(f"{c.name}/{c.relation}/{c.phone}" for c in ordered)
+    return "; ".join(encode_contact(c.name, c.relation, c.phone, c.channels) for c in ordered)
 
 
 def encode_conditions(conditions: list[str]) -> str:
@@ -270,13 +330,19 @@ class ResidentRow(_Row):
     # GB/T 42195-2022 levels: 0 intact .. 4 complete loss of capacity.
     capacity_level: int = Field(ge=0, le=4)
     living_alone: Flag = False
-    conditions: list[Annotated[str, StringConstraints(min_length=1, max_length=60)]] = []
-    notes: str = ""
+    conditions: Annotated[
+        list[Annotated[str, StringConstraints(min_length=1, max_length=60)]], Field(max_length=MAX_CONDITIONS)
+    ] = []
+    notes: Notes = ""
+    phone: LinePhone = ""
+    medications: HandoffText = ""
+    allergies: HandoffText = ""
+    access_notes: HandoffText = ""
     hr_min: HeartRate = None
     hr_max: HeartRate = None
     rr_min: BreathRate = None
     rr_max: BreathRate = None
-    contacts: list[ContactRow] = []
+    contacts: Annotated[list[ContactRow], Field(max_length=MAX_CONTACTS)] = []
 
     @field_validator("sex", mode="before")
     @classmethod
@@ -296,7 +362,7 @@ class ResidentRow(_Row):
     @classmethod
     def _conditions_encodable(cls, value: list[str]) -> list[str]:
         for item in value:
-            _check_text(item, "condition", CONDITION_SEPARATORS)
+            _check_text(item, "condition_separator", CONDITION_SEPARATORS)
         return value
 
     @field_validator("contacts", mode="before")
@@ -311,21 +377,21 @@ class ResidentRow(_Row):
     def _contacts_order(cls, value: list[ContactRow]) -> list[ContactRow]:
         priorities = [c.priority for c in value]
         if len(set(priorities)) != len(priorities):
-            raise ValueError("two contacts share a priority")
+            raise refusal("contacts_share_priority")
         return sorted(value, key=lambda c: c.priority)
 
     @field_validator("birth_date")
     @classmethod
     def _plausible_birth(cls, value: date) -> date:
         if value < date(1900, 1, 1) or value > date.today():
-            raise ValueError(f"birth date {value.isoformat()} is not plausible")
+            raise refusal("birth_date", date=value.isoformat())
         return value
 
     @model_validator(mode="after")
     def _ranges(self) -> ResidentRow:
         for low, high, what in ((self.hr_min, self.hr_max, "hr"), (self.rr_min, self.rr_max, "rr")):
             if low is not None and high is not None and low >= high:
-                raise ValueError(f"{what}_min ({low}) must be below {what}_max ({high})")
+                raise refusal("range_order", what=what, low=low, high=high)
         return self
 
 
@@ -360,7 +426,7 @@ class DeviceRow(_Row):
     @classmethod
     def _strong_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < MIN_SECRET_LEN:
-            raise ValueError(f"secret must be at least {MIN_SECRET_LEN} characters")
+            raise refusal("short_secret", min=MIN_SECRET_LEN)
         return value
 
 

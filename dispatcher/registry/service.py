@@ -7,23 +7,17 @@ These functions work inside the caller's transaction and never commit.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from device_gateway.credentials import generate_secret, hash_secret
-from dispatcher.models import (
-    DEFAULT_HEARTBEAT_S,
-    Contact,
-    Device,
-    DeviceKind,
-    Home,
-    Resident,
-    Staff,
-    Station,
-)
+from device_gateway.kinds import DEFAULT_HEARTBEAT_S, DeviceKind
+from device_gateway.models import Device
+from device_gateway.store import ResidentVitals
+from dispatcher.registry.models import Contact, Home, Resident, Staff, Station
 from dispatcher.registry.schemas import ID_RE
 
 
@@ -105,7 +99,7 @@ async def issue_device(
 
 
 async def rekey_existing(
-    session: AsyncSession, device_ids: Iterable[str], *, now: datetime
+    session: AsyncSession, *, device_ids: Iterable[str], now: datetime
 ) -> dict[str, str]:
     """Issue fresh secrets to existing devices; unknown ids raise before anything changes."""
     _require_aware(now)
@@ -122,11 +116,30 @@ async def rekey_existing(
     return secrets
 
 
-async def get_device(session: AsyncSession, device_id: str) -> Device | None:
+async def issue_missing(session: AsyncSession, *, now: datetime) -> dict[str, str]:
+    """A first secret for every device that has none yet (imported or provisioned without
+    one), by id; devices that already have a secret keep it."""
+    _require_aware(now)
+    devices = (
+        await session.scalars(
+            select(Device)
+            .where(or_(Device.secret_hash.is_(None), Device.secret_hash == ""))
+            .order_by(Device.id)
+        )
+    ).all()
+    secrets: dict[str, str] = {}
+    for device in devices:
+        secrets[device.id] = generate_secret()
+        _set_secret(device, secrets[device.id], now)
+    await session.flush()
+    return secrets
+
+
+async def get_device(session: AsyncSession, *, device_id: str) -> Device | None:
     return await session.get(Device, device_id)
 
 
-async def set_device_enabled(session: AsyncSession, device_id: str, enabled: bool) -> None:
+async def set_device_enabled(session: AsyncSession, *, device_id: str, enabled: bool) -> None:
     """Disabling keeps the device and its history; the gateway refuses its messages."""
     device = await session.get(Device, device_id)
     if device is None:
@@ -154,3 +167,32 @@ async def registry_counts(session: AsyncSession) -> dict[str, int]:
         await session.scalar(select(func.count()).where(Device.secret_hash.is_not(None))) or 0
     )
     return counts
+
+
+_IN_CHUNK = 10_000
+
+
+async def resident_vitals(session: AsyncSession, *, home_ids: Sequence[str]) -> dict[str, ResidentVitals]:
+    """Home id → the facts its most dependent resident's vitals are watched with (the
+    gateway's rules; homes without a resident are absent). The shell hands this lookup to
+    the gateway (device_gateway.store.ResidentLookup): the edge does not read residents."""
+    found: dict[str, ResidentVitals] = {}
+    # In chunks: asyncpg refuses a statement with more than 32,767 parameters, and a
+    # county-scale registry (carecall simulate --devices 100000) has more homes than that.
+    homes = sorted(set(home_ids))
+    for start in range(0, len(homes), _IN_CHUNK):
+        res = await session.scalars(
+            select(Resident)
+            .where(Resident.home_id.in_(homes[start : start + _IN_CHUNK]))
+            .order_by(Resident.capacity_level.desc())
+        )
+        for r in res:
+            if r.home_id not in found:  # most dependent resident first
+                found[r.home_id] = ResidentVitals(
+                    capacity_level=r.capacity_level,
+                    hr_min=r.hr_min,
+                    hr_max=r.hr_max,
+                    rr_min=r.rr_min,
+                    rr_max=r.rr_max,
+                )
+    return found

@@ -2,16 +2,34 @@
 // i18n/<lang>.json; times are shown in the station's time zone, not the browser's,
 // so an operator on a county PC set to UTC still reads local (Asia/Shanghai) times.
 export const LANGS = ["zh-CN", "en"];
+const CHOSEN = "carecall.lang"; // set only when the person picks a language
 let lang = "zh-CN";
 let messages = {};
 let zone = "Asia/Shanghai";
+// Keys asked for but missing from the catalogue: shown as the key itself on the page and
+// collected here, so a browser test (and a curious admin in devtools) can list them.
+const missing = new Set();
+globalThis.carecallI18nMissing = missing;
 
-export async function loadLang(wanted) {
+// The browser's languages decide until the person picks one: any zh* → 中文, else English.
+export function browserLang(langs = navigator.languages || [navigator.language || ""]) {
+  const first = (langs.find((l) => l) || "").toLowerCase();
+  return first.startsWith("zh") ? "zh-CN" : "en";
+}
+
+export function preferredLang() {
+  const chosen = localStorage.getItem(CHOSEN);
+  return LANGS.includes(chosen) ? chosen : browserLang();
+}
+
+// remember: the person chose it (the language switch), so it sticks on the next visit.
+export async function loadLang(wanted, remember = true) {
   lang = LANGS.includes(wanted) ? wanted : "zh-CN";
   const r = await fetch(`/console/static/i18n/${lang}.json`);
   messages = await r.json();
+  missing.clear();
   document.documentElement.lang = lang;
-  localStorage.setItem("carecall.lang", lang);
+  if (remember) localStorage.setItem(CHOSEN, lang);
   return lang;
 }
 
@@ -20,11 +38,38 @@ export function setZone(z) { zone = z || "Asia/Shanghai"; }
 
 export function t(key, vars = {}) {
   const text = messages[key];
-  if (text === undefined) return key; // a missing key shows itself, never silently blank
+  if (text === undefined) { // a missing key shows itself, never silently blank
+    missing.add(key);
+    return key;
+  }
   return text.replace(/\{(\w+)\}/g, (_, k) => (vars[k] === undefined ? `{${k}}` : String(vars[k])));
 }
 
 export function has(key) { return Object.prototype.hasOwnProperty.call(messages, key); }
+
+// A code the server sends (a status, a reason, a role…) as words: the catalogue's
+// "<domain>.<value>". A code without a translation shows as that key (visible, and listed
+// in carecallI18nMissing), never as a bare code that looks deliberate.
+export function code(domain, value) {
+  if (value === null || value === undefined || value === "") return "";
+  return t(`${domain}.${value}`);
+}
+
+// Who did something on a timeline: a person's name; devices, family contacts and the
+// dispatcher's own workers ("intake", "host-1:watchdog"…) in words.
+export function actorLabel(actor) {
+  const [kind, ...rest] = String(actor || "").split(":");
+  const who = rest.join(":");
+  if (kind === "user" && who) return who;
+  if (kind === "device" && who) return t("actor.device", { id: who });
+  if (kind === "contact" && who) return t("actor.contact");
+  return t("actor.system");
+}
+
+// A list of codes, e.g. a call's priority reasons, in the language's list style.
+export function codes(domain, values) {
+  return (values || []).map((v) => code(domain, v)).join(lang === "zh-CN" ? "；" : "; ");
+}
 
 // Fill every [data-i18n] / [data-i18n-label] element under root.
 export function applyStatic(root = document) {

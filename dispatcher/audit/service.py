@@ -1,0 +1,209 @@
+"""Appending to and verifying the hash-chained audit log (the chain itself: dispatcher.audit.chain).
+
+Appends lock the single ``audit_head`` row first (an UPDATE, which takes the row lock on
+PostgreSQL and the write lock on SQLite), so concurrent dispatcher copies append one after
+another and the chain never forks. The new head is written once, just before the commit,
+and the rows go in with the transaction's other inserts. Rows are never updated or deleted
+by the code.
+
+The dispatcher's own loops (intake, timers, outbox) use :func:`defer`: their rows are
+chained at commit instead. The lock is then taken last, in ``before_commit``, and held
+only for the head update, the audit rows' insert and the commit, rather than for the
+whole transaction: with one global chain, that lock was busy nearly all the time at 100
+alarms a second, and every loop (and every copy) waited in line for it. The chain is the
+same: seq order is still commit order, because the lock is held until the commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import event, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
+
+from dispatcher.audit.chain import ChainRow, ChainVerdict, next_row, verify
+from dispatcher.audit.models import AuditHead, AuditRow
+
+_HEAD_KEY = "carecall.audit_head"
+
+
+_DIRTY_KEY = "carecall.audit_head_dirty"
+_DEFER_KEY = "carecall.audit_deferred"  # rows to chain at commit (see defer)
+
+
+def _write_head(session: Session) -> None:
+    """before_commit: store the chain head once per transaction, not once per row; in
+    deferred mode, lock the head now and chain the transaction's rows."""
+    pending: list[AuditRow] | None = session.info.pop(_DEFER_KEY, None)
+    if pending:
+        seq, prev = session.execute(
+            update(AuditHead)
+            .where(AuditHead.id == 1)
+            .values(seq=AuditHead.seq)
+            .returning(AuditHead.seq, AuditHead.hash)
+        ).one()
+        for row in pending:
+            link = next_row(
+                seq,
+                prev,
+                call_id=row.call_id,
+                at=row.at,
+                kind=row.kind,
+                actor=row.actor,
+                station_id=row.station_id,
+                detail=row.detail,
+            )
+            row.seq, row.prev_hash, row.hash = link.seq, link.prev_hash, link.hash
+            seq, prev = link.seq, link.hash
+        session.add_all(pending)  # flushed by the commit, after this hook
+        session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=prev))
+        return
+    if session.info.pop(_DIRTY_KEY, False):
+        seq, digest = session.info[_HEAD_KEY]
+        session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=digest))
+
+
+def _drop_head(session: Session, *_: Any) -> None:
+    """After commit or rollback the cached head is no longer ours to trust."""
+    session.info.pop(_HEAD_KEY, None)
+    session.info.pop(_DIRTY_KEY, None)
+    session.info.pop(_DEFER_KEY, None)
+
+
+def _listen(session: AsyncSession) -> None:
+    sync = session.sync_session
+    if not event.contains(sync, "before_commit", _write_head):
+        event.listen(sync, "before_commit", _write_head)
+        event.listen(sync, "after_commit", _drop_head)
+        event.listen(sync, "after_rollback", _drop_head)
+
+
+def defer(session: AsyncSession) -> None:
+    """Chain this transaction's audit rows at commit, taking the chain lock only then.
+
+    For transactions that read no audit rows they wrote themselves (the rows are not in
+    the database before the commit) and that may take their row locks (calls, timers,
+    notifications) before the chain's: every such writer then locks in the same order,
+    rows first and the chain last, and holds the chain only for the commit. Call it at
+    the start of the transaction; :func:`lock_head` is then a no-op."""
+    if _HEAD_KEY in session.info:
+        return  # the head is already locked: keep chaining as we go
+    session.info[_DEFER_KEY] = []
+    _listen(session)
+
+
+async def _head(session: AsyncSession) -> list[Any]:
+    """[seq, hash] of the chain head, locked for this transaction."""
+    cached = session.info.get(_HEAD_KEY)
+    if cached is not None:
+        return list(cached)
+    await session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq))
+    head = (await session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1))).one()
+    _listen(session)
+    return [head.seq, head.hash]
+
+
+async def lock_head(session: AsyncSession) -> None:
+    """Take the chain's lock at the start of a transaction, before any call row: every
+    writer then locks in the same order (head, then calls), so two dispatcher copies can
+    never deadlock on a call and the head."""
+    if _HEAD_KEY not in session.info and _DEFER_KEY not in session.info:
+        session.info[_HEAD_KEY] = tuple(await _head(session))
+
+
+async def append(
+    session: AsyncSession,
+    *,
+    kind: str,
+    at: datetime,
+    actor: str,
+    call_id: int | None = None,
+    station_id: str | None = None,
+    detail: Mapping[str, Any] | None = None,
+) -> AuditRow:
+    body = dict(detail or {})
+    deferred: list[AuditRow] | None = session.info.get(_DEFER_KEY)
+    if deferred is not None:
+        # seq, prev_hash and hash are set at commit (_write_head), under the chain lock
+        row = AuditRow(call_id=call_id, at=at, kind=kind, actor=actor, station_id=station_id, detail=body)
+        deferred.append(row)
+        return row
+    seq, prev = await _head(session)
+    link = next_row(
+        seq, prev, call_id=call_id, at=at, kind=kind, actor=actor, station_id=station_id, detail=body
+    )
+    row = AuditRow(
+        seq=link.seq,
+        call_id=call_id,
+        at=at,
+        kind=kind,
+        actor=actor,
+        station_id=station_id,
+        detail=body,
+        prev_hash=prev,
+        hash=link.hash,
+    )
+    session.add(row)  # inserted with the transaction's other rows at the next flush
+    session.info[_HEAD_KEY] = (link.seq, link.hash)
+    session.info[_DIRTY_KEY] = True
+    return row
+
+
+def forget_head(session: AsyncSession) -> None:
+    """Call after a rollback: the cached head is no longer true."""
+    session.info.pop(_HEAD_KEY, None)
+
+
+async def iter_rows(
+    maker: async_sessionmaker[AsyncSession], *, upto: int | None = None, batch: int = 5000
+) -> AsyncIterator[ChainRow]:
+    last = 0
+    while True:
+        stmt = select(AuditRow).where(AuditRow.seq > last)
+        if upto is not None:
+            stmt = stmt.where(AuditRow.seq <= upto)
+        async with maker() as s:
+            rows = (await s.scalars(stmt.order_by(AuditRow.seq).limit(batch))).all()
+        if not rows:
+            return
+        for r in rows:
+            yield ChainRow(
+                seq=r.seq,
+                call_id=r.call_id,
+                at=r.at,
+                kind=r.kind,
+                actor=r.actor,
+                station_id=r.station_id,
+                detail=r.detail,
+                prev_hash=r.prev_hash,
+                hash=r.hash,
+            )
+        last = rows[-1].seq
+
+
+async def verify_log(maker: async_sessionmaker[AsyncSession]) -> ChainVerdict:
+    """Verify the chain up to the head as it is now, and that the head names its last row.
+
+    The head is read first: a dispatcher still appending commits its rows and the new head
+    together, so every row up to the head we read is committed, and later rows are simply
+    not part of this check. (Reading the rows first and the head last would race with a
+    live system and report rows as deleted.)"""
+    async with maker() as s:
+        head = (await s.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1))).one()
+    rows = [r async for r in iter_rows(maker, upto=head.seq)]
+    verdict = verify(rows)
+    if not verdict.ok:
+        return verdict
+    last_seq = rows[-1].seq if rows else 0
+    last_hash = rows[-1].hash if rows else head.hash
+    if head.seq != last_seq or head.hash != last_hash:
+        return ChainVerdict(
+            ok=False,
+            rows_checked=verdict.rows_checked,
+            first_bad_seq=last_seq + 1 if head.seq > last_seq else last_seq,
+            problem=f"chain head says seq {head.seq} but the log ends at seq {last_seq}: rows deleted from the end",
+        )
+    return verdict

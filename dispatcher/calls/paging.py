@@ -1,0 +1,379 @@
+"""Paging in the call flow: loads a station's people and a call's pages, applies the pure decision.
+
+The caller owns the transaction; every change here is an audit row in the same
+transaction. When the notification channels route pages, each new page is also an
+outbox notification (sent by a dispatcher after the commit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from pydantic import BaseModel
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from device_gateway.models import DeviceEvent
+from dispatcher.audit import service as audit
+from dispatcher.calls.context import DispatchContext
+from dispatcher.calls.models import OPEN_STATUSES, Assignment, Call, CallEvent
+from dispatcher.notifications.channels.order import app_only, parse_order
+from dispatcher.notifications.models import Notification, NotificationStatus
+from dispatcher.paging.models import Page
+from dispatcher.paging.policy import (
+    Attempt,
+    Availability,
+    PageOutcome,
+    PagingDecision,
+    PagingPolicy,
+    Person,
+    decide,
+)
+from dispatcher.registry.models import Home, Resident, Staff
+
+# Audit kinds of paging (their labels are translated with the others in the console).
+PAGED = "paged"
+PAGE_ACCEPTED = "page_accepted"
+PAGE_DECLINED = "page_declined"
+PAGE_TIMED_OUT = "page_timed_out"
+PAGE_WITHDRAWN = "page_withdrawn"
+AVAILABILITY_SET = "availability_set"
+
+
+class PageOut(BaseModel):
+    """One person paged for the call: who, how they were reached and what they answered."""
+
+    page_id: int
+    staff_id: str
+    name: str
+    station_id: str
+    channel: str  # app, or the kind of channel that delivered the page (sms, voice …)
+    paged_at: datetime
+    outcome: str  # pending accepted declined timed_out withdrawn
+    answered_at: datetime | None
+    delivery: str  # pending delivered failed
+    receipt: str
+
+
+class PagingError(Exception):
+    """A page answered by someone else, twice, or after it stopped counting."""
+
+
+def availability_of(staff: Staff) -> Availability:
+    if not staff.on_duty:
+        return Availability.off_duty
+    return Availability.busy if staff.busy else Availability.on_duty
+
+
+async def people_at(session: AsyncSession, *, station_id: str) -> list[Person]:
+    """The station's staff as paging sees them (roster order: name, then id)."""
+    staff = (
+        (
+            await session.execute(
+                select(Staff).where(Staff.station_id == station_id).order_by(Staff.name, Staff.id)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    busy_with_calls = set(
+        (
+            await session.execute(
+                select(Assignment.staff_id)
+                .join(Call, Call.id == Assignment.call_id)
+                .where(
+                    Assignment.active.is_(True),
+                    Assignment.staff_id.in_([s.id for s in staff]),
+                    Call.status.in_([str(s) for s in OPEN_STATUSES]),
+                )
+            )
+        )
+        .scalars()
+        .all()
+    )
+    return [
+        Person(s.id, s.role, availability_of(s), on_call=s.id in busy_with_calls, rank=float(rank))
+        for rank, s in enumerate(staff)
+    ]
+
+
+async def pages_of(session: AsyncSession, *, call_id: int, station_id: str | None = None) -> list[Page]:
+    query = select(Page).where(Page.call_id == call_id)
+    if station_id is not None:
+        query = query.where(Page.station_id == station_id)
+    return list((await session.execute(query.order_by(Page.paged_at, Page.id))).scalars().all())
+
+
+@dataclass(frozen=True)
+class StepResult:
+    decision: PagingDecision
+    new_pages: list[Page]
+
+
+async def step(
+    session: AsyncSession,
+    *,
+    call_id: int,
+    station_id: str,
+    policy: PagingPolicy,
+    now: datetime,
+    actor: str = "dispatcher",
+    channel: str = "app",
+    ctx: DispatchContext | None = None,
+) -> StepResult:
+    """Decide and record the next paging step of one call at one station. With a context
+    whose notification channels route pages, each new page also queues a notification
+    for its person (SMS, voice … reach them when the app is closed). A step with ``via``
+    (the voice round before the county) needs those channels; without them it does
+    nothing."""
+    if policy.via and (ctx is None or not ctx.page_notifications):
+        # a round by SMS / voice … with no channel to send it: nothing to do (the app
+        # pages of the other steps go on)
+        return StepResult(PagingDecision(), [])
+    pages = await pages_of(session, call_id=call_id, station_id=station_id)
+    attempts = [Attempt(p.staff_id, p.paged_at, PageOutcome(p.outcome), p.channel) for p in pages]
+    decision = decide(policy, await people_at(session, station_id=station_id), attempts, now=now)
+    timeout = timedelta(seconds=policy.timeout_s)
+    for page in pages:  # this step's round only (a ``via`` step leaves the others' pages alone)
+        if (
+            page.staff_id in decision.time_out
+            and page.outcome == PageOutcome.pending
+            and policy.round_of(page.channel)
+            and now >= page.paged_at + timeout
+        ):
+            page.outcome = PageOutcome.timed_out
+            page.answered_at = now
+            await audit.append(
+                session,
+                kind=PAGE_TIMED_OUT,
+                at=now,
+                actor=actor,
+                call_id=call_id,
+                station_id=station_id,
+                detail={"staff_id": page.staff_id, "page_id": page.id},
+            )
+    for page in pages:
+        if page.staff_id in decision.withdraw and page.outcome == PageOutcome.pending:
+            await _withdraw(session, page, now=now, actor=actor)
+    if policy.via:
+        channel = policy.via[0]
+    new_pages = []
+    for staff_id in decision.page:
+        page = Page(call_id=call_id, station_id=station_id, staff_id=staff_id, channel=channel, paged_at=now)
+        session.add(page)
+        new_pages.append(page)
+    if new_pages:
+        await session.flush()
+    for page in new_pages:
+        await audit.append(
+            session,
+            kind=PAGED,
+            at=now,
+            actor=actor,
+            call_id=call_id,
+            station_id=station_id,
+            detail={
+                "staff_id": page.staff_id,
+                "page_id": page.id,
+                "channel": channel,
+                "mode": policy.mode,
+                **({"via": list(policy.via)} if policy.via else {}),
+            },
+        )
+    if new_pages and ctx is not None and ctx.page_notifications:
+        await queue_page_notifications(
+            session, call_id=call_id, pages=new_pages, ctx=ctx, now=now, policy=policy
+        )
+    return StepResult(decision, new_pages)
+
+
+async def queue_page_notifications(
+    session: AsyncSession,
+    *,
+    call_id: int,
+    pages: list[Page],
+    ctx: DispatchContext,
+    now: datetime,
+    policy: PagingPolicy | None = None,
+) -> None:
+    """One outbox notification per page (purpose ``page``, target ``staff:<id>``) with
+    what the message says: the call, its priority, the events, the address and the link
+    to the app. The outbox writes the delivery back on the page.
+
+    ``channels`` in the body is the order the channels try: the step's ``via`` (the voice
+    call before the county), else the person's own (staff.channels), else the route's.
+    Someone who chose the app alone gets no notification outside it. With the step's
+    ``fallback_after_s`` the notification waits that long and is not sent if the page
+    was answered meanwhile (the outbox checks the page before sending)."""
+    row = (
+        await session.execute(
+            select(Call, Home.address, Resident.name)
+            .join(Home, Home.id == Call.home_id)
+            .outerjoin(Resident, Resident.id == Call.resident_id)
+            .where(Call.id == call_id)
+        )
+    ).one()
+    call, address, resident = row
+    event_types = sorted(
+        set(
+            (
+                await session.scalars(
+                    select(DeviceEvent.type)
+                    .join(CallEvent, CallEvent.event_pk == DeviceEvent.id)
+                    .where(CallEvent.call_id == call_id)
+                )
+            ).all()
+        )
+    )
+    link = ctx.page_link(call_id) if ctx.page_link is not None else f"/m/?call={call_id}"
+    via = list(policy.via) if policy is not None else []
+    delay = timedelta(seconds=policy.fallback_after_s or 0) if policy is not None else timedelta()
+    own = dict(
+        (
+            await session.execute(
+                select(Staff.id, Staff.channels).where(Staff.id.in_([p.staff_id for p in pages]))
+            )
+        ).all()
+    )
+    for page in pages:
+        order = via or list(parse_order(own.get(page.staff_id) or ""))
+        if app_only(order):
+            continue
+        session.add(
+            Notification(
+                call_id=call_id,
+                channel=ctx.notifier_channel,
+                purpose="page",
+                target=f"staff:{page.staff_id}",
+                body={
+                    "page_id": page.id,
+                    "call_id": call_id,
+                    "priority": call.priority,
+                    "station_id": page.station_id,
+                    "event_class": call.event_class,
+                    "event_types": event_types,
+                    "address": address or "",
+                    "resident": resident or "",
+                    "link": link,
+                    **({"channels": order} if order else {}),
+                },
+                status=NotificationStatus.pending.value,
+                attempts=0,
+                next_attempt_at=now + delay,
+                created_at=now,
+            )
+        )
+
+
+async def _withdraw(session: AsyncSession, page: Page, *, now: datetime, actor: str) -> None:
+    page.outcome = PageOutcome.withdrawn
+    page.answered_at = now
+    await audit.append(
+        session,
+        kind=PAGE_WITHDRAWN,
+        at=now,
+        actor=actor,
+        call_id=page.call_id,
+        station_id=page.station_id,
+        detail={"staff_id": page.staff_id, "page_id": page.id},
+    )
+
+
+async def withdraw_pending(session: AsyncSession, *, call_id: int, now: datetime, actor: str) -> int:
+    """Withdraw every page of the call still waiting for an answer (the call was taken
+    on the console, or closed); returns how many."""
+    pending = [p for p in await pages_of(session, call_id=call_id) if p.outcome == PageOutcome.pending]
+    for page in pending:
+        await _withdraw(session, page, now=now, actor=actor)
+    return len(pending)
+
+
+async def answer(
+    session: AsyncSession,
+    *,
+    page_id: int,
+    staff_id: str,
+    accept: bool,
+    now: datetime,
+    actor: str,
+    reason: str = "",
+) -> Page:
+    """A paged person accepts or declines. The first acceptance owns the call: the rest of
+    that call's pending pages are withdrawn in the same transaction, and an answer to a page
+    that is no longer pending is refused. The call's row is locked first (FOR UPDATE on
+    PostgreSQL; SQLite serialises writers), so two copies answering at once cannot both win."""
+    found = await session.get(Page, page_id)
+    if found is None or found.staff_id != staff_id:
+        raise PagingError("no such page for this person")
+    await session.execute(select(Call.id).where(Call.id == found.call_id).with_for_update())
+    page = await session.get(Page, page_id, populate_existing=True)
+    assert page is not None
+    if page.outcome != PageOutcome.pending:
+        raise PagingError(f"this page is already {page.outcome}")
+    siblings = await pages_of(session, call_id=page.call_id)
+    if accept and any(p.outcome == PageOutcome.accepted for p in siblings):
+        raise PagingError("someone else has already accepted this call")
+    page.outcome = PageOutcome.accepted if accept else PageOutcome.declined
+    page.answered_at = now
+    page.reason = reason[:200]
+    await audit.append(
+        session,
+        kind=PAGE_ACCEPTED if accept else PAGE_DECLINED,
+        at=now,
+        actor=actor,
+        call_id=page.call_id,
+        station_id=page.station_id,
+        detail={"staff_id": staff_id, "page_id": page.id, **({"reason": reason[:200]} if reason else {})},
+    )
+    if accept:  # the others are told it is taken
+        for other in siblings:
+            if other.id != page.id and other.outcome == PageOutcome.pending:
+                await _withdraw(session, other, now=now, actor=actor)
+    return page
+
+
+async def set_availability(
+    session: AsyncSession, *, staff_id: str, availability: Availability, now: datetime, actor: str
+) -> Staff:
+    """A responder's own on duty / busy / off duty; an audit row names them."""
+    staff = await session.get(Staff, staff_id)
+    if staff is None:
+        raise PagingError(f"unknown staff {staff_id}")
+    staff.on_duty = availability is not Availability.off_duty
+    staff.busy = availability is Availability.busy
+    await audit.append(
+        session,
+        kind=AVAILABILITY_SET,
+        at=now,
+        actor=actor,
+        station_id=staff.station_id,
+        detail={"staff_id": staff_id, "availability": availability},
+    )
+    return staff
+
+
+async def page_rows(session: AsyncSession, *, call_id: int) -> list[PageOut]:
+    rows = (
+        await session.execute(
+            select(Page, Staff.name)
+            .join(Staff, Staff.id == Page.staff_id)
+            .where(Page.call_id == call_id)
+            .order_by(Page.paged_at, Page.id)
+        )
+    ).all()
+    return [
+        PageOut(
+            page_id=p.id,
+            staff_id=p.staff_id,
+            name=name,
+            station_id=p.station_id,
+            channel=p.channel,
+            paged_at=p.paged_at,
+            outcome=p.outcome,
+            answered_at=p.answered_at,
+            delivery=p.delivery,
+            receipt=p.receipt,
+        )
+        for p, name in rows
+    ]

@@ -1,0 +1,551 @@
+"""Reading calls: what routing needs (stations with responders free, a home's recent
+calls), what the HTTP views show (the queue, one call's timeline and responders, the
+items set aside as "could not be processed"), and response times derived from the audit
+log (never stored on the call).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from sqlalchemy import func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from device_gateway.models import DeviceEvent
+from dispatcher.audit.chain import AuditKind
+from dispatcher.audit.models import AuditRow
+from dispatcher.auth.models import User
+from dispatcher.calls import escalation as esc
+from dispatcher.calls import routing
+from dispatcher.calls.context import Batch
+from dispatcher.calls.lifecycle import CLOSED_STATUSES, OPEN_STATUSES
+from dispatcher.calls.models import (
+    Assignment,
+    Call,
+    CallEvent,
+    FailureKind,
+    IntakeFailure,
+    Timer,
+    TimerStatus,
+)
+from dispatcher.calls.paging import PageOut
+from dispatcher.calls.visibility import visible_calls
+from dispatcher.registry.models import Home, Resident, Staff, Station
+
+# --------------------------------------------------------------------------- routing's reads
+
+
+async def station_nodes(session: AsyncSession, *, batch: Batch) -> dict[str, routing.StationNode]:
+    """Every station with its count of on-duty responders not busy on a call, read once
+    per batch (staffing does not change inside one)."""
+    if batch.stations is None:
+        batch.stations = await _load_station_nodes(session)
+    return batch.stations
+
+
+async def _load_station_nodes(session: AsyncSession) -> dict[str, routing.StationNode]:
+    busy = select(Assignment.staff_id).where(Assignment.active.is_(True))
+    counts = dict(
+        (
+            await session.execute(
+                select(Staff.station_id, func.count())
+                .where(
+                    Staff.on_duty.is_(True),
+                    Staff.role.in_(("responder", "nurse", "doctor")),
+                    Staff.id.not_in(busy),
+                )
+                .group_by(Staff.station_id)
+            )
+        ).all()
+    )
+    rows = (await session.scalars(select(Station))).all()
+    return {
+        s.id: routing.station_node(
+            id=s.id,
+            name=s.name,
+            tier=s.tier,
+            parent_id=s.parent_id,
+            lat=s.lat,
+            lon=s.lon,
+            area=s.area,
+            on_duty_responders=int(counts.get(s.id, 0)),
+        )
+        for s in rows
+    }
+
+
+async def recent_calls(session: AsyncSession, *, home_id: str, batch: Batch, now: datetime) -> int:
+    """Calls of this home opened in the last 24 h (from the audit log), counted once per
+    batch and home; the batch adds the calls it opens (a storm joins many events per home)."""
+    if home_id not in batch.recent_calls:
+        counts = await count_recent_calls(session, home_ids=[home_id], now=now)
+        batch.recent_calls[home_id] = counts[home_id]
+    return batch.recent_calls[home_id]
+
+
+async def count_recent_calls(
+    session: AsyncSession, *, home_ids: Sequence[str], now: datetime
+) -> dict[str, int]:
+    """Calls opened in the last 24 h per home (every home given, 0 when none), in one query."""
+    counts = dict(
+        (
+            await session.execute(
+                select(Call.home_id, func.count())
+                .select_from(AuditRow)
+                .join(Call, Call.id == AuditRow.call_id)
+                .where(
+                    Call.home_id.in_(list(home_ids)),
+                    AuditRow.kind == AuditKind.call_opened.value,
+                    AuditRow.at >= now - timedelta(hours=24),
+                )
+                .group_by(Call.home_id)
+            )
+        ).all()
+    )
+    return {h: int(counts.get(h, 0)) for h in home_ids}
+
+
+async def supervisors_for(session: AsyncSession, *, station_id: str | None) -> list[str]:
+    """Supervisors whose scope holds the station: its own, its street's, the county's."""
+    chain: list[str] = []
+    sid = station_id
+    while sid is not None and len(chain) < 10:
+        chain.append(sid)
+        sid = await session.scalar(select(Station.parent_id).where(Station.id == sid))
+    if not chain:
+        return []
+    rows = await session.scalars(
+        select(User.username)
+        .where(User.role == "supervisor", User.active.is_(True), User.station_id.in_(chain))
+        .order_by(User.username)
+    )
+    return list(rows)
+
+
+async def call_device_events(session: AsyncSession, *, call_id: int) -> list[tuple[str, str]]:
+    """(device id, event id) of the device events that raised the call: the devices to tell."""
+    rows = await session.execute(
+        select(DeviceEvent.device_id, DeviceEvent.event_id)
+        .join(CallEvent, CallEvent.event_pk == DeviceEvent.id)
+        .where(
+            CallEvent.call_id == call_id, DeviceEvent.source == "device", DeviceEvent.event_class != "cancel"
+        )
+    )
+    return [(d, e) for d, e in rows.all()]
+
+
+# --------------------------------------------------------------------------- response times
+
+
+@dataclass(frozen=True)
+class CallTimes:
+    opened_at: datetime | None
+    acknowledged_at: datetime | None
+    dispatched_at: datetime | None
+    on_scene_at: datetime | None
+    resolved_at: datetime | None
+    first_event_at: datetime | None
+    escalations: int
+
+
+_TIME_KINDS = {
+    AuditKind.call_opened.value: "opened_at",
+    AuditKind.acknowledged.value: "acknowledged_at",
+    AuditKind.responder_dispatched.value: "dispatched_at",
+    AuditKind.on_scene.value: "on_scene_at",
+    AuditKind.resolved.value: "resolved_at",
+    AuditKind.cancelled.value: "resolved_at",
+    AuditKind.restored.value: "resolved_at",
+    AuditKind.event_received.value: "first_event_at",
+}
+
+
+def _aware(dt: datetime) -> datetime:
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+async def call_times(session: AsyncSession, *, call_ids: Sequence[int]) -> dict[int, CallTimes]:
+    """Response times, derived from the audit rows (never stored on the call)."""
+    if not call_ids:
+        return {}
+    rows = await session.execute(
+        select(AuditRow.call_id, AuditRow.kind, func.min(AuditRow.at), func.count())
+        .where(
+            AuditRow.call_id.in_(list(call_ids)),
+            or_(AuditRow.kind.in_(list(_TIME_KINDS)), AuditRow.kind == AuditKind.escalated.value),
+        )
+        .group_by(AuditRow.call_id, AuditRow.kind)
+    )
+    acc: dict[int, dict[str, Any]] = {cid: {"escalations": 0} for cid in call_ids}
+    for cid_, kind, first, n in rows.all():
+        if cid_ is None:
+            continue
+        cid = int(cid_)
+        if kind == AuditKind.escalated.value:
+            acc[cid]["escalations"] = int(n)
+            continue
+        key = _TIME_KINDS[kind]
+        prev = acc[cid].get(key)
+        at = _aware(first)
+        acc[cid][key] = min(prev, at) if prev else at
+    return {
+        cid: CallTimes(
+            opened_at=v.get("opened_at"),
+            acknowledged_at=v.get("acknowledged_at"),
+            dispatched_at=v.get("dispatched_at"),
+            on_scene_at=v.get("on_scene_at"),
+            resolved_at=v.get("resolved_at"),
+            first_event_at=v.get("first_event_at"),
+            escalations=v["escalations"],
+        )
+        for cid, v in acc.items()
+    }
+
+
+# --------------------------------------------------------------------------- what the views show
+
+
+class EventOut(BaseModel):
+    device_id: str
+    event_id: str
+    type: str
+    event_class: str
+    sensor: str | None
+    received_at: datetime
+    device_ts: datetime | None
+    clock_suspect: bool
+    data: dict[str, Any]
+
+
+class TimelineRow(BaseModel):
+    seq: int
+    at: datetime
+    kind: str
+    actor: str
+    station_id: str | None
+    detail: dict[str, Any]
+
+
+class ResponderOut(BaseModel):
+    staff_id: str
+    name: str
+    phone: str
+    station_id: str
+    state: str
+    active: bool
+
+
+class CallOut(BaseModel):
+    id: int
+    status: str
+    priority: str
+    priority_reasons: list[str]
+    event_class: str
+    home_id: str
+    resident_id: str | None
+    resident_name: str | None = None
+    address: str | None = None
+    station_id: str | None
+    station_name: str | None = None
+    tier: str | None
+    route_reasons: list[str]
+    lat: float
+    lon: float
+    escalation_level: int
+    escalations: int
+    version: int
+    outcome: str | None
+    events: list[EventOut]
+    opened_at: datetime | None
+    acknowledged_at: datetime | None
+    dispatched_at: datetime | None
+    on_scene_at: datetime | None
+    resolved_at: datetime | None
+    next_escalation_at: datetime | None = None
+
+
+class CallDetail(CallOut):
+    timeline: list[TimelineRow]
+    responders: list[ResponderOut]
+    pages: list[PageOut] = []
+
+
+QueueFilter = Literal["open", "closed", "all"]
+
+
+async def queue_ids(
+    session: AsyncSession,
+    *,
+    status: QueueFilter,
+    scope: frozenset[str] | None,
+    limit: int,
+    offset: int,
+) -> list[int]:
+    """The queue's call ids, most urgent first, that ``scope`` sees (dispatcher.calls.visibility)."""
+    stmt = select(Call.id)
+    if status == "open":
+        stmt = stmt.where(Call.status.in_([s.value for s in OPEN_STATUSES]))
+    elif status == "closed":
+        stmt = stmt.where(Call.status.in_([s.value for s in CLOSED_STATUSES]))
+    stmt = stmt.where(visible_calls(scope))
+    stmt = stmt.order_by(Call.priority, Call.id).limit(limit).offset(offset)
+    return list(await session.scalars(stmt))
+
+
+async def staff_stations(session: AsyncSession, *, staff_ids: Sequence[str]) -> dict[str, str]:
+    """Staff id -> station id, for the ids that exist."""
+    rows = await session.execute(select(Staff.id, Staff.station_id).where(Staff.id.in_(list(staff_ids))))
+    return {staff_id: station_id for staff_id, station_id in rows.all()}
+
+
+async def _events_of(session: AsyncSession, ids: Sequence[int]) -> dict[int, list[EventOut]]:
+    evs = (
+        await session.execute(
+            select(CallEvent.call_id, DeviceEvent)
+            .join(DeviceEvent, DeviceEvent.id == CallEvent.event_pk)
+            .where(CallEvent.call_id.in_(list(ids)))
+            .order_by(DeviceEvent.id)
+        )
+    ).all()
+    events: dict[int, list[EventOut]] = {}
+    for cid, ev in evs:
+        events.setdefault(cid, []).append(
+            EventOut(
+                device_id=ev.device_id,
+                event_id=ev.event_id,
+                type=ev.type,
+                event_class=ev.event_class,
+                sensor=ev.sensor,
+                received_at=ev.received_at,
+                device_ts=ev.device_ts,
+                clock_suspect=ev.clock_suspect,
+                data=ev.data or {},
+            )
+        )
+    return events
+
+
+# the steps the queue shows as "next escalation"
+_ESCALATIONS = (
+    esc.TimerAction.escalate_street,
+    esc.TimerAction.escalate_county,
+    esc.TimerAction.alert_supervisor,
+)
+
+
+async def _next_escalations(session: AsyncSession, ids: Sequence[int]) -> dict[int, datetime]:
+    nxt: dict[int, datetime] = {}
+    for cid, at in (
+        await session.execute(
+            select(Timer.call_id, Timer.due_at).where(
+                Timer.call_id.in_(list(ids)),
+                Timer.status == TimerStatus.pending.value,
+                Timer.action.in_([a.value for a in _ESCALATIONS]),
+            )
+        )
+    ).all():
+        at = _aware(at)
+        nxt[cid] = min(nxt.get(cid, at), at)
+    return nxt
+
+
+async def _by_id(session: AsyncSession, model: Any, ids: set[str]) -> dict[str, Any]:
+    if not ids:
+        return {}
+    return {r.id: r for r in (await session.scalars(select(model).where(model.id.in_(ids)))).all()}
+
+
+async def load_calls(session: AsyncSession, ids: list[int]) -> list[CallOut]:
+    """The calls as the queue shows them, in the order of ``ids`` (missing ones left out)."""
+    if not ids:
+        return []
+    rows = (await session.scalars(select(Call).where(Call.id.in_(ids)))).all()
+    by_id = {c.id: c for c in rows}
+    times = await call_times(session, call_ids=ids)
+    events = await _events_of(session, ids)
+    homes: dict[str, Home] = {
+        h.id: h
+        for h in (await session.scalars(select(Home).where(Home.id.in_({c.home_id for c in rows})))).all()
+    }
+    residents: dict[str, Resident] = await _by_id(
+        session, Resident, {c.resident_id for c in rows if c.resident_id}
+    )
+    stations: dict[str, Station] = await _by_id(
+        session, Station, {c.station_id for c in rows if c.station_id}
+    )
+    nxt = await _next_escalations(session, ids)
+    out: list[CallOut] = []
+    for cid in ids:
+        c = by_id.get(cid)
+        if c is None:
+            continue
+        t = times[cid]
+        home = homes.get(c.home_id)
+        res = residents.get(c.resident_id or "")
+        st = stations.get(c.station_id or "")
+        out.append(
+            CallOut(
+                id=c.id,
+                status=c.status,
+                priority=c.priority,
+                priority_reasons=list(c.priority_reasons or []),
+                event_class=c.event_class,
+                home_id=c.home_id,
+                resident_id=c.resident_id,
+                resident_name=res.name if res else None,
+                address=home.address if home else None,
+                station_id=c.station_id,
+                station_name=st.name if st else None,
+                tier=c.tier,
+                route_reasons=list(c.route_reasons or []),
+                lat=c.lat,
+                lon=c.lon,
+                escalation_level=c.escalation_level,
+                escalations=t.escalations,
+                version=c.version,
+                outcome=c.outcome,
+                events=events.get(cid, []),
+                opened_at=t.opened_at,
+                acknowledged_at=t.acknowledged_at,
+                dispatched_at=t.dispatched_at,
+                on_scene_at=t.on_scene_at,
+                resolved_at=t.resolved_at,
+                next_escalation_at=nxt.get(cid),
+            )
+        )
+    return out
+
+
+async def timeline(session: AsyncSession, *, call_id: int) -> list[TimelineRow]:
+    rows = (
+        await session.scalars(select(AuditRow).where(AuditRow.call_id == call_id).order_by(AuditRow.seq))
+    ).all()
+    return [
+        TimelineRow(
+            seq=r.seq, at=r.at, kind=r.kind, actor=r.actor, station_id=r.station_id, detail=r.detail or {}
+        )
+        for r in rows
+    ]
+
+
+async def responders(session: AsyncSession, *, call_id: int) -> list[ResponderOut]:
+    rows = (
+        await session.execute(
+            select(Assignment, Staff)
+            .join(Staff, Staff.id == Assignment.staff_id)
+            .where(Assignment.call_id == call_id)
+        )
+    ).all()
+    return [
+        ResponderOut(
+            staff_id=st.id,
+            name=st.name,
+            phone=st.phone,
+            station_id=st.station_id,
+            state=a.state,
+            active=a.active,
+        )
+        for a, st in rows
+    ]
+
+
+# --------------------------------------------------------------------------- set aside
+
+
+class FailedEventOut(BaseModel):
+    event_pk: int
+    device_id: str
+    home_id: str | None
+    station_id: str | None
+    type: str
+    event_id: str
+    stored_at: datetime
+    attempts: int
+    error: str
+    set_aside_at: datetime
+
+
+class FailedTimerOut(BaseModel):
+    timer_id: int
+    call_id: int
+    station_id: str | None
+    step: int
+    action: str
+    due_at: datetime
+    attempts: int
+    error: str
+    set_aside_at: datetime
+
+
+class IntakeFailuresOut(BaseModel):
+    events: list[FailedEventOut]
+    timers: list[FailedTimerOut]
+
+
+async def set_aside(session: AsyncSession, *, scope: frozenset[str] | None) -> IntakeFailuresOut:
+    """Events and timers set aside as "could not be processed", newest first, with the
+    error, within ``scope`` (an event by its home's station, a timer by its call's)."""
+    ev_stmt = (
+        select(
+            IntakeFailure,
+            DeviceEvent.device_id,
+            DeviceEvent.home_id,
+            DeviceEvent.type,
+            DeviceEvent.event_id,
+            DeviceEvent.received_at,
+            Home.station_id,
+        )
+        .join(DeviceEvent, DeviceEvent.id == IntakeFailure.ref)
+        .outerjoin(Home, Home.id == DeviceEvent.home_id)
+        .where(IntakeFailure.kind == FailureKind.event.value, IntakeFailure.set_aside_at.is_not(None))
+        .order_by(IntakeFailure.set_aside_at.desc(), IntakeFailure.ref.desc())
+        .limit(500)
+    )
+    tm_stmt = (
+        select(IntakeFailure, Timer.call_id, Timer.step, Timer.action, Timer.due_at, Call.station_id)
+        .join(Timer, Timer.id == IntakeFailure.ref)
+        .join(Call, Call.id == Timer.call_id)
+        .where(IntakeFailure.kind == FailureKind.timer.value, IntakeFailure.set_aside_at.is_not(None))
+        .order_by(IntakeFailure.set_aside_at.desc(), IntakeFailure.ref.desc())
+        .limit(500)
+    )
+    if scope is not None:
+        ev_stmt = ev_stmt.where(Home.station_id.in_(sorted(scope)))
+        tm_stmt = tm_stmt.where(Call.station_id.in_(sorted(scope)))
+    ev_rows = (await session.execute(ev_stmt)).all()
+    tm_rows = (await session.execute(tm_stmt)).all()
+    events = [
+        FailedEventOut(
+            event_pk=f.ref,
+            device_id=device_id,
+            home_id=home_id,
+            station_id=station_id,
+            type=type_,
+            event_id=event_id,
+            stored_at=stored_at,
+            **_why(f),
+        )
+        for f, device_id, home_id, type_, event_id, stored_at, station_id in ev_rows
+    ]
+    timers = [
+        FailedTimerOut(
+            timer_id=f.ref,
+            call_id=call_id,
+            station_id=station_id,
+            step=step,
+            action=action,
+            due_at=due_at,
+            **_why(f),
+        )
+        for f, call_id, step, action, due_at, station_id in tm_rows
+    ]
+    return IntakeFailuresOut(events=events, timers=timers)
+
+
+def _why(f: IntakeFailure) -> dict[str, Any]:
+    """What every set-aside item shows: how often it failed, the error, since when."""
+    return {"attempts": f.attempts, "error": f.error, "set_aside_at": f.set_aside_at}

@@ -1,0 +1,318 @@
+"""Escalation timers coming due: claimed with row locks (SKIP LOCKED on PostgreSQL) so
+exactly one dispatcher copy fires each, checked against the call's progress
+(dispatcher/calls/escalation.py decides), then fired — an alert, a reminder, a climb up
+the tree, the resident's contacts, the supervisors — or retired as stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dispatcher.audit.chain import AuditKind
+from dispatcher.calls import contacts, ladder, lifecycle, paging
+from dispatcher.calls import escalation as esc
+from dispatcher.calls.actions import escalate, lock_call, schedule_timer
+from dispatcher.calls.context import Batch, DispatchContext, Outcome, is_pg, record
+from dispatcher.calls.failures import has_failed, still_to_do
+from dispatcher.calls.lifecycle import CallStatus
+from dispatcher.calls.models import Call, FailureKind, IntakeFailure, Timer, TimerStatus
+from dispatcher.calls.outbox import area_of, area_supervisors, queue_notification, record_unassigned
+
+__all__ = [
+    "TakenTimers",
+    "claim_due_timers",
+    "claim_timer",
+    "due_timer_ids",
+    "fire_timer",
+    "next_timer_due",
+    "progress_of",
+    "take_due_timers",
+]
+
+_PENDING = TimerStatus.pending.value
+
+
+def _due(now: datetime) -> Any:
+    return (Timer.status == _PENDING, Timer.due_at <= now, ~has_failed(FailureKind.timer, Timer.id))
+
+
+async def claim_due_timers(session: AsyncSession, *, limit: int, now: datetime) -> list[Timer]:
+    """Due timers, locked for us; a timer whose firing failed before is left out (it is
+    retried on its own, :func:`claim_timer`)."""
+    stmt = select(Timer).where(*_due(now)).order_by(Timer.due_at, Timer.id).limit(limit)
+    if is_pg(session):
+        stmt = stmt.with_for_update(skip_locked=True)
+    return list((await session.scalars(stmt)).all())
+
+
+async def due_timer_ids(session: AsyncSession, *, limit: int, now: datetime) -> list[int]:
+    """The ids of :func:`claim_due_timers`' timers, unlocked."""
+    stmt = select(Timer.id).where(*_due(now)).order_by(Timer.due_at, Timer.id).limit(limit)
+    return list((await session.scalars(stmt)).all())
+
+
+async def claim_timer(session: AsyncSession, *, timer_id: int, now: datetime) -> Timer | None:
+    """One due, pending timer, locked for us (None when fired, retired, or held)."""
+    stmt = select(Timer).where(Timer.id == timer_id, Timer.status == _PENDING, Timer.due_at <= now)
+    if is_pg(session):
+        stmt = stmt.with_for_update(skip_locked=True)
+    return (await session.scalars(stmt)).one_or_none()
+
+
+async def next_timer_due(session: AsyncSession) -> datetime | None:
+    """When a timer is next due for a first attempt, or a failed one for another."""
+    first = await session.scalar(
+        select(func.min(Timer.due_at)).where(
+            Timer.status == _PENDING, ~has_failed(FailureKind.timer, Timer.id)
+        )
+    )
+    again = await session.scalar(
+        select(func.min(IntakeFailure.next_attempt_at)).where(
+            IntakeFailure.kind == FailureKind.timer.value,
+            IntakeFailure.set_aside_at.is_(None),
+            still_to_do(FailureKind.timer),
+        )
+    )
+    due = [d for d in (first, again) if d is not None]
+    return min(due) if due else None
+
+
+def progress_of(call: Call) -> esc.Progress:
+    status = CallStatus(call.status)
+    return esc.Progress(
+        acknowledged=lifecycle.acknowledged(status),
+        on_scene=lifecycle.on_scene(status),
+        closed=lifecycle.is_closed(status),
+        escalation_level=call.escalation_level,
+    )
+
+
+@dataclass
+class TakenTimers:
+    """A batch of claimed timers after :func:`take_due_timers`: the ids that are ours to
+    fire, their calls (locked), and the batch's reads."""
+
+    owned: set[int] = field(default_factory=set)
+    calls: dict[int, Call] = field(default_factory=dict)
+    batch: Batch = field(default_factory=Batch)
+
+
+async def take_due_timers(
+    session: AsyncSession, *, timers: Sequence[Timer], worker: str, now: datetime
+) -> TakenTimers:
+    """For a batch of claimed timers, after the chain lock: mark them ``firing`` with one
+    conditional UPDATE (the ids returned are ours: a timer another copy took first is not
+    pending any more) and lock their calls with one SELECT. What ``fire_timer`` does per
+    timer otherwise, in two statements for the batch."""
+    if not timers:
+        return TakenTimers()
+    ids = [t.id for t in timers]
+    owned = set(
+        (
+            await session.scalars(
+                update(Timer)
+                .where(Timer.id.in_(ids), Timer.status == _PENDING)
+                .values(status=TimerStatus.firing.value, fired_at=now, fired_by=worker)
+                .returning(Timer.id)
+                .execution_options(synchronize_session=False)
+            )
+        ).all()
+    )
+    stmt = select(Call).where(Call.id.in_(sorted({t.call_id for t in timers}))).order_by(Call.id)
+    if is_pg(session):
+        stmt = stmt.with_for_update()
+    by_id = {c.id: c for c in (await session.scalars(stmt)).all()}
+    return TakenTimers(owned=owned, calls=by_id)
+
+
+async def _take_one(session: AsyncSession, timer: Timer, worker: str, now: datetime) -> Call | None:
+    call = await lock_call(session, call_id=timer.call_id)
+    res = await session.execute(
+        update(Timer)
+        .where(Timer.id == timer.id, Timer.status == _PENDING)
+        .values(status=TimerStatus.firing.value, fired_at=now, fired_by=worker)
+    )
+    return call if res.rowcount == 1 else None  # type: ignore[attr-defined]
+
+
+async def fire_timer(
+    session: AsyncSession,
+    *,
+    timer: Timer,
+    worker: str,
+    ctx: DispatchContext,
+    taken: TakenTimers | None = None,
+    now: datetime,
+) -> Outcome:
+    """Fire one claimed timer exactly once, or retire it as stale. ``taken`` is what
+    take_due_timers returned for the batch; without it the timer is taken here."""
+    out = Outcome()
+    if taken is None:
+        call = await _take_one(session, timer, worker, now)
+        batch = Batch()
+    else:
+        call = taken.calls.get(timer.call_id) if timer.id in taken.owned else None
+        batch = taken.batch
+    if call is None:
+        return out  # another copy had it
+    snap = esc.from_snapshot(call.policy)
+    if timer.generation != call.generation:
+        decision = esc.TimerDecision(fire=False, stale_reason="superseded escalation chain", next=None)
+    else:
+        decision = esc.on_timer_due(snap, timer.step, timer.repeat, timer.due_at, progress_of(call))
+    if not decision.fire:
+        await session.execute(
+            update(Timer).where(Timer.id == timer.id).values(status=TimerStatus.stale.value)
+        )
+        detail = {
+            "step": timer.step,
+            "action": timer.action,
+            "repeat": timer.repeat,
+            "reason": decision.stale_reason,
+            "due_at": timer.due_at.isoformat(),
+        }
+        await record(session, call, AuditKind.timer_stale, at=now, actor=worker, detail=detail)
+        return out
+    await session.execute(update(Timer).where(Timer.id == timer.id).values(status=TimerStatus.fired.value))
+    fire = _Firing(call=call, timer=timer, worker=worker, ctx=ctx, batch=batch, out=out, now=now)
+    handler = _ACTIONS.get(timer.action)
+    again = await handler(session, fire) if handler is not None else None
+    if decision.next is not None and again is not False:
+        nxt = decision.next
+        if isinstance(again, datetime) and again > nxt.due_at:
+            nxt = replace(nxt, due_at=again)
+        schedule_timer(session, call, nxt)
+    out.calls.add(call.id)
+    return out
+
+
+# --------------------------------------------------------------------------- what a timer does
+
+
+@dataclass(frozen=True)
+class _Firing:
+    call: Call
+    timer: Timer
+    worker: str
+    ctx: DispatchContext
+    batch: Batch
+    out: Outcome
+    now: datetime
+
+    @property
+    def base(self) -> dict[str, Any]:
+        t = self.timer
+        late_ms = round((self.now - t.due_at).total_seconds() * 1000)
+        return {"step": t.step, "repeat": t.repeat, "due_at": t.due_at.isoformat(), "late_ms": late_ms}
+
+    async def notify(self, session: AsyncSession, *, purpose: str, target: str, body: dict[str, Any]) -> None:
+        await queue_notification(
+            session,
+            self.call,
+            purpose=purpose,
+            target=target,
+            ctx=self.ctx,
+            body=body,
+            out=self.out,
+            now=self.now,
+        )
+
+
+async def _alert_station(session: AsyncSession, f: _Firing) -> None:
+    action = esc.TimerAction(f.timer.action)
+    kind = AuditKind.alerted if action is esc.TimerAction.alert_station else AuditKind.reminder
+    base = f.base
+    await record(session, f.call, kind, at=f.now, actor=f.worker, detail=base)
+    await f.notify(session, purpose=action.value, target=f"station:{f.call.station_id}", body=base)
+
+
+async def _escalate(session: AsyncSession, f: _Firing) -> None:
+    await escalate(
+        session,
+        f.call,
+        level=f.timer.action.removeprefix("escalate_"),
+        actor=f.worker,
+        reason=f"not acknowledged (step {f.timer.step})",
+        ctx=f.ctx,
+        batch=f.batch,
+        out=f.out,
+        now=f.now,
+    )
+
+
+async def _notify_contacts(session: AsyncSession, f: _Firing) -> datetime | bool:
+    """The contact ladder (dispatcher/calls/ladder.py): tell the next contact when the
+    last one told has not answered "I'm going" in time; no more repeats once someone is
+    going or everyone has been told. The next repetition comes no earlier than the end of
+    the current contact's timeout (so a late firing does not cost a whole extra timeout)."""
+    timeout = contacts.ladder_timeout(f.call.policy)
+    decision = await contacts.tell_next_contact(
+        session,
+        f.call,
+        ctx=f.ctx,
+        out=f.out,
+        actor=f.worker,
+        now=f.now,
+        contact_timeout=timeout,
+        base=f.base,
+    )
+    if decision.state is ladder.LadderState.tell:
+        return f.now + timeout
+    if decision.state is ladder.LadderState.wait and decision.wait_until is not None:
+        return decision.wait_until
+    return False
+
+
+async def _page_station(session: AsyncSession, f: _Firing) -> None:
+    """Page the on-duty people of the call's station (one more, or all, per the policy);
+    the phone's stream hears of it through the call's change announcement."""
+    policy = esc.from_snapshot(f.call.policy).steps[f.timer.step].paging
+    if policy is None or f.call.station_id is None:
+        return
+    await paging.step(
+        session,
+        call_id=f.call.id,
+        station_id=f.call.station_id,
+        policy=policy,
+        now=f.now,
+        actor=f.worker,
+        ctx=f.ctx,
+    )
+
+
+async def _alert_supervisor(session: AsyncSession, f: _Firing) -> None:
+    call, base = f.call, f.base
+    area = await area_of(session, call.id)  # the home's station, wherever the call escalated
+    plan = await area_supervisors(session, station_id=area)
+    purpose = esc.TimerAction.alert_supervisor.value
+    detail = {
+        **base,
+        "purpose": purpose,
+        "supervisors": list(plan.usernames),
+        "layers": [layer.value for layer in plan.layers],
+    }
+    await record(session, call, AuditKind.alerted, at=f.now, actor=f.worker, detail=detail)
+    await record_unassigned(
+        session, plan, call_id=call.id, station_id=area, purpose=purpose, now=f.now, actor=f.worker
+    )
+    for target in plan.targets:
+        await f.notify(session, purpose=purpose, target=target, body=base)
+
+
+# A handler returning False says its step is done: no further repetitions are scheduled;
+# a time, that the next repetition is due no earlier than that.
+_ACTIONS: dict[str, Callable[[AsyncSession, _Firing], Awaitable[datetime | bool | None]]] = {
+    esc.TimerAction.alert_station: _alert_station,
+    esc.TimerAction.page_station: _page_station,
+    esc.TimerAction.remind: _alert_station,
+    esc.TimerAction.escalate_street: _escalate,
+    esc.TimerAction.escalate_county: _escalate,
+    esc.TimerAction.notify_contacts: _notify_contacts,
+    esc.TimerAction.alert_supervisor: _alert_supervisor,
+}

@@ -1,0 +1,1 @@
+"""The dispatcher process (process.Dispatcher) and its loops, one module each."""

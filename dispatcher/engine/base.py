@@ -1,0 +1,70 @@
+"""What every loop of the dispatcher process shares: its settings, sessions, clock, bus,
+the events that wake its loops, its figures, and how it announces what changed.
+
+The loops (intake_loop, timer_loop, outbox_loop with mqtt) are each a class over this
+state; ``dispatcher.engine.process.Dispatcher`` is all of them in one object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiomqtt
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from carecall.core.bus import MemoryBus, RedisBus
+from carecall.core.clock import Clock
+from config.settings import Settings
+from device_gateway.mqtt import MqttTarget
+from dispatcher.calls.context import DispatchContext, Outcome
+from dispatcher.notifications.notifiers import Notifier
+
+
+@dataclass
+class DispatcherStats:
+    events: int = 0
+    timers_fired: int = 0
+    timers_stale: int = 0
+    timer_late_ms: list[float] = field(default_factory=list)
+    notifications_sent: int = 0
+    notifications_failed: int = 0
+    device_acks: int = 0
+    repairs: int = 0
+
+
+class DispatcherState:
+    """The state of one dispatcher copy (set by ``Dispatcher.__init__``)."""
+
+    settings: Settings
+    maker: async_sessionmaker[AsyncSession]
+    bus: MemoryBus | RedisBus
+    clock: Clock
+    mqtt: MqttTarget | None
+    notifier: Notifier
+    ctx: DispatchContext
+    name: str
+    stats: DispatcherStats
+    _wake_intake: asyncio.Event
+    _wake_outbox: asyncio.Event
+    _wake_timers: asyncio.Event
+    # set only while connected to the broker (dispatcher.engine.mqtt)
+    _client: aiomqtt.Client | None
+    on_calls_changed: Callable[[set[int]], Awaitable[None]] | None
+    max_handling_attempts: int
+    handling_retry_s: float
+    # loop name -> time.monotonic() of its last completed round (read by the stall monitor,
+    # dispatcher.health.monitor)
+    heartbeats: dict[str, float]
+
+    async def _announce(self, out: Outcome, *, opened: bool = False) -> None:
+        """After a commit: wake the loops with new work, tell consoles which calls changed."""
+        if opened:
+            self._wake_timers.set()  # a new call's first step (alert the station) is due now
+        if out.calls:
+            await self.bus.publish("calls", {"ids": sorted(out.calls), "by": self.name})
+            if self.on_calls_changed is not None:
+                await self.on_calls_changed(out.calls)
+        if out.device_notices or out.notifications:
+            self._wake_outbox.set()
