@@ -4,9 +4,10 @@ Each device owns its own connection (client id = username = device id) so the br
 per-device ACL, will messages and connection limits are exercised exactly as real homes
 would exercise them; a shared "load generator" connection would test none of that.
 
-All waiting goes through the Clock, so ``--speed N`` compresses heartbeats, resend backoff
-and reconnect backoff alike. Latency is the exception: it is measured on the real monotonic
-clock, because the platform's processing time does not speed up with the simulation.
+All waiting goes through the clock it is given (``simulators.clock.SimClock``), so
+``--speed N`` compresses heartbeats, resend backoff and reconnect backoff alike. Latency
+is the exception: it is measured on the real monotonic clock, because the platform's
+processing time does not speed up with the simulation.
 """
 
 from __future__ import annotations
@@ -21,26 +22,22 @@ import ssl
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import aiomqtt
 import paho.mqtt.client as paho
 from pydantic import ValidationError
 
+from device_gateway.kinds import DeviceKind
 from device_gateway.protocol import AckMessage, AckState, Channel, ConfigMessage, topic_for
-from dispatcher.clock import Clock
-from dispatcher.models import DeviceKind
+from simulators.body import Body, Metric
+from simulators.clock import SimClock
 from simulators.scenario import Scenario
 
 log = logging.getLogger(__name__)
 
 ONLINE = b'{"state":"online"}'
 OFFLINE = b'{"state":"offline"}'
-
-# Roughly Tanghe County seat: where watches report themselves when they know their position.
-HOME_AREA = (32.689, 112.838)
 
 # The sensor behind a hub that raises each type, so hub events look like real hub events.
 HUB_SENSORS: dict[str, str] = {
@@ -52,17 +49,6 @@ HUB_SENSORS: dict[str, str] = {
     "inactivity": "living-room-pir",
     "tamper": "hub-case",
 }
-
-BATTERY_KINDS = frozenset(
-    {DeviceKind.button, DeviceKind.smoke, DeviceKind.gas, DeviceKind.water, DeviceKind.door}
-)
-# Percent per simulated day: a watch needs a nightly charge, a button lasts years.
-BATTERY_DRAIN_PER_DAY: dict[str, float] = {
-    DeviceKind.watch: 15.0,
-    **dict.fromkeys(BATTERY_KINDS, 0.03),
-}
-
-Metric = int | float | str | bool
 
 
 @dataclass(frozen=True)
@@ -139,7 +125,7 @@ class SimulatedDevice:
         *,
         host: str,
         port: int,
-        clock: Clock,
+        clock: SimClock,
         scenario: Scenario | None = None,
         seed: int = 1,
         run_id: str | None = None,
@@ -155,7 +141,6 @@ class SimulatedDevice:
         self._tls_context = tls_context
         self._gate = connect_gate
         self._keepalive_s = keepalive_s
-        self._tz = ZoneInfo(self._scenario.timezone)
         self._topic = {ch: topic_for(spec.device_id, ch) for ch in Channel}
         # Separate streams: event contents stay reproducible however often telemetry fires.
         self._rng = random.Random(f"{seed}:{spec.device_id}:device")
@@ -187,14 +172,7 @@ class SimulatedDevice:
         self._tasks: set[asyncio.Task[None]] = set()
         self._conn_task: asyncio.Task[None] | None = None
 
-        # Body model: stable per device so a resident's vital signs look like one person's.
-        self._base_hr = self._rng.randint(62, 78)
-        self._base_rr = self._rng.randint(13, 17)
-        self._naps = self._rng.random() < 0.4
-        self._rssi = self._rng.randint(-78, -55)
-        self._battery = 100.0 if spec.kind == DeviceKind.hub else self._rng.uniform(55.0, 100.0)
-        self._battery_at = clock.now()
-        self._out_of_bed_until: datetime | None = None
+        self.body = Body(spec.kind, self._scenario, self._rng, self._event_rng, clock.now())
 
     # ------------------------------------------------------------------ public state
 
@@ -285,7 +263,7 @@ class SimulatedDevice:
             ts_ms=self._clock.now_ms(),
             created_mono=time.monotonic(),
             sensor=sensor,
-            data=self._event_data(event_type) if data is None else dict(data),
+            data=self.body.event_data(event_type, self._clock.now()) if data is None else dict(data),
         )
         self.records[event_id] = record
         settled = asyncio.Event()
@@ -297,45 +275,9 @@ class SimulatedDevice:
             self._spawn(self._deliver(record, settled))
         return record
 
-    def _event_data(self, event_type: str) -> dict[str, Any]:
-        """Type-specific fields a real device of this kind would send."""
-        kind = self.spec.kind
-        if event_type in ("sos", "fall") and kind == DeviceKind.watch:
-            if self._event_rng.random() < 0.5:  # outside, GPS fix: dispatch goes where the resident is
-                lat = HOME_AREA[0] + self._event_rng.uniform(-0.03, 0.03)
-                lon = HOME_AREA[1] + self._event_rng.uniform(-0.03, 0.03)
-                loc = {"lat": round(lat, 5), "lon": round(lon, 5), "accuracy_m": 15}
-                return {"location": loc}
-            return {}
-        if event_type == "vital_alert":
-            high = self._event_rng.random() < 0.7
-            hr = self._event_rng.randint(125, 150) if high else self._event_rng.randint(35, 45)
-            return {
-                "hr": hr,
-                "rr": self._event_rng.randint(24, 32) if high else self._event_rng.randint(5, 8),
-            }
-        if event_type == "inactivity":
-            return {"minutes": self._event_rng.randint(120, 480)}
-        if event_type == "bed_exit":
-            now = self._clock.now()
-            night = self._is_night(now)
-            returned = not (night and self._event_rng.random() < self._scenario.bed_exit_not_returned)
-            minutes = self._event_rng.uniform(3, 10) if returned else self._event_rng.uniform(30, 60)
-            self._out_of_bed_until = now + timedelta(minutes=minutes)
-            return {"returned": returned}
-        if event_type == "low_battery":
-            self._battery = min(self._battery_now(), self._event_rng.uniform(8.0, 15.0))
-            return {"battery_pct": round(self._battery)}
-        return {}
-
     async def _deliver(self, record: EventRecord, settled: asyncio.Event) -> None:
         """Resend with backoff until ``received`` (or ``rejected``); the same bytes every time."""
-        body: dict[str, Any] = {"id": record.event_id, "ts": record.ts_ms, "type": record.type}
-        if record.sensor is not None:
-            body["sensor"] = record.sensor
-        if record.data:
-            body["data"] = record.data
-        payload = json.dumps(body, separators=(",", ":")).encode()
+        payload = self._event_payload(record)
         policy = self._scenario.resend
         delay = policy.initial_s
         while not settled.is_set():
@@ -557,52 +499,7 @@ class SimulatedDevice:
 
     def metrics(self) -> dict[str, Metric]:
         """Current readings, shaped by kind, time of day and recent events."""
-        now = self._clock.now()
-        night = self._is_night(now)
-        kind = self.spec.kind
-        gauss = self._rng.gauss
-        if kind == DeviceKind.mattress:
-            in_bed = self._in_bed(now, night)
-            out: dict[str, Metric] = {"presence": "in_bed" if in_bed else "out_of_bed"}
-            if in_bed:
-                out["hr"] = round(self._base_hr - (6 if night else 0) + gauss(0, 2.5))
-                out["rr"] = round(self._base_rr - (1 if night else 0) + gauss(0, 1.0))
-                out["motion"] = max(0, round(gauss(1 if night else 3, 1)))
-            else:
-                out["motion"] = 0
-            return out
-        if kind == DeviceKind.radar:
-            present = self._rng.random() < (0.98 if night else 0.85)
-            motion = max(0, round(gauss(1 if night else 5, 1.5))) if present else 0
-            return {"presence": "present" if present else "absent", "motion": motion}
-        if kind == DeviceKind.watch:
-            hr = round(self._base_hr - (5 if night else 0) + gauss(2, 4))
-            return {"hr": hr, "battery_pct": round(self._battery_now())}
-        if kind == DeviceKind.hub:
-            return {"rssi_dbm": round(self._rssi + gauss(0, 3)), "battery_pct": 100}
-        return {"battery_pct": round(self._battery_now())}
-
-    def _is_night(self, now: datetime) -> bool:
-        if not self._scenario.day_night_rhythm:
-            return False
-        return self._scenario.night.contains(now.astimezone(self._tz).hour)
-
-    def _in_bed(self, now: datetime, night: bool) -> bool:
-        if self._out_of_bed_until is not None and now < self._out_of_bed_until:
-            return False
-        if night or not self._scenario.day_night_rhythm:
-            return True
-        hour = now.astimezone(self._tz).hour
-        return self._naps and 13 <= hour < 15
-
-    def _battery_now(self) -> float:
-        now = self._clock.now()
-        days = (now - self._battery_at).total_seconds() / 86_400.0
-        self._battery_at = now
-        self._battery = max(0.0, self._battery - BATTERY_DRAIN_PER_DAY.get(self.spec.kind, 0.0) * days)
-        if self.spec.kind == DeviceKind.watch and self._battery < 10.0:
-            self._battery = 100.0  # back on its charger
-        return self._battery
+        return self.body.metrics(self._clock.now())
 
     # ------------------------------------------------------------------ plumbing
 

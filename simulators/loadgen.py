@@ -3,7 +3,7 @@
 A county of 100,000 homes cannot hold 100,000 sockets on a test machine, but the platform
 must still see the message rates of one. The broker lets a device registered with
 ``privileged=True`` publish under any device's topics (``device_gateway.broker.may_publish``
-and the ``acl`` written by ``broker_config``), so one paho connection can speak for many
+and the ``loadgen`` role written by ``broker_config``), so one paho connection can speak for many
 devices whose ids the gateway knows. What it cannot exercise (per-device ACLs, wills,
 connection limits) is exactly what the per-device mode in ``simulators.device`` covers.
 

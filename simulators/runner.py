@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict
 
-from dispatcher.clock import Clock
+from simulators.clock import SimClock
 from simulators.device import DeviceSpec, EventRecord, SimulatedDevice
 from simulators.scenario import EMITTERS, Flapping, PowerCut, ResendForever, Scenario
 
@@ -134,7 +134,7 @@ async def run_simulation(
     port: int,
     devices: Sequence[DeviceSpec],
     scenario: Scenario,
-    clock: Clock,
+    clock: SimClock,
     duration_s: float | None,
     stop: asyncio.Event | None = None,
     on_progress: Callable[[SimStats], None] | None = None,
@@ -192,28 +192,8 @@ async def run_simulation(
     def stats() -> SimStats:
         return _stats(sims, simulated_s=(clock.now() - start).total_seconds(), real0=real0)
 
-    drivers: list[asyncio.Task[None]] = [asyncio.create_task(_start_all(sims, connect_stagger_s))]
-    for sim in sims:
-        rng = random.Random(f"{seed}:{sim.device_id}:schedule")
-        if scenario.peak_rate_per_s(sim.spec.kind) > 0:
-            drivers.append(asyncio.create_task(_drive_events(sim, scenario, clock, start, rng)))
-        if scenario.offline.rate_per_s > 0:
-            off_rng = random.Random(f"{seed}:{sim.device_id}:offline")
-            drivers.append(asyncio.create_task(_drive_offline(sim, scenario, clock, start, off_rng)))
-    planned = _plan(scenario, sims, random.Random(f"{seed}:plan"))
-    if planned:
-        drivers.append(asyncio.create_task(_drive_planned(planned, sims, clock, start)))
-    if scenario.power_cut is not None and sims:
-        cut = _power_cut_victims(scenario.power_cut, sims, random.Random(f"{seed}:power_cut"))
-        drivers.append(asyncio.create_task(_drive_power_cut(scenario.power_cut, cut, clock, start)))
-    for flap in scenario.flapping:
-        flapper = _pick(sims, flap.kind, flap.device_index)
-        if flapper is not None:
-            drivers.append(asyncio.create_task(_drive_flapping(flap, flapper, clock, start)))
-    for item in scenario.resend_forever:
-        resender = _pick(sims, item.kind, item.device_index)
-        if resender is not None:
-            drivers.append(asyncio.create_task(_drive_resend_forever(item, resender, clock, start)))
+    drivers = [asyncio.create_task(_start_all(sims, connect_stagger_s))]
+    drivers += _start_drivers(sims, scenario, clock, start, seed)
     if on_progress is not None:
         drivers.append(asyncio.create_task(_report_progress(on_progress, stats, progress_interval_s)))
 
@@ -248,6 +228,36 @@ async def run_simulation(
     )
 
 
+def _start_drivers(
+    sims: Sequence[SimulatedDevice], scenario: Scenario, clock: SimClock, start: datetime, seed: int
+) -> list[asyncio.Task[None]]:
+    """One task per story of the scenario: each device's random events and drops, the
+    planned burst and scripted events, the power cut, flapping and resending devices."""
+    drivers: list[asyncio.Task[None]] = []
+    for sim in sims:
+        rng = random.Random(f"{seed}:{sim.device_id}:schedule")
+        if scenario.peak_rate_per_s(sim.spec.kind) > 0:
+            drivers.append(asyncio.create_task(_drive_events(sim, scenario, clock, start, rng)))
+        if scenario.offline.rate_per_s > 0:
+            off_rng = random.Random(f"{seed}:{sim.device_id}:offline")
+            drivers.append(asyncio.create_task(_drive_offline(sim, scenario, clock, start, off_rng)))
+    planned = _plan(scenario, sims, random.Random(f"{seed}:plan"))
+    if planned:
+        drivers.append(asyncio.create_task(_drive_planned(planned, sims, clock, start)))
+    if scenario.power_cut is not None and sims:
+        cut = _power_cut_victims(scenario.power_cut, sims, random.Random(f"{seed}:power_cut"))
+        drivers.append(asyncio.create_task(_drive_power_cut(scenario.power_cut, cut, clock, start)))
+    for flap in scenario.flapping:
+        flapper = _pick(sims, flap.kind, flap.device_index)
+        if flapper is not None:
+            drivers.append(asyncio.create_task(_drive_flapping(flap, flapper, clock, start)))
+    for item in scenario.resend_forever:
+        resender = _pick(sims, item.kind, item.device_index)
+        if resender is not None:
+            drivers.append(asyncio.create_task(_drive_resend_forever(item, resender, clock, start)))
+    return drivers
+
+
 def _quiet_closed_sockets(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     """Thousands of clients disconnecting at once: paho asks the loop to watch a socket for
     writing (``add_writer``/``add_reader`` via call_soon_threadsafe) and closes it before
@@ -276,7 +286,7 @@ async def _start_all(sims: Sequence[SimulatedDevice], stagger_s: float) -> None:
             await asyncio.sleep(stagger_s)
 
 
-async def _wait_end(stop: asyncio.Event, clock: Clock, duration: float | None) -> None:
+async def _wait_end(stop: asyncio.Event, clock: SimClock, duration: float | None) -> None:
     waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
     if duration is not None:
         waiters.append(asyncio.ensure_future(clock.sleep(duration)))
@@ -287,18 +297,18 @@ async def _wait_end(stop: asyncio.Event, clock: Clock, duration: float | None) -
             waiter.cancel()
 
 
-async def _sleep_until(clock: Clock, start: datetime, at_s: float) -> None:
+async def _sleep_until(clock: SimClock, start: datetime, at_s: float) -> None:
     await clock.sleep(at_s - (clock.now() - start).total_seconds())
 
 
 # A device-raised event is a human-scale moment: under the demo's catch-up clock the
 # simulated time around it runs at the fine rate, so the alarm's timestamp, its arrival
-# and the call it opens are seconds apart, not minutes. A plain Clock ignores holds.
+# and the call it opens are seconds apart, not minutes. A constant-speed clock ignores holds.
 HOLD_BEFORE_S = 2.0
 HOLD_AFTER_S = 15.0
 
 
-def _hold_around(clock: Clock, start: datetime, at_s: float) -> None:
+def _hold_around(clock: SimClock, start: datetime, at_s: float) -> None:
     clock.hold(
         start + timedelta(seconds=at_s - HOLD_BEFORE_S), start + timedelta(seconds=at_s + HOLD_AFTER_S)
     )
@@ -309,7 +319,7 @@ def _is_night(scenario: Scenario, moment: datetime, tz: ZoneInfo) -> bool:
 
 
 async def _drive_events(
-    sim: SimulatedDevice, scenario: Scenario, clock: Clock, start: datetime, rng: random.Random
+    sim: SimulatedDevice, scenario: Scenario, clock: SimClock, start: datetime, rng: random.Random
 ) -> None:
     """A Poisson process per event type, day/night-modulated by thinning.
 
@@ -340,7 +350,7 @@ async def _drive_events(
 
 
 async def _drive_offline(
-    sim: SimulatedDevice, scenario: Scenario, clock: Clock, start: datetime, rng: random.Random
+    sim: SimulatedDevice, scenario: Scenario, clock: SimClock, start: datetime, rng: random.Random
 ) -> None:
     policy = scenario.offline
     at_s = 0.0
@@ -388,7 +398,7 @@ def _plan(scenario: Scenario, sims: Sequence[SimulatedDevice], rng: random.Rando
 
 
 async def _drive_planned(
-    planned: Sequence[_Planned], sims: Sequence[SimulatedDevice], clock: Clock, start: datetime
+    planned: Sequence[_Planned], sims: Sequence[SimulatedDevice], clock: SimClock, start: datetime
 ) -> None:
     for item in planned:
         _hold_around(clock, start, item.at_s)
@@ -417,7 +427,7 @@ def _power_cut_victims(
 
 
 async def _drive_power_cut(
-    cut: PowerCut, victims: Sequence[SimulatedDevice], clock: Clock, start: datetime
+    cut: PowerCut, victims: Sequence[SimulatedDevice], clock: SimClock, start: datetime
 ) -> None:
     await _sleep_until(clock, start, cut.at_s)
     # All at once: start every drop before waiting for any of them to finish.
@@ -429,7 +439,7 @@ async def _drive_power_cut(
     log.info("power restored: %d devices reconnecting", len(victims))
 
 
-async def _drive_flapping(flap: Flapping, sim: SimulatedDevice, clock: Clock, start: datetime) -> None:
+async def _drive_flapping(flap: Flapping, sim: SimulatedDevice, clock: SimClock, start: datetime) -> None:
     at_s = flap.start_s
     for _ in range(flap.max_drops):
         await _sleep_until(clock, start, at_s)
@@ -440,7 +450,7 @@ async def _drive_flapping(flap: Flapping, sim: SimulatedDevice, clock: Clock, st
 
 
 async def _drive_resend_forever(
-    item: ResendForever, sim: SimulatedDevice, clock: Clock, start: datetime
+    item: ResendForever, sim: SimulatedDevice, clock: SimClock, start: datetime
 ) -> None:
     await _sleep_until(clock, start, item.at_s)
     sim.raise_event(
