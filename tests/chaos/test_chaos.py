@@ -34,11 +34,13 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dispatcher.audit import verify_log
-from dispatcher.auth import create_user
-from dispatcher.models import Call, DeviceEvent, EventIntake, Timer
-from simulators.fleet import Fleet, provision_fleet
+from carecall.shell.fleet_registry import Fleet, provision_fleet
+from device_gateway.models import DeviceEvent
+from dispatcher.audit.service import verify_log
+from dispatcher.auth.users import create_user
+from dispatcher.calls.models import Call, EventIntake, Timer
 from simulators.loadgen import LoadGenerator, paho_client
+from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
@@ -47,14 +49,6 @@ ESCALATION = HERE / "escalation_fast.yaml"
 STORM_EVENTS = 1200
 STORM_RATE = 200.0  # events/s: a storm long enough (6 s) to kill something in the middle
 MOSQUITTO_PID = Path("/run/mosquitto/mosquitto.pid")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout_s: float = 30) -> None:
@@ -81,17 +75,20 @@ class Cluster:
     group: str = field(default_factory=lambda: f"chaos-{secrets.token_hex(3)}")
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     http_port: int = field(default_factory=free_port)
+    mqtt_port: int = 1883  # the machine's broker, unless a test brings its own
+    escalation_file: Path = ESCALATION
+    log_level: str = "WARNING"
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
-            CARECALL_MQTT_URL="mqtt://127.0.0.1:1883",
+            CARECALL_MQTT_URL=f"mqtt://127.0.0.1:{self.mqtt_port}",
             CARECALL_DATABASE_URL=self.pg_url,
             CARECALL_REDIS_URL=self.redis_url,
             CARECALL_MQTT_SHARED_GROUP=self.group,
-            CARECALL_ESCALATION_FILE=str(ESCALATION),
+            CARECALL_ESCALATION_FILE=str(self.escalation_file),
             CARECALL_LOG_FORMAT="json",
-            CARECALL_LOG_LEVEL="WARNING",
+            CARECALL_LOG_LEVEL=self.log_level,
             CARECALL_SECRET_KEY="chaos-suite-secret-key-0123456789abcdef",
             CARECALL_ADMIN_PASSWORD="chaos-admin-password-1",
         )
@@ -107,7 +104,7 @@ class Cluster:
             args = ["serve", "--host", "127.0.0.1", "--port", str(self.http_port)]
         log = (self.tmp / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher.cli", *args],
+            [sys.executable, "-m", "carecall.shell.cli", *args],
             env=self.env(),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -131,7 +128,7 @@ class Cluster:
         for name in self.procs:
             if name.startswith("gw-"):  # the persistent session the broker keeps for it
                 with contextlib.suppress(Exception):
-                    c = paho_client("127.0.0.1", 1883, f"carecall-gateway-{self.group}-{name}")
+                    c = paho_client("127.0.0.1", self.mqtt_port, f"carecall-gateway-{self.group}-{name}")
                     c.disconnect()
                     c.loop_stop()
 

@@ -11,17 +11,19 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+
+from tests.support.ports import free_port
 
 CHROMIUM = os.environ.get("CARECALL_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -56,10 +58,17 @@ def chromium_path() -> str:
     return CHROMIUM
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@pytest.fixture
+async def browser(chromium_path: str) -> AsyncIterator[Any]:
+    """Debian's Chromium through Playwright (never a downloaded browser), one per test."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            await b.close()
 
 
 @dataclass
@@ -125,10 +134,25 @@ class DemoServer:
             self.proc.kill()
             self.proc.wait(5)
 
-    def create_user(self, username: str, station: str, role: str = "operator") -> None:
+    def create_user(
+        self, username: str, station: str, role: str = "operator", staff: str | None = None
+    ) -> None:
         env = {**os.environ, "CARECALL_NEW_USER_PASSWORD": PASSWORD}
+        extra = ["--staff", staff] if staff else []
         subprocess.run(
-            [CARECALL, "users", "create", username, "--role", role, "--station", station, "--name", username],
+            [
+                CARECALL,
+                "users",
+                "create",
+                username,
+                "--role",
+                role,
+                "--station",
+                station,
+                "--name",
+                username,
+                *extra,
+            ],
             cwd=self.workdir,
             env=env,
             check=True,

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiomqtt
 import pytest
 
-from tests.console.conftest import CHROMIUM_ARGS, PASSWORD, DemoServer
+from tests.console.conftest import PASSWORD, DemoServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -40,18 +39,6 @@ def pick_home(demo: DemoServer, skip: int = 0) -> dict[str, str]:
     )
     device, station, street = rows[skip]
     return {"device": str(device), "station": str(station), "street": str(street)}
-
-
-@pytest.fixture
-async def browser(chromium_path: str) -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            await b.close()
 
 
 async def signed_in(browser: Any, demo: DemoServer, username: str, password: str = PASSWORD) -> Any:

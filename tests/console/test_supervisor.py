@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.console.conftest import PASSWORD, DemoServer
-from tests.console.test_browser import browser, pick_home, signed_in  # noqa: F401  (fixture)
+from tests.console.test_browser import pick_home, signed_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -104,7 +104,7 @@ HEADLINE = (
 )
 
 
-async def test_supervisor_dashboard_review_devices_and_wall(browser: Any, demo: DemoServer) -> None:  # noqa: F811
+async def test_supervisor_dashboard_review_devices_and_wall(browser: Any, demo: DemoServer) -> None:
     started = time.monotonic()
     home = pick_home(demo)
     mine_device = home["device"]
@@ -221,3 +221,124 @@ async def test_supervisor_dashboard_review_devices_and_wall(browser: Any, demo: 
     await op.wait_for_selector("#view-oversight .notice")
     assert (await api_get(op, "/api/v1/reports/summary"))["status"] == 403
     assert time.monotonic() - started < 40
+
+
+OVERLAPS = """(sel) => {
+  const boxes = [...document.querySelectorAll(sel)].map((e) => e.getBoundingClientRect())
+    .filter((r) => r.width > 0);
+  const hits = [];
+  for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+    const a = boxes[i], b = boxes[j];
+    if (a.left < b.right - 0.5 && b.left < a.right - 0.5 && a.top < b.bottom - 0.5 && b.top < a.bottom - 0.5) hits.push([i, j]);
+  }
+  return { n: boxes.length, hits };
+}"""
+
+TEXTS = "els => els.map(e => e.textContent)"
+
+DRAW = """async ({ labels, values }) => {
+  const m = await import('/console/static/charts.js');
+  const host = document.createElement('div');
+  host.id = 'probe';
+  host.style.width = '560px';
+  host.innerHTML = m.barChart(labels, values, 'probe', { kind: 'probe' });
+  document.body.append(host);
+  return null;
+}"""
+
+
+async def test_charts_durations_scope_labels_and_live_board(browser: Any, demo: DemoServer) -> None:
+    """Issue 13: count axes have whole-number ticks, axis labels never overlap (measured
+    in the page), durations read as words in both languages, a street supervisor's wall
+    names the street, the monthly report names it too and is translated, and the station
+    board follows the live stream without pressing refresh."""
+    home = pick_home(demo, skip=3)
+    street_name = str(demo.query(f"select name from stations where id = '{home['street']}'")[0][0])
+    demo.create_user("sv-street2", home["street"], role="supervisor")
+    # a low battery in the street: device trouble, graded apart from the emergencies
+    n_calls = len(demo.query("select id from calls"))
+    await alarm(demo, home["device"], "low_battery")
+    await wait_calls(demo, n_calls + 1)
+    page = await signed_in(browser, demo, "sv-street2", PASSWORD)
+
+    # the pure helpers, in the browser that runs them
+    got = await page.evaluate(
+        """async () => { const m = await import('/console/static/charts.js');
+           return [m.formatDuration(72.4, 'en'), m.formatDuration(72.4, 'zh-CN'), m.formatDuration(2039.713, 'zh-CN'),
+                   m.formatDuration(7500, 'en'), m.countTicks(3), m.countTicks(7), m.countTicks(0), m.countTicks(23)]; }"""
+    )
+    assert got[:4] == ["1 min 12 s", "1分12秒", "34分", "2 h 5 min"]
+    assert got[4:] == [
+        {"max": 3, "step": 1},
+        {"max": 8, "step": 2},
+        {"max": 1, "step": 1},
+        {"max": 25, "step": 5},
+    ]
+
+    # a bar chart of counts with long labels: whole-number ticks, no two labels overlap
+    long_labels = [
+        "生命体征异常",
+        "vital signs alert",
+        "device offline",
+        "low battery",
+        "一键呼叫",
+        "tamper",
+    ] * 2
+    await page.evaluate(DRAW, {"labels": long_labels, "values": [3, 1, 7, 2, 0, 5, 1, 1, 2, 3, 1, 4]})
+    ticks = await page.locator("#probe svg .grid + text.tick").evaluate_all(TEXTS)
+    assert ticks and all(t.isdigit() for t in ticks), ticks
+    res = await page.evaluate(OVERLAPS, "#probe svg text.xlabel")
+    assert res["n"] >= 4 and res["hits"] == [], res
+
+    # the dashboard's own charts: counts in whole numbers, x labels apart
+    await page.click('nav a[data-view="oversight"]')
+    await page.wait_for_selector("#view-oversight .headline")
+    for chart in ("#ch-type", "#ch-hour", "#ch-answer"):
+        ticks = await page.locator(f"{chart} svg .grid + text.tick").evaluate_all(TEXTS)
+        assert all(t.isdigit() for t in ticks), (chart, ticks)
+        res = await page.evaluate(OVERLAPS, f"{chart} svg text.xlabel")
+        assert res["hits"] == [], (chart, res)
+    res = await page.evaluate(OVERLAPS, "#ch-compliance svg .legend text")
+    assert res["hits"] == [], res
+    median = await page.locator('#view-oversight [data-figure="answer_median_s"]').get_attribute("data-value")
+    shown = (
+        await page.locator('#view-oversight [data-figure="answer_median_s"] .fig-value').text_content() or ""
+    )
+    if median:
+        assert "." not in shown and ("秒" in shown or "分" in shown), shown
+    assert await page.locator('#view-oversight [data-figure="trouble_in_time_pct"]').count() == 1
+    summary = (await api_get(page, "/api/v1/reports/summary"))["body"]["summary"]
+    assert (
+        summary["trouble_calls"] >= 1
+        and summary["graded_calls"] == summary["calls"] - summary["trouble_calls"]
+    )
+    assert await page.locator('#ch-trouble table.trouble tr[data-type="low_battery"]').count() == 1
+
+    # the monthly report names the street, in the language asked for
+    month = time.strftime("%Y-%m", time.gmtime())
+    for lang, heading in (("zh-CN", "月度监管报告"), ("en", "monthly oversight report")):
+        html = await page.evaluate(
+            "async (u) => (await fetch(u, {headers: {Authorization: 'Bearer ' + sessionStorage.getItem('carecall.token')}})).text()",
+            f"/api/v1/reports/monthly?month={month}&lang={lang}",
+        )
+        assert heading in html and street_name in html
+        assert "全县" not in html and "whole county" not in html
+
+    # the wall names the street, not the county platform
+    await page.goto(f"{demo.url}/console/?wall=1&every=30")
+    await page.wait_for_selector("body.wall #view-wall .wall-grid")
+    title = await page.locator(".wall-head h1").text_content() or ""
+    assert street_name in title and "县" not in title.replace(street_name, ""), title
+
+    # the station board follows the live stream: a new alarm shows without a refresh
+    op = await signed_in(browser, demo, "county-op", "carecall-demo")
+    await op.click('nav a[data-view="board"]')
+    await op.wait_for_selector(f'#view-board tr[data-station="{home["station"]}"]')
+    cell = f'#view-board tr[data-station="{home["station"]}"] td.open'
+    before = int(await op.inner_text(cell))
+    await alarm(demo, home["device"])
+    await op.wait_for_function(
+        "([sel, n]) => { const c = document.querySelector(sel); return c && Number(c.textContent) > n; }",
+        arg=[cell, before],
+        timeout=15000,
+    )

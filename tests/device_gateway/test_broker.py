@@ -1,20 +1,23 @@
-"""The embedded broker holds the device contract (PROTOCOL.md "Who talks") on its own:
+"""The embedded broker holds the device contract (docs/protocol.md "Who is on the line") on its own:
 logins against the registry, per-device topics, and the MQTT features the gateway
 relies on (QoS 1, retained status, wills, persistent sessions)."""
 
 from __future__ import annotations
 
 import asyncio
-import shutil
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
 from paho.mqtt.reasoncodes import ReasonCode
+from sqlalchemy import delete, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from carecall.core.bus import MemoryBus
+from carecall.core.db import session_scope
 from device_gateway.broker import (
     AUTH_CACHE_TTL_S,
     AccessPolicy,
@@ -25,9 +28,9 @@ from device_gateway.broker import (
     may_subscribe,
 )
 from device_gateway.credentials import hash_secret
-from dispatcher.db import make_engine, make_sessionmaker, session_scope
-from dispatcher.migrate import upgrade
-from dispatcher.models import Device, Home, Station
+from device_gateway.models import Device
+from device_gateway.protocol import AckState, ack_payload
+from dispatcher.registry.models import Home, Station
 
 PLATFORM_USER = "carecall-platform"
 PLATFORM_PASSWORD = "platform-pw-for-tests"
@@ -41,14 +44,6 @@ def events(device_id: str) -> str:
 
 def topic(device_id: str, channel: str) -> str:
     return f"carecall/v1/devices/{device_id}/{channel}"
-
-
-@pytest.fixture(scope="session")
-def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Migrate once per run; each test copies the file (Alembic takes ~0.5 s a run)."""
-    path = tmp_path_factory.mktemp("template") / "t.db"
-    upgrade(f"sqlite:///{path}")
-    return path
 
 
 async def seed(maker: async_sessionmaker[AsyncSession]) -> None:
@@ -83,14 +78,10 @@ async def seed(maker: async_sessionmaker[AsyncSession]) -> None:
 
 
 @pytest.fixture
-async def maker(template_db: Path, tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    db = tmp_path / "t.db"
-    shutil.copy(template_db, db)
-    engine = make_engine(f"sqlite:///{db}")
-    sm = make_sessionmaker(engine)
-    await seed(sm)
-    yield sm
-    await engine.dispose()
+async def maker(maker: async_sessionmaker[AsyncSession]) -> async_sessionmaker[AsyncSession]:
+    """The shared per-test database (tests/conftest.py, --db), seeded."""
+    await seed(maker)
+    return maker
 
 
 @pytest.fixture
@@ -404,7 +395,7 @@ async def test_device_persistent_session_gets_queued_qos1_ack(broker: EmbeddedBr
     async with device_client(broker, "dev-b", clean_session=False) as dev:
         await dev.subscribe(topic("dev-b", "ack"), qos=1)
     async with platform_client(broker) as gw:
-        await gw.publish(topic("dev-b", "ack"), b'{"event_id":"e1","state":"received","ts":1}', qos=1)
+        await gw.publish(topic("dev-b", "ack"), ack_payload("e1", AckState.received, 1), qos=1)
     await _until_queued(broker, "dev-b")
     async with device_client(broker, "dev-b", clean_session=False) as dev:
         msg = await next_message(dev)
@@ -462,3 +453,97 @@ async def test_start_stop_and_port(maker: async_sessionmaker[AsyncSession]) -> N
         await b.stop()
     assert not b.running
     await b.stop()  # idempotent
+
+
+# --------------------------------------------------------------------------- registry changes
+# Issue 10 item 6: a device disabled, re-keyed or removed in the registry (the ``devices``
+# bus message) is refused and disconnected within 2 s, although its login was cached.
+
+LIMIT_S = 2.0
+
+
+@pytest.fixture
+async def followed(
+    broker: EmbeddedBroker,
+) -> AsyncIterator[tuple[EmbeddedBroker, MemoryBus]]:
+    bus = MemoryBus()
+    task = asyncio.create_task(broker.follow(bus))
+    async with asyncio.timeout(WAIT_S):
+        while not bus._subs.get("devices"):
+            await asyncio.sleep(0.01)
+    yield broker, bus
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def logs_in(brk: EmbeddedBroker, device_id: str, secret: str) -> bool:
+    try:
+        async with device_client(brk, device_id, secret):
+            return True
+    except aiomqtt.MqttError:
+        return False
+
+
+async def until_disconnected(client: aiomqtt.Client, limit_s: float) -> float:
+    start = time.monotonic()
+    while client._client.is_connected() and time.monotonic() - start < limit_s:
+        await asyncio.sleep(0.01)
+    return time.monotonic() - start
+
+
+async def change_device(maker: async_sessionmaker[AsyncSession], device_id: str, **values: object) -> None:
+    async with session_scope(maker) as s:
+        await s.execute(update(Device).where(Device.id == device_id).values(**values))
+
+
+async def test_disabled_device_is_disconnected_and_refused_within_2s(
+    followed: tuple[EmbeddedBroker, MemoryBus], maker: async_sessionmaker[AsyncSession]
+) -> None:
+    brk, bus = followed
+    assert await logs_in(brk, "dev-a", SECRETS["dev-a"])  # now cached
+    async with device_client(brk, "dev-a") as live:
+        await change_device(maker, "dev-a", enabled=False)
+        start = time.monotonic()
+        await bus.publish("devices", {"ids": ["dev-a"], "by": "test"})
+        assert await until_disconnected(live, LIMIT_S * 2) < LIMIT_S
+    assert not await logs_in(brk, "dev-a", SECRETS["dev-a"])
+    assert time.monotonic() - start < LIMIT_S
+    await change_device(maker, "dev-a", enabled=True)
+    await bus.publish("devices", {"ids": ["dev-a"], "by": "test"})
+    assert await logs_in(brk, "dev-a", SECRETS["dev-a"])
+
+
+async def test_rekeyed_device_old_secret_refused_new_secret_works(
+    followed: tuple[EmbeddedBroker, MemoryBus], maker: async_sessionmaker[AsyncSession]
+) -> None:
+    brk, bus = followed
+    async with device_client(brk, "dev-b") as live, device_client(brk, "dev-a") as bystander:
+        await change_device(maker, "dev-b", secret_hash=hash_secret("secret-b-2"))
+        await bus.publish("devices", {"ids": ["dev-b", "dev-a"], "by": "test"})
+        assert await until_disconnected(live, LIMIT_S * 2) < LIMIT_S
+        await asyncio.sleep(0.2)
+        assert bystander._client.is_connected(), "a device whose secret did not change was dropped"
+    assert not await logs_in(brk, "dev-b", SECRETS["dev-b"])
+    assert await logs_in(brk, "dev-b", "secret-b-2")
+
+
+async def test_removed_device_is_disconnected_and_bad_messages_change_nothing(
+    followed: tuple[EmbeddedBroker, MemoryBus], maker: async_sessionmaker[AsyncSession]
+) -> None:
+    brk, bus = followed
+    async with (
+        device_client(brk, "dev-a") as live,
+        aiomqtt.Client(
+            "127.0.0.1", brk.port, identifier="gw", username=PLATFORM_USER, password=PLATFORM_PASSWORD
+        ) as platform,
+    ):
+        junk: list[Any] = [None, [], {"ids": "dev-a"}, {"ids": [1, None, "../x", "x" * 500]}, {"nothing": 1}]
+        for message in junk:
+            await bus.publish("devices", message)
+        async with session_scope(maker) as s:
+            await s.execute(delete(Device).where(Device.id == "dev-a"))
+        await bus.publish("devices", {"ids": [PLATFORM_USER, "dev-a"], "by": "test"})
+        assert await until_disconnected(live, LIMIT_S * 2) < LIMIT_S
+        await asyncio.sleep(0.2)
+        assert platform._client.is_connected()
+    assert not await logs_in(brk, "dev-a", SECRETS["dev-a"])

@@ -47,7 +47,7 @@ from device_gateway.protocol import (
     topic_for,
 )
 
-# Verbatim from the contract (PROTOCOL.md).
+# Verbatim from the contract (docs/protocol.md).
 EVENT_EXAMPLE = (
     b'{"id": "b1-000412", "ts": 1764120600123, "type": "sos", "sensor": "bedside-button",\n'
     b' "data": {"location": {"lat": 32.689, "lon": 112.838, "accuracy_m": 15}}}'
@@ -129,7 +129,9 @@ def test_minimal_event_and_extra_fields_are_kept() -> None:
 
 @pytest.mark.parametrize("event_type", sorted(V1_TYPES))
 def test_every_v1_type_parses(event_type: str) -> None:
-    assert isinstance(parse_event(event(type=event_type)), EventMessage)
+    # a service_request must say which service (its one required data key)
+    data = {"data": {"kind": "meal"}} if event_type == "service_request" else {}
+    assert isinstance(parse_event(event(type=event_type, **data)), EventMessage)
 
 
 def test_unknown_type_is_accepted_and_classified_trouble() -> None:

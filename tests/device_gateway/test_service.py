@@ -1,5 +1,6 @@
-"""The gateway end to end on the embedded broker and SQLite: telemetry rules and liveness
-raise events through the same path as device events; bad input is counted, not fatal."""
+"""The gateway end to end on the embedded broker and the test database (--db): telemetry
+rules and liveness raise events through the same path as device events; bad input is
+counted, not fatal."""
 
 from __future__ import annotations
 
@@ -11,20 +12,19 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from hypothesis import HealthCheck, given
-from hypothesis import settings as hsettings
-from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from carecall.core.bus import MemoryBus
+from carecall.core.clock import Clock, SystemClock
+from carecall.shell.app import create_app
 from config.settings import load_settings
 from device_gateway.broker import EmbeddedBroker
 from device_gateway.credentials import hash_secret
-from device_gateway.service import Gateway, MqttTarget
-from dispatcher.api import create_app
-from dispatcher.bus import MemoryBus
-from dispatcher.clock import Clock, SystemClock
-from dispatcher.models import DeviceEvent, DeviceState
+from device_gateway.models import DeviceEvent, DeviceState
+from device_gateway.mqtt import MqttTarget, connections
+from device_gateway.service import Gateway
+from dispatcher.registry.service import resident_vitals
 from simulators.device import DeviceSpec, SimulatedDevice
 from tests.conftest import add_small_registry
 
@@ -33,7 +33,7 @@ SECRETS = {"mat": "mattress-secret-0123456789", "hub": "hub-secret-0123456789ab"
 
 
 @pytest.fixture
-async def running(maker: async_sessionmaker[AsyncSession], sqlite_url: str) -> AsyncIterator[dict[str, Any]]:
+async def running(maker: async_sessionmaker[AsyncSession], db_url: str) -> AsyncIterator[dict[str, Any]]:
     await add_small_registry(
         maker,
         {"mat": "mattress", "hub": "hub"},
@@ -45,7 +45,7 @@ async def running(maker: async_sessionmaker[AsyncSession], sqlite_url: str) -> A
     )
     await broker.start()
     settings = load_settings(
-        database_url=sqlite_url,
+        database_url=db_url,
         state_flush_interval_s=0.2,
         supervision_interval_s=0.2,
         offline_after_intervals=3,
@@ -57,6 +57,7 @@ async def running(maker: async_sessionmaker[AsyncSession], sqlite_url: str) -> A
         clock=SystemClock(),
         mqtt=MqttTarget("127.0.0.1", broker.port, "platform", "pw-123456", tls=False),
         shared_group=None,
+        residents=resident_vitals,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(gw.run(stop))
@@ -226,132 +227,34 @@ async def test_metrics_endpoint_counts_what_flowed(running: dict[str, Any]) -> N
     assert health.status_code == 200
 
 
-async def test_uplink_queue_serves_alarms_before_queued_telemetry() -> None:
-    from device_gateway.service import UplinkQueue
-
-    q = UplinkQueue()
-    for i in range(3):
-        q.put_nowait(aiomqtt.Message(f"{ROOT}/d/telemetry", str(i).encode(), 0, False, 1, None))
-    q.put_nowait(aiomqtt.Message(f"{ROOT}/d/events", b"sos", 1, False, 2, None))
-    q.put_nowait(aiomqtt.Message(f"{ROOT}/d/status", b"on", 1, False, 3, None))
-    assert q.qsize() == 5 and not q.empty()
-    order = [(await q.get()).topic.value.rsplit("/", 1)[1] for _ in range(5)]
-    assert order == ["events", "status", "telemetry", "telemetry", "telemetry"]
-    assert q.empty()
-    # retained messages (replayed on subscribe) wait behind live ones too
-    q.put_nowait(aiomqtt.Message(f"{ROOT}/old/status", b"off", 1, True, 4, None))
-    q.put_nowait(aiomqtt.Message(f"{ROOT}/d/events", b"sos", 1, False, 5, None))
-    assert [(await q.get()).topic.value for _ in range(2)] == [f"{ROOT}/d/events", f"{ROOT}/old/status"]
-
-
-# --------------------------------------------------------------------------- hot path
-
-_metric_value = st.one_of(
-    st.booleans(),
-    st.integers(min_value=-(10**20), max_value=10**20),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=80),
-    st.none(),
-    st.lists(st.integers(), max_size=2),
-)
-_telemetry_obj = st.fixed_dictionaries(
-    {"metrics": st.dictionaries(st.text(max_size=70), _metric_value, max_size=70)},
-    optional={
-        "ts": st.one_of(st.integers(min_value=0, max_value=5 * 10**12), st.text(max_size=10), st.booleans()),
-        "extra": st.text(max_size=5),
-    },
-)
-
-
-@given(obj=_telemetry_obj)
-@hsettings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_fast_telemetry_path_accepts_only_what_the_parser_accepts_alike(obj: dict[str, Any]) -> None:
-    """The hot path may decline anything, but what it accepts the full parser accepts with
-    exactly the same metrics (or every reading would bypass validation)."""
-    from device_gateway import protocol as p
-    from device_gateway.service import fast_telemetry_metrics
-
-    payload = json.dumps(obj, allow_nan=True).encode()
-    fast = fast_telemetry_metrics(payload, p.MAX_PAYLOAD_BYTES)
-    if fast is None:
-        return
-    full = p.parse_telemetry(payload)
-    assert isinstance(full, p.TelemetryMessage), full
-    assert fast == full.metrics
-    assert [type(v) for v in fast.values()] == [type(v) for v in full.metrics.values()]
-
-
-@given(payload=st.binary(max_size=300))
-@hsettings(max_examples=300, deadline=None)
-def test_fast_telemetry_path_never_accepts_what_the_parser_rejects(payload: bytes) -> None:
-    from device_gateway import protocol as p
-    from device_gateway.service import fast_telemetry_metrics
-
-    if fast_telemetry_metrics(payload, p.MAX_PAYLOAD_BYTES) is not None:
-        assert isinstance(p.parse_telemetry(payload), p.TelemetryMessage)
-
-
-def test_fast_telemetry_path_takes_ordinary_readings_and_declines_the_odd_ones() -> None:
-    from device_gateway.service import fast_telemetry_metrics
-
-    ok = b'{"ts":1764120600123,"metrics":{"hr":68,"rr":15.5,"presence":"in_bed","bed":true}}'
-    assert fast_telemetry_metrics(ok, 16384) == {"hr": 68, "rr": 15.5, "presence": "in_bed", "bed": True}
-    for odd in (
-        b'{"ts":"2026-11-26T10:00:00+08:00","metrics":{"hr":1}}',  # RFC 3339: full parser
-        b'{"metrics":{"hr":1},"fw":"1.2"}',  # extra top-level field
-        b'{"metrics":{"note":"\\u00e9"}}',  # non-ASCII
-        b'{"metrics":{"hr":NaN}}',
-        b'{"metrics":{"hr":{"x":1}}}',
-        b'{"metrics":{"fw":"' + b"x" * 65 + b'"}}',
-        b"\xff",
-        b'{"ts":12,"metrics":{}}',
-    ):
-        assert fast_telemetry_metrics(odd, 16384) is None, odd
-
-
 def _gateway_for_subscriptions(shared: str | None, telemetry_qos: int) -> Gateway:
     return Gateway(
         settings=load_settings(database_url="sqlite+aiosqlite:///:memory:"),
-        maker=None,  # type: ignore[arg-type]  # not touched by _subscriptions
+        maker=None,  # type: ignore[arg-type]  # not touched by the subscriptions
         bus=MemoryBus(),
         clock=SystemClock(),
         mqtt=MqttTarget("127.0.0.1", 1883, None, None, tls=False),
         shared_group=shared,
+        residents=resident_vitals,
         telemetry_qos=telemetry_qos,
     )
 
 
 def test_telemetry_is_subscribed_at_qos0_and_events_status_at_qos1() -> None:
     gw = _gateway_for_subscriptions("grp", 0)
-    subs = dict(gw._subscriptions())
+    subs = dict(gw.subscriptions)
     # readings (and any unknown channel, to be counted) on a QoS 0 connection of their own
     assert subs[f"$share/grp/{ROOT}/+/+"] == 0
-    assert dict(gw._connections())["telemetry"] == [(f"$share/grp/{ROOT}/+/+", 0)]
-    assert (f"$share/grp/{ROOT}/+/+", 0) not in dict(gw._connections())["main"]
+    assert dict(connections(gw.subscriptions))["telemetry"] == [(f"$share/grp/{ROOT}/+/+", 0)]
+    assert (f"$share/grp/{ROOT}/+/+", 0) not in dict(connections(gw.subscriptions))["main"]
     assert subs[f"$share/grp/{ROOT}/+/events"] == 1
     assert subs[f"$share/grp/{ROOT}/+/status"] == 1
     # bad topics of other depths still reach the gateway (and are counted)
     assert subs[f"$share/grp/{ROOT}/+/+/+/#"] == 1 and subs[f"$share/grp/{ROOT}/+"] == 1
-    assert dict(_gateway_for_subscriptions(None, 1)._subscriptions()) == {
+    assert dict(_gateway_for_subscriptions(None, 1).subscriptions) == {
         f"{ROOT}/+/+": 1,
         f"{ROOT}/+/+/+/#": 1,
         f"{ROOT}/+": 1,
     }
     with pytest.raises(ValueError, match="telemetry_qos"):
         _gateway_for_subscriptions(None, 2)
-
-
-def test_load_generator_telemetry_is_valid_telemetry() -> None:
-    """The bench's readings must be telemetry the gateway accepts, not rejections."""
-    from device_gateway import protocol as p
-    from device_gateway.service import fast_telemetry_metrics
-    from simulators.loadgen import LoadGenerator
-
-    gen = LoadGenerator("127.0.0.1", 1)
-    sent: list[bytes] = []
-    gen._publish = lambda _topic, payload, _qos: sent.append(payload)  # type: ignore[method-assign]
-    for pad in (0, 200, 1000):
-        gen.telemetry("d1", pad_to=pad)
-        assert len(sent[-1]) >= pad
-        assert isinstance(p.parse_telemetry(sent[-1]), p.TelemetryMessage)
-        assert fast_telemetry_metrics(sent[-1], p.MAX_PAYLOAD_BYTES) is not None

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dispatcher.escalation import (
+from dispatcher.calls.escalation import (
     ESCALATION_LEVEL,
     STALE_REASONS,
     Policy,
@@ -20,7 +20,7 @@ from dispatcher.escalation import (
     initial_timers,
     on_timer_due,
 )
-from dispatcher.routing import REASONS, RoutingConfig, StationNode, choose_station
+from dispatcher.calls.routing import REASONS, RoutingConfig, StationNode, choose_station
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -161,7 +161,12 @@ def steps(draw: st.DrawFn) -> Step:
         "until": draw(st.sampled_from(["acknowledged", "on_scene", "closed"])),
         "repeat_every_s": repeat,
     }
-    if repeat is not None:
+    if fields["action"] == "notify_contacts":
+        # the contact ladder always repeats, every contacts.timeout_s (120 s by default)
+        fields.pop("repeat_every_s")
+        if repeat is not None:
+            fields["contacts"] = {"timeout_s": repeat}
+    if repeat is not None or fields["action"] == "notify_contacts":
         fields["max_repeats"] = draw(st.integers(0, 6))
     return Step.model_validate(fields)
 

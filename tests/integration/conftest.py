@@ -10,20 +10,18 @@ import asyncio
 import contextlib
 import os
 import socket
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dispatcher.db import make_engine, make_sessionmaker
-from dispatcher.migrate import upgrade
+from carecall.core.db import make_engine, make_sessionmaker
+from tests.conftest import Databases
 
 MOSQUITTO = ("127.0.0.1", 1883)
 POSTGRES = ("127.0.0.1", 5432)
 REDIS = ("127.0.0.1", 6379)
-PG_ADMIN_URL = os.environ.get("CARECALL_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def _reachable(addr: tuple[str, int]) -> bool:
@@ -56,28 +54,13 @@ def redis_url() -> str:
 
 
 @pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database per test, migrated by Alembic, dropped afterwards."""
+def pg_url(pg_databases: Databases) -> Iterator[str]:
+    """A fresh PostgreSQL database per test, copied from the run's migrated template
+    (tests/conftest.py's Databases), dropped afterwards."""
     require("PostgreSQL", POSTGRES)
-    import asyncpg
-
-    name = f"carecall_it_{uuid.uuid4().hex[:10]}"
-    admin = PG_ADMIN_URL.replace("postgresql://", "postgres://")
-
-    async def admin_exec(sql: str) -> None:
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin_exec(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        asyncio.run(admin_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    url = pg_databases.create(reuse=False)
+    yield url
+    pg_databases.drop(url)
 
 
 @pytest.fixture
@@ -108,10 +91,12 @@ async def running_gateway(
 ) -> AsyncIterator[Any]:
     """A gateway on the real broker, database and Redis, with its own shared group;
     stopped (and awaited) on the way out."""
+    from carecall.core.bus import RedisBus
+    from carecall.core.clock import SystemClock
     from config.settings import load_settings
-    from device_gateway.service import Gateway, MqttTarget
-    from dispatcher.bus import RedisBus
-    from dispatcher.clock import SystemClock
+    from device_gateway.mqtt import MqttTarget
+    from device_gateway.service import Gateway
+    from dispatcher.registry.service import resident_vitals
 
     host, port = mosquitto
     settings = load_settings(
@@ -128,6 +113,7 @@ async def running_gateway(
         clock=SystemClock(),
         mqtt=MqttTarget.from_url(settings.mqtt_url or ""),
         shared_group=settings.mqtt_shared_group,
+        residents=resident_vitals,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(gw.run(stop))

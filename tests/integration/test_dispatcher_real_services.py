@@ -18,9 +18,13 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from device_gateway.models import Device
 from device_gateway.store import EventRow, insert_events
-from dispatcher.audit import verify_log
-from dispatcher.models import AuditRow, Call, Device, Home, Resident, Staff, Station, Timer
+from dispatcher.audit.models import AuditRow
+from dispatcher.audit.service import verify_log
+from dispatcher.calls.models import Call, Timer
+from dispatcher.registry.models import Home, Resident, Staff
+from tests.support.registry import add_station_chain
 
 pytestmark = pytest.mark.integration
 
@@ -39,32 +43,7 @@ policies:
 async def county(maker: async_sessionmaker[AsyncSession], homes: int) -> None:
     now = datetime.now(UTC)
     async with maker() as s, s.begin():
-        s.add(Station(id="county", name="县中心", tier="county", kind="county_centre", lat=32.68, lon=112.84))
-        await s.flush()
-        s.add(
-            Station(
-                id="st1",
-                name="街道",
-                tier="street",
-                kind="street_centre",
-                parent_id="county",
-                lat=32.69,
-                lon=112.85,
-            )
-        )
-        await s.flush()
-        s.add(
-            Station(
-                id="cm1",
-                name="社区",
-                tier="community",
-                kind="day_care_centre",
-                parent_id="st1",
-                lat=32.691,
-                lon=112.851,
-            )
-        )
-        await s.flush()
+        await add_station_chain(s)
         s.add(Staff(id="r1", station_id="cm1", name="李", role="responder", phone="1", on_duty=True))
         for i in range(homes):
             s.add(Home(id=f"h{i}", station_id="cm1", address=f"路{i}号", lat=32.692, lon=112.852))
@@ -112,7 +91,7 @@ async def sos_for_each_home(maker: async_sessionmaker[AsyncSession], homes: int)
 
 def start_dispatcher(env: dict[str, str], instance: str, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "dispatcher.cli", "dispatcher", "--instance", instance],
+        [sys.executable, "-m", "carecall.shell.cli", "dispatcher", "--instance", instance],
         env=env,
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,

@@ -1,10 +1,12 @@
 """A real Mosquitto, configured only by ``write_broker_config``, enforces the device contract:
-registry hashes log devices in, the ACL confines each device to its own root, and the
-platform account (shared subscriptions included) sees everything under carecall/."""
+registry hashes log devices in, dynsec roles confine each device to its own root, the
+platform account (shared subscriptions included) sees everything under carecall/, and a
+device with valid credentials cannot make anyone else's alarms disappear."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pwd
 import shutil
@@ -20,16 +22,20 @@ import aiomqtt
 import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 
+from carecall.core.db import make_engine, make_sessionmaker, session_scope
+from carecall.core.migrate import upgrade
 from device_gateway.broker_config import BrokerConfigFiles, write_broker_config
 from device_gateway.credentials import hash_secret
-from dispatcher.db import make_engine, make_sessionmaker, session_scope
-from dispatcher.migrate import upgrade
-from dispatcher.models import Device, Home, Station
+from device_gateway.models import Device
+from dispatcher.registry.models import Home, Station
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 
 PLATFORM_USER = "carecall-platform"
 PLATFORM_PASSWORD = "platform-pw-for-tests"
+ADMIN_USER = "carecall-broker-admin"
+ADMIN_PASSWORD = "admin-pw-for-tests"
 SECRETS = {"dev-a": "secret-a", "dev-b": "secret-b", "dev-off": "secret-off", "gen-1": "secret-gen"}
 WAIT_S = 3.0
 
@@ -44,12 +50,6 @@ def find_mosquitto() -> str:
     if os.environ.get("CI"):
         pytest.fail("mosquitto binary not found; CI must provide Mosquitto 2.0")
     pytest.skip("mosquitto binary not found (apt-get install mosquitto); CI=1 makes this a failure")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def provision(db: Path, out_dir: Path, port: int) -> BrokerConfigFiles:
@@ -79,6 +79,8 @@ async def provision(db: Path, out_dir: Path, port: int) -> BrokerConfigFiles:
             out_dir,
             platform_username=PLATFORM_USER,
             platform_password=PLATFORM_PASSWORD,
+            admin_username=ADMIN_USER,
+            admin_password=ADMIN_PASSWORD,
             listener_port=port,
         )
     finally:
@@ -93,7 +95,7 @@ def hand_to_broker_user(files: BrokerConfigFiles) -> None:
         user = pwd.getpwnam("mosquitto")
     except KeyError:
         return
-    for path in (files.conf.parent, files.conf, files.passwd, files.acl, files.persistence_dir):
+    for path in (files.conf.parent, files.conf, files.dynsec, files.persistence_dir):
         os.chown(path, user.pw_uid, user.pw_gid)
 
 
@@ -215,11 +217,11 @@ async def test_bad_credentials_are_refused(mosquitto_port: int, username: str, p
 
 
 async def test_device_reads_only_its_own_downlink(mosquitto_port: int) -> None:
-    """Mosquitto 2.0.11 grants the SUBACK for another device's ack (unlike the embedded
-    broker, which refuses it) and enforces the ACL when it delivers: nothing arrives."""
+    """dynsec refuses the SUBSCRIBE for another device's downlink or a wildcard (as the
+    embedded broker does), and nothing but the device's own ack arrives."""
     async with platform(mosquitto_port, "gw-it-3") as gw, device(mosquitto_port, "dev-a") as dev:
-        await dev.subscribe(topic("dev-b", "ack"), qos=1)
-        await dev.subscribe("carecall/v1/devices/+/config", qos=1)
+        assert await try_subscribe(dev, topic("dev-b", "ack")) == [128]
+        assert await try_subscribe(dev, "carecall/v1/devices/+/config") == [128]
         assert granted(await dev.subscribe(topic("dev-a", "ack"), qos=1)) == [1]
         await gw.publish(topic("dev-b", "ack"), b"for-b", qos=1)
         await gw.publish(topic("dev-b", "config"), b"config-b", qos=1)
@@ -229,7 +231,8 @@ async def test_device_reads_only_its_own_downlink(mosquitto_port: int) -> None:
 
 
 async def test_platform_shared_subscription_is_allowed(mosquitto_port: int) -> None:
-    """``topic readwrite carecall/#`` covers ``$share/...``: no separate ACL line needed."""
+    """dynsec checks a shared subscription with its ``$share/<group>/`` prefix: the platform
+    role has ``subscribePattern $share/+/carecall/#`` for it (without it: SUBACK 128)."""
     async with platform(mosquitto_port, "gw-it-4") as gw, device(mosquitto_port, "dev-b") as dev:
         shared = "$share/carecall-gateway/carecall/v1/devices/+/events"
         assert granted(await gw.subscribe(shared, qos=1)) == [1]
@@ -245,3 +248,90 @@ async def test_privileged_device_publishes_uplink_for_others(mosquitto_port: int
         await gen.publish(topic("dev-b", "telemetry"), b"on-behalf", qos=1)
         msg = await next_message(gw)
         assert (msg.topic.value, msg.payload) == (topic("dev-b", "telemetry"), b"on-behalf")
+
+
+# --------------------------------------------------------------------------- device attacks
+# Issue 10 item 5: with valid credentials of its own, a device must not be able to make
+# anyone else's alarms disappear.
+
+GATEWAY_GROUP = "carecall-gateway"
+GATEWAY_FILTERS = [f"carecall/v1/devices/+/{ch}" for ch in ("events", "status", "telemetry")]
+
+
+def connected(client: aiomqtt.Client) -> bool:
+    return bool(client._client.is_connected())
+
+
+async def try_subscribe(client: aiomqtt.Client, topic_filter: str) -> list[int]:
+    """The granted codes, or [128] when the broker answers the SUBSCRIBE by hanging up."""
+    try:
+        return granted(await client.subscribe(topic_filter, qos=1))
+    except aiomqtt.MqttError:
+        return [128]
+
+
+async def test_device_cannot_take_a_share_of_the_gateways_events(mosquitto_port: int) -> None:
+    """A device joining the gateway's shared group got every other SOS and the broker
+    dropped them (it may not read them). Every victim SOS must reach the platform."""
+    async with platform(mosquitto_port, "carecall-gateway-att") as gw:
+        for f in GATEWAY_FILTERS:
+            await gw.subscribe(f"$share/{GATEWAY_GROUP}/{f}", qos=1)
+        async with device(mosquitto_port, "dev-a") as attacker, device(mosquitto_port, "dev-b") as victim:
+            codes = [await try_subscribe(attacker, f"$share/{GATEWAY_GROUP}/{f}") for f in GATEWAY_FILTERS]
+            codes.append(await try_subscribe(attacker, f"$share/{GATEWAY_GROUP}/carecall/#"))
+            sent = [f'{{"id":"sos-{i}","ts":1764120600123,"type":"sos"}}'.encode() for i in range(20)]
+            for payload in sent:
+                await victim.publish(topic("dev-b", "events"), payload, qos=1)
+            got: list[bytes] = []
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(WAIT_S):
+                    async for msg in gw.messages:
+                        got.append(bytes(msg.payload))  # type: ignore[arg-type]
+                        if len(got) == len(sent):
+                            break
+        assert sorted(got) == sorted(sent), f"lost {len(sent) - len(got)} of 20 SOS; attacker SUBACKs {codes}"
+        assert all(c == [128] for c in codes), codes
+
+
+async def test_device_cannot_connect_with_another_devices_client_id(mosquitto_port: int) -> None:
+    async with platform(mosquitto_port, "gw-it-att-b") as gw, device(mosquitto_port, "dev-b") as victim:
+        await gw.subscribe(topic("dev-b", "status"), qos=1)
+        attacker = aiomqtt.Client(
+            "127.0.0.1",
+            mosquitto_port,
+            identifier="dev-b",
+            username="dev-a",
+            password=SECRETS["dev-a"],
+            timeout=WAIT_S,
+        )
+        with pytest.raises(aiomqtt.MqttError):
+            async with attacker:
+                pass
+        await asyncio.sleep(0.5)
+        assert connected(victim), "the victim was kicked off by a device using its client id"
+        await victim.publish(topic("dev-b", "status"), b'{"state":"online"}', qos=1)
+        msg = await next_message(gw)
+        assert (msg.topic.value, msg.payload) == (topic("dev-b", "status"), b'{"state":"online"}')
+
+
+async def test_device_cannot_connect_with_a_gateway_client_id(mosquitto_port: int) -> None:
+    async with platform(mosquitto_port, "carecall-gateway-9") as gw:
+        await gw.subscribe(f"$share/{GATEWAY_GROUP}/carecall/v1/devices/+/events", qos=1)
+        for _ in range(3):
+            attacker = aiomqtt.Client(
+                "127.0.0.1",
+                mosquitto_port,
+                identifier="carecall-gateway-9",
+                username="dev-a",
+                password=SECRETS["dev-a"],
+                timeout=WAIT_S,
+            )
+            with pytest.raises(aiomqtt.MqttError):
+                async with attacker:
+                    pass
+        await asyncio.sleep(0.5)
+        assert connected(gw), "the gateway was kicked off by a device using its client id"
+        async with device(mosquitto_port, "dev-b") as dev:
+            await dev.publish(topic("dev-b", "events"), b"after-attack", qos=1)
+        msg = await next_message(gw)
+        assert msg.payload == b"after-attack"

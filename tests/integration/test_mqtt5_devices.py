@@ -1,4 +1,4 @@
-"""PROTOCOL.md: devices speak MQTT 3.1.1 *or 5.0*. A 5.0 device on the production broker
+"""docs/protocol.md: devices speak MQTT 3.1.1 *or 5.0*. A 5.0 device on the production broker
 (Mosquitto) gets the same service as a 3.1.1 one: its SOS is stored once however often it
 resends, its telemetry and status are taken, and its acks come back on its own topic.
 (The embedded amqtt broker of the demo speaks 3.1.1 only; docs/protocol.md says so.)"""
@@ -16,7 +16,7 @@ from paho.mqtt.properties import Properties
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dispatcher.models import DeviceEvent, DeviceState, RejectedMessage
+from device_gateway.models import DeviceEvent, DeviceState, RejectedMessage
 from tests.conftest import add_small_registry
 from tests.integration.conftest import running_gateway
 from tests.integration.test_gateway_real_services import ROOT, uniq

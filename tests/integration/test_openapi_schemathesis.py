@@ -25,12 +25,13 @@ from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import response_schema_conformance
 from sqlalchemy.pool import NullPool
 
+from carecall.core.bus import MemoryBus
+from carecall.core.clock import Clock
+from carecall.core.db import make_engine, make_sessionmaker
+from carecall.shell.demo import ensure_demo_county
+from carecall.shell.runtime import Core, full_app, open_core
 from config.settings import load_settings
-from dispatcher.auth import create_user
-from dispatcher.bus import MemoryBus
-from dispatcher.clock import Clock
-from dispatcher.db import make_engine, make_sessionmaker
-from dispatcher.runtime import Core, ensure_demo_county, full_app, open_core
+from dispatcher.auth.users import create_user
 
 pytestmark = pytest.mark.integration
 

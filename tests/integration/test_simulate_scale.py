@@ -18,12 +18,15 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from carecall.core.bus import MemoryBus
+from carecall.core.clock import Clock, SystemClock
+from carecall.shell.fleet_registry import ensure_fleet
 from config.settings import load_settings
-from device_gateway.service import Gateway, MqttTarget
-from dispatcher.bus import MemoryBus
-from dispatcher.clock import Clock, SystemClock
-from dispatcher.models import DeviceEvent
-from simulators.fleet import ensure_fleet, run_fleet
+from device_gateway.models import DeviceEvent
+from device_gateway.mqtt import MqttTarget
+from device_gateway.service import Gateway
+from dispatcher.registry.service import resident_vitals
+from simulators.fleet import run_fleet
 from simulators.scenario import Scenario
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -59,6 +62,7 @@ async def test_forty_thousand_devices_in_load_mode_are_stored_and_acked(
         clock=SystemClock(),
         mqtt=MqttTarget(host, port, None, None, tls=False),
         shared_group=f"sim-it-{tag}",
+        residents=resident_vitals,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(gw.run(stop))

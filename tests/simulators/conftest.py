@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -17,13 +16,7 @@ from amqtt.broker import Broker
 
 from device_gateway.broker import _CareCallBroker
 from device_gateway.protocol import AckState, Channel, ack_payload, topic_for
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.support.ports import free_port
 
 
 def broker_config(port: int) -> dict[str, object]:

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiomqtt
 import pytest
 
+from carecall.core.clock import Clock
 from device_gateway.protocol import AckState, Channel, topic_for
-from dispatcher.clock import Clock
 from simulators.device import DeviceSpec, SimulatedDevice
 from simulators.scenario import Backoff, Scenario
 from tests.simulators.conftest import FakePlatform, free_port, start_broker, stop_broker, until
@@ -76,15 +76,30 @@ async def test_event_ids_are_unique_and_carry_a_run_prefix(broker_port: int, dev
 
 
 async def test_rejected_event_is_not_resent_and_keeps_the_reason(
-    device: SimulatedDevice, platform_factory: Factory
+    broker_port: int, platform_factory: Factory
 ) -> None:
-    platform = await platform_factory(reject="bad_value")
-    record = device.raise_event("sos")
-    await until(lambda: record.rejected)
-    await asyncio.sleep(0.2)
-    assert record.sends == 1 and platform.copies[("btn-1", record.event_id)] == 1
-    assert record.rejected_reason == "bad_value"
-    assert not device.pending
+    # Its first resend is due 3 s of real time later (300 simulated s at x100), so the
+    # rejection is always back first: with the default 50 ms a busy CI machine once
+    # delivered the rejection after the device had (rightly) resent.
+    slow_resend = Scenario(resend=Backoff(initial_s=300.0, max_s=300.0))
+    device = SimulatedDevice(
+        spec(), host="127.0.0.1", port=broker_port, clock=Clock(SPEED), scenario=slow_resend
+    )
+    device.start()
+    try:
+        async with asyncio.timeout(5):
+            await device.wait_online()
+        platform = await platform_factory(reject="bad_value")
+        record = device.raise_event("sos")
+        await until(lambda: record.rejected)
+        await asyncio.sleep(0.2)
+        assert record.sends == 1 and platform.copies[("btn-1", record.event_id)] == 1
+        assert record.rejected_reason == "bad_value"
+        assert not device.pending
+        await asyncio.sleep(3.2)  # past the resend that would have come had it not been rejected
+        assert record.sends == 1
+    finally:
+        await device.stop()
 
 
 async def test_will_fires_when_the_device_drops_and_events_wait_for_its_return(

@@ -8,9 +8,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from carecall.core.clock import Clock
+from device_gateway.kinds import DEFAULT_HEARTBEAT_S, DeviceKind
 from device_gateway.protocol import AckState
-from dispatcher.clock import Clock
-from dispatcher.models import DEFAULT_HEARTBEAT_S, DeviceKind
 from simulators.device import DeviceSpec, SimulatedDevice
 from simulators.runner import SimStats, _plan, check_host, percentile, run_simulation
 from simulators.scenario import Scenario, load_scenario

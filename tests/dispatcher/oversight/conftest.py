@@ -17,15 +17,18 @@ import pytest
 from sqlalchemy import func
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from carecall.core.bus import MemoryBus
 from config.settings import load_settings
-from device_gateway.store import EventRow, insert_events
-from dispatcher import calls
-from dispatcher.bus import MemoryBus
-from dispatcher.engine import Dispatcher
-from dispatcher.models import Device, Home, Staff, Station, User
-from dispatcher.notifiers import LogNotifier
+from device_gateway.models import Device
+from dispatcher.auth.models import User
+from dispatcher.calls.actions import act
+from dispatcher.calls.context import Actor
+from dispatcher.engine.process import Dispatcher
+from dispatcher.notifications.notifiers import LogNotifier
 from tests.conftest import add_small_registry
-from tests.dispatcher.test_engine import ManualClock
+from tests.support.clock import ManualClock
+from tests.support.events import store_event
+from tests.support.registry import add_second_street, staff_row
 
 S0 = datetime(2026, 11, 26, 3, 0, tzinfo=UTC)  # 11:00 in Asia/Shanghai
 
@@ -74,95 +77,23 @@ class World:
     url: str
 
 
-async def _store(
-    maker: async_sessionmaker[AsyncSession],
-    device: str,
-    home: str,
-    eid: str,
-    typ: str,
-    cls: str,
-    at: datetime,
-) -> None:
-    async with maker() as s, s.begin():
-        await insert_events(
-            s,
-            [
-                EventRow(
-                    device_id=device,
-                    event_id=eid,
-                    home_id=home,
-                    type=typ,
-                    event_class=cls,
-                    sensor=None,
-                    data={},
-                    source="device",
-                    device_ts=at,
-                    received_at=at,
-                    clock_skew_s=0.0,
-                    clock_suspect=False,
-                    gateway="test",
-                )
-            ],
-        )
-
-
 async def _act(d: Dispatcher, cid: int, action: str, at: datetime, **body: Any) -> None:
     async with d.maker() as s, s.begin():
-        await calls.act(
-            s, call_id=cid, action=action, actor=calls.Actor("user:op"), body=body, now=at, ctx=d.ctx
+        await act(
+            s, call_id=cid, action=action, actor=Actor("user:op"), body=body, now=at, ctx=d.ctx
         )
 
 
 async def build_world(maker: async_sessionmaker[AsyncSession], tmp_path: Path, url: str) -> World:
     await add_small_registry(maker, {"h1-btn": "button"})
     async with maker() as s, s.begin():
-        s.add(
-            Station(
-                id="st2",
-                name="另一街道",
-                tier="street",
-                kind="street_centre",
-                parent_id="county",
-                lat=32.6,
-                lon=112.9,
-            )
-        )
-        await s.flush()
-        s.add(
-            Station(
-                id="cm2",
-                name="另一社区",
-                tier="community",
-                kind="day_care_centre",
-                parent_id="st2",
-                lat=32.601,
-                lon=112.901,
-            )
-        )
-        await s.flush()
-        s.add(Home(id="h2", station_id="cm2", address="另一路2号", lat=32.602, lon=112.902, area="rural"))
+        await add_second_street(s, area="rural")
         await s.flush()
         s.add(Device(id="h2-btn", home_id="h2", kind="button", heartbeat_s=60, enabled=True, created_at=S0))
         s.add_all(
             [
-                Staff(
-                    id="cm1-r1",
-                    station_id="cm1",
-                    name="李师傅",
-                    role="responder",
-                    phone="1",
-                    on_duty=True,
-                    shifts="day",
-                ),
-                Staff(
-                    id="cm2-r1",
-                    station_id="cm2",
-                    name="钱师傅",
-                    role="responder",
-                    phone="2",
-                    on_duty=True,
-                    shifts="day late night",
-                ),
+                staff_row("cm1-r1", phone="1", shifts="day"),
+                staff_row("cm2-r1", phone="2", shifts="day late night"),
                 User(
                     username="sup-st1", password_hash="x", role="supervisor", station_id="st1", created_at=S0
                 ),
@@ -197,7 +128,7 @@ async def build_world(maker: async_sessionmaker[AsyncSession], tmp_path: Path, u
     for n, plan in enumerate(CALLS):
         start = S0 + timedelta(hours=n)
         clock.t = start
-        await _store(maker, f"{plan.home}-btn", plan.home, f"sos-{n}", "sos", "emergency", start)
+        await store_event(maker, f"{plan.home}-btn", f"sos-{n}", "sos", start, home_id=plan.home)
         assert await d.intake_once()
         cid = max(ids, default=0) + 1
         ids.append(cid)
@@ -218,17 +149,17 @@ async def build_world(maker: async_sessionmaker[AsyncSession], tmp_path: Path, u
         if plan.resident_cancel is not None:
             at = start + timedelta(seconds=plan.resident_cancel)
             clock.t = at
-            await _store(maker, f"{plan.home}-btn", plan.home, f"cancel-{n}", "cancel", "cancel", at)
+            await store_event(
+                maker, f"{plan.home}-btn", f"cancel-{n}", "cancel", at, "cancel", home_id=plan.home
+            )
             assert await d.intake_once()
     clock.t = NOW
     return World(maker, clock, ids, url)
 
 
 @pytest.fixture
-async def world(
-    maker: async_sessionmaker[AsyncSession], tmp_path: Path, sqlite_url: str
-) -> AsyncIterator[World]:
-    yield await build_world(maker, tmp_path, sqlite_url)
+async def world(maker: async_sessionmaker[AsyncSession], tmp_path: Path, db_url: str) -> AsyncIterator[World]:
+    yield await build_world(maker, tmp_path, db_url)
 
 
 # Moments with every microsecond digit in play, on both sides of midnight and of a
@@ -248,7 +179,7 @@ async def check_epoch_us_exact(maker: async_sessionmaker[AsyncSession]) -> None:
     epoch_us expression, and compare with the exact microseconds."""
     from sqlalchemy import insert, select
 
-    from dispatcher.models import AuditRow
+    from dispatcher.audit.models import AuditRow
     from dispatcher.oversight.figures import from_us, to_us
     from dispatcher.oversight.service import epoch_us
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from dispatcher.calls.routing import RoutingConfig
 from dispatcher.oversight.coverage import CoverageHome, CoverageStation, by_street, coverage, what_if
 from dispatcher.oversight.figures import (
     AuditFact,
@@ -24,8 +25,8 @@ from dispatcher.oversight.figures import (
     to_us,
 )
 from dispatcher.oversight.health import offline_seconds
-from dispatcher.oversight.targets import Targets, TargetsError, load_targets
-from dispatcher.routing import RoutingConfig
+from dispatcher.oversight.targets import Targets, TargetsError
+from dispatcher.oversight.targets_file import load_targets
 
 T = datetime(2026, 11, 30, 15, 30, tzinfo=UTC)  # 23:30 in Shanghai
 

@@ -1,47 +1,27 @@
-"""Registry fixtures: migrated SQLite files built once per session and copied per test.
+"""Registry fixtures on the database chosen with --db (see tests/conftest.py).
 
-Migrating and loading the demo county take most of a second each; copying a finished
-file keeps the whole registry suite fast while every test still gets its own database.
+Loading the demo county takes a second or two, so it is loaded once per run into a
+database that each ``demo_db`` test then gets a copy of.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from dispatcher.db import make_engine, make_sessionmaker
-from dispatcher.migrate import upgrade
-from dispatcher.registry.demo_county import load_demo_county
+from carecall.core.db import make_engine, make_sessionmaker
+from dispatcher.registry.demo_county import DemoCounty, generate_demo_county
+from dispatcher.registry.demo_load import load_demo_county
+from tests.conftest import Databases
 
 from .support import NOW, Maker
 
 
-def _copy_db(template: Path, dest: Path) -> str:
-    # A closed SQLite database is normally checkpointed, but copy a left-over WAL too.
-    for suffix in ("", "-wal"):
-        source = template.with_name(template.name + suffix)
-        if source.exists():
-            shutil.copyfile(source, dest.with_name(dest.name + suffix))
-    return f"sqlite:///{dest}"
-
-
 @pytest.fixture(scope="session")
-def empty_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("registry") / "empty.db"
-    upgrade(f"sqlite:///{path}")
-    return path
-
-
-@pytest.fixture(scope="session")
-def demo_template(
-    empty_template: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, dict[str, str]]:
-    path = tmp_path_factory.mktemp("registry") / "demo.db"
-    url = _copy_db(empty_template, path)
+def demo_template(databases: Databases) -> tuple[str, dict[str, str]]:
+    url = databases.create()
 
     async def load() -> dict[str, str]:
         engine = make_engine(url)
@@ -50,28 +30,46 @@ def demo_template(
         finally:
             await engine.dispose()
 
-    return path, asyncio.run(load())
+    return url, asyncio.run(load())
+
+
+@pytest.fixture(scope="module")
+def county() -> DemoCounty:
+    """The demo county in memory (generated once per test module)."""
+    return generate_demo_county()
 
 
 @pytest.fixture
-async def empty_db(tmp_path: Path, empty_template: Path) -> AsyncIterator[Maker]:
-    engine = make_engine(_copy_db(empty_template, tmp_path / "t.db"))
+def empty_db(maker: Maker) -> Maker:
+    """An empty migrated registry (the shared per-test database)."""
+    return maker
+
+
+@pytest.fixture
+def second_db_url(databases: Databases) -> Iterator[str]:
+    url = databases.create()
+    yield url
+    databases.drop(url)
+
+
+@pytest.fixture
+async def second_db(second_db_url: str) -> AsyncIterator[Maker]:
+    engine = make_engine(second_db_url)
     yield make_sessionmaker(engine)
     await engine.dispose()
 
 
 @pytest.fixture
-async def second_db(tmp_path: Path, empty_template: Path) -> AsyncIterator[Maker]:
-    engine = make_engine(_copy_db(empty_template, tmp_path / "t2.db"))
-    yield make_sessionmaker(engine)
-    await engine.dispose()
+def demo_db_url(databases: Databases, demo_template: tuple[str, dict[str, str]]) -> Iterator[str]:
+    url = databases.create(like=demo_template[0])
+    yield url
+    databases.drop(url)
 
 
 @pytest.fixture
 async def demo_db(
-    tmp_path: Path, demo_template: tuple[Path, dict[str, str]]
+    demo_db_url: str, demo_template: tuple[str, dict[str, str]]
 ) -> AsyncIterator[tuple[Maker, dict[str, str]]]:
-    template, secrets = demo_template
-    engine = make_engine(_copy_db(template, tmp_path / "demo.db"))
-    yield make_sessionmaker(engine), dict(secrets)
+    engine = make_engine(demo_db_url)
+    yield make_sessionmaker(engine), dict(demo_template[1])
     await engine.dispose()

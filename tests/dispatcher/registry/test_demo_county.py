@@ -4,31 +4,17 @@ import re
 from collections import Counter
 from datetime import timedelta
 
-import pytest
-from sqlalchemy import select
-
-from device_gateway.credentials import verify_secret
-from dispatcher.models import Device, StationKind, Tier
+from carecall.core.geo import great_circle_km
 from dispatcher.registry.demo_county import (
     FAR_HOMES,
     REFERENCE_DATE,
     SEAT_LAT,
     SEAT_LON,
     DemoCounty,
-    distance_km,
     generate_demo_county,
-    load_demo_county,
-    rekey_devices,
 )
+from dispatcher.registry.models import StationKind, Tier
 from dispatcher.registry.schemas import StaffRole
-from dispatcher.registry.service import registry_counts
-
-from .support import NOW, Maker
-
-
-@pytest.fixture(scope="module")
-def county() -> DemoCounty:
-    return generate_demo_county()
 
 
 def test_counts_follow_tanghe_plan(county: DemoCounty) -> None:
@@ -66,14 +52,14 @@ def test_geography_is_plausible(county: DemoCounty) -> None:
     by_id = {s.id: s for s in county.stations}
     for station in county.stations:
         if station.tier is Tier.street:
-            assert distance_km(SEAT_LAT, SEAT_LON, station.lat, station.lon) <= 15
+            assert great_circle_km(SEAT_LAT, SEAT_LON, station.lat, station.lon) <= 15
         elif station.tier is Tier.community:
             parent = by_id[station.parent_id or ""]
-            assert distance_km(parent.lat, parent.lon, station.lat, station.lon) <= 3
+            assert great_circle_km(parent.lat, parent.lon, station.lat, station.lon) <= 3
     far = [
         h
         for h in county.homes
-        if distance_km(by_id[h.station_id].lat, by_id[h.station_id].lon, h.lat, h.lon) > 1.5
+        if great_circle_km(by_id[h.station_id].lat, by_id[h.station_id].lon, h.lat, h.lon) > 1.5
     ]
     assert len(far) == FAR_HOMES
     assert all(h.area == by_id[h.station_id].area for h in county.homes)
@@ -119,36 +105,19 @@ def test_staff_ratio(county: DemoCounty) -> None:
     assert duty[True] > 0 and duty[False] > 0
 
 
-async def test_load_issues_secrets_and_is_idempotent(
-    demo_db: tuple[Maker, dict[str, str]], county: DemoCounty
-) -> None:
-    maker, secrets = demo_db
-    async with maker() as session:
-        counts = await registry_counts(session)
-        result = await session.execute(select(Device.id, Device.secret_hash))
-        hashes = {device_id: secret_hash for device_id, secret_hash in result.all()}
-    assert counts["stations"] == 85
-    assert counts["homes"] == 210
-    assert counts["residents"] == len(county.residents)
-    assert counts["devices"] == counts["devices_keyed"] == len(county.devices) == len(secrets)
-    assert counts["contacts"] == sum(len(r.contacts) for r in county.residents)
-    assert verify_secret(secrets["h0001-hub"], hashes["h0001-hub"])
-    assert not verify_secret(secrets["h0001-hub"], hashes["h0002-hub"])
-
-    assert await load_demo_county(maker, county, now=NOW) == {}
-    async with maker() as session:
-        assert await registry_counts(session) == counts
-
-
-async def test_rekey_devices(demo_db: tuple[Maker, dict[str, str]]) -> None:
-    maker, old = demo_db
-    new = await rekey_devices(maker, ["h0001-hub", "h0002-hub"], now=NOW + timedelta(hours=1))
-    assert set(new) == {"h0001-hub", "h0002-hub"}
-    async with maker() as session:
-        device = await session.get(Device, "h0001-hub")
-    assert device is not None
-    assert verify_secret(new["h0001-hub"], device.secret_hash)
-    assert not verify_secret(old["h0001-hub"], device.secret_hash)
-    assert device.rekeyed_at == NOW + timedelta(hours=1)
-    with pytest.raises(ValueError, match="unknown device"):
-        await rekey_devices(maker, ["nope"], now=NOW)
+def test_demo_homes_and_residents_carry_phones_and_hand_off_facts(county: DemoCounty) -> None:
+    homes, residents = county.homes, county.residents
+    assert 0.7 <= sum(1 for h in homes if h.phone) / len(homes) < 0.95  # most homes have a fixed line
+    assert 0.3 <= sum(1 for r in residents if r.phone) / len(residents) <= 0.6  # many a mobile
+    for share, field in ((0.5, "medications"), (0.15, "allergies"), (0.3, "access_notes")):
+        assert sum(1 for r in residents if getattr(r, field)) / len(residents) >= share, field
+    assert any("钥匙在邻居" in r.access_notes for r in residents)
+    assert any("密码箱" in r.access_notes for r in residents)
+    # every generated value passes the same validation a file import applies
+    for row in [*homes, *residents]:
+        assert type(row).model_validate(row.model_dump()) == row
+    again = generate_demo_county()
+    assert [(r.phone, r.medications, r.allergies, r.access_notes) for r in again.residents] == [
+        (r.phone, r.medications, r.allergies, r.access_notes) for r in residents
+    ]
+    assert [h.phone for h in again.homes] == [h.phone for h in homes]

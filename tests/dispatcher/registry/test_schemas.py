@@ -6,7 +6,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from dispatcher.models import DEFAULT_HEARTBEAT_S, DeviceKind, Tier
+from device_gateway.kinds import DEFAULT_HEARTBEAT_S, DeviceKind
+from dispatcher.registry.models import Tier
 from dispatcher.registry.schemas import (
     EXPORT_COLUMNS,
     DeviceRow,
@@ -158,3 +159,40 @@ def test_staff_shift_names_must_be_words() -> None:
         StaffRow.model_validate(
             {"id": "s1", "station_id": "st1", "name": "李娜", "role": "responder", "shifts": "早班"}
         )
+
+
+def test_new_fields_phones_hand_off_facts_and_channels() -> None:
+    from dispatcher.registry.schemas import HomeRow, ResidentRow, StaffRow, encode_contacts
+
+    home = HomeRow.model_validate(
+        {
+            "id": "h1",
+            "station_id": "cm1",
+            "address": "建设路1号",
+            "lat": 32.7,
+            "lon": 112.8,
+            "phone": " 0377-6123  4567 ",
+        }
+    )
+    assert home.phone == "0377-6123 4567"
+    resident = ResidentRow.model_validate(
+        {
+            "id": "r1",
+            "home_id": "h1",
+            "name": "王秀英",
+            "sex": "女",
+            "birth_date": "1940-03-01",
+            "capacity_level": 2,
+            "phone": 13812345678,  # an Excel number cell
+            "medications": " 阿司匹林 ",
+            "access_notes": "门口密码箱，密码问社区站",
+            "contacts": "王强/儿子/13812345678/SMS, voice；李梅/女儿/13712345678",
+        }
+    )
+    assert (resident.phone, resident.medications, resident.allergies) == ("13812345678", "阿司匹林", "")
+    assert [c.channels for c in resident.contacts] == ["sms voice", ""]
+    assert encode_contacts(resident.contacts) == "王强/儿子/13812345678/sms voice; 李梅/女儿/13712345678"
+    staff = StaffRow.model_validate(
+        {"id": "s1", "station_id": "cm1", "name": "李", "role": "nurse", "channels": ["voice", "app"]}
+    )
+    assert staff.channels == "voice app"  # the order given is kept

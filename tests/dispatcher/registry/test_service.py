@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from device_gateway.credentials import verify_secret
-from dispatcher.registry.io import import_file
+from dispatcher.registry.importing import import_file
 from dispatcher.registry.service import (
     get_device,
     issue_device,
@@ -37,7 +37,7 @@ async def test_issue_then_rekey(empty_db: Maker, tmp_path: Path) -> None:
     async with empty_db() as session, session.begin():
         first = await issue_device(session, device_id="h1-hub", home_id="h1", kind="hub", model="X", now=NOW)
     async with empty_db() as session:
-        device = await get_device(session, "h1-hub")
+        device = await get_device(session, device_id="h1-hub")
     assert device is not None
     assert verify_secret(first, device.secret_hash)
     assert (device.kind, device.model, device.heartbeat_s, device.enabled) == ("hub", "X", 60, True)
@@ -47,7 +47,7 @@ async def test_issue_then_rekey(empty_db: Maker, tmp_path: Path) -> None:
     async with empty_db() as session, session.begin():
         second = await issue_device(session, device_id="h1-hub", home_id="h1", now=later)
     async with empty_db() as session:
-        device = await get_device(session, "h1-hub")
+        device = await get_device(session, device_id="h1-hub")
     assert device is not None
     assert second != first
     assert verify_secret(second, device.secret_hash)
@@ -91,13 +91,13 @@ async def test_enable_and_counts(empty_db: Maker, tmp_path: Path) -> None:
     await one_home(empty_db, tmp_path)
     async with empty_db() as session, session.begin():
         await issue_device(session, device_id="h1-hub", home_id="h1", kind="hub", now=NOW)
-        await set_device_enabled(session, "h1-hub", False)
+        await set_device_enabled(session, device_id="h1-hub", enabled=False)
         with pytest.raises(ValueError, match="unknown device 'nope'"):
-            await set_device_enabled(session, "nope", True)
+            await set_device_enabled(session, device_id="nope", enabled=True)
     async with empty_db() as session:
-        device = await get_device(session, "h1-hub")
+        device = await get_device(session, device_id="h1-hub")
         assert device is not None and device.enabled is False
-        assert await get_device(session, "nope") is None
+        assert await get_device(session, device_id="nope") is None
         counts = await registry_counts(session)
     assert counts == {
         "stations": 3,

@@ -1,0 +1,66 @@
+"""The lane phases' pure decisions: which phases run, and the ratios beside quiet."""
+
+from __future__ import annotations
+
+import pytest
+
+from carecall.shell.bench_compare import PHASES, lane_rows, parse_phases, ratio, storm_lost
+
+
+def test_phases_parse_in_the_bench_order_without_duplicates() -> None:
+    assert parse_phases("flood, Quiet,flood") == ("quiet", "flood")
+    assert parse_phases(",".join(reversed(PHASES))) == PHASES
+
+
+@pytest.mark.parametrize(
+    ("text", "names"), [("", "at least one"), (" , ", "at least one"), ("quiet,storm", "'storm'")]
+)
+def test_bad_phases_are_named(text: str, names: str) -> None:
+    with pytest.raises(ValueError, match=names):
+        parse_phases(text)
+
+
+def test_ratio_needs_two_numbers_and_a_positive_reference() -> None:
+    assert ratio(30.0, 10) == 3.0
+    assert ratio(5, 20) == 0.25
+    assert ratio(None, 10) is None
+    assert ratio(10, None) is None
+    assert ratio(10, 0) is None
+    assert ratio(True, 1) is None
+
+
+def test_lane_rows_set_each_phase_beside_its_quiet_figure() -> None:
+    figures = {
+        "alarm_ack_p99_ms": 100.0,
+        "contended_alarm_ack_p99_ms": 450.0,
+        "flood_quiet_ack_p99_ms": 8.0,
+        "flood_ack_p99_ms": 12.0,
+    }
+    rows = lane_rows(figures, ("quiet", "contended", "flood"))
+    by = {(section, label): (q, v, r) for section, label, q, v, r in rows}
+    assert by[("contended", "event→'received' ack p99 (ms)")] == (100.0, 450.0, 4.5)
+    assert by[("flood", "other devices' SOS ack p99 (ms)")] == (8.0, 12.0, 1.5)
+    # a figure missing on either side gives no ratio, never a made-up one
+    assert by[("contended", "storm ack p99 (ms)")] == (None, None, None)
+    assert {s for s, *_ in rows} == {"contended", "flood"}
+
+
+def test_lane_rows_only_for_the_phases_that_ran() -> None:
+    assert lane_rows({"contended_alarm_ack_p99_ms": 1.0}, ("quiet",)) == []
+    rows = lane_rows({"contended_alarm_ack_p99_ms": 1.0}, ("contended",))
+    assert rows and all(r[0] == "contended" and r[4] is None for r in rows)
+
+
+def test_storm_lost_counts_not_stored_not_acked_not_routed() -> None:
+    assert storm_lost({"events": 100, "lost": 2, "acked": 95, "routed_into_calls": 97}) == 2 + 5 + 3
+    assert storm_lost({"events": 10, "lost": 0, "acked": 10, "routed_into_calls": 10}) == 0
+
+
+def test_issue6_targets_are_judged_only_on_the_phases_that_ran() -> None:
+    from carecall.shell.bench import missed
+
+    slow = {"ingest_ratio": 0.9, "alarm_ack_p99_ms": 900.0}
+    assert "alarm_ack_p99_ms" in missed(slow, ("quiet",))
+    # without the quiet phase its figures are absent, which is not a miss
+    assert missed(slow, ("contended", "flood")) == []
+    assert missed({"ingest_ratio": 0.2}, ("flood",)) == ["ingest_ratio"]
