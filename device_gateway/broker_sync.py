@@ -37,6 +37,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from carecall.core.cancel import raise_if_cancelling
 from device_gateway.broker_config import (
     RESERVED_PREFIX,
     device_client,
@@ -305,6 +306,7 @@ class BrokerSync:
             log.info("broker_sync.started", reconciled=len(done.changed), errors=done.errors[:5])
         except (aiomqtt.MqttError, TimeoutError, OSError) as exc:
             log.warning("broker_sync.reconcile_failed", error=str(exc))
+        raise_if_cancelling()
         async for message in bus.subscribe(DEVICES_CHANNEL):
             ids = announced_ids(message)
             if not ids:
@@ -317,6 +319,8 @@ class BrokerSync:
             except Exception:
                 log.exception("broker_sync.failed", devices=len(ids))
                 continue
+            finally:
+                raise_if_cancelling()  # aiomqtt may have returned instead of stopping
             log.info(
                 "broker_sync.applied",
                 changed=res.changed[:20],

@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from carecall.core import metrics as m
 from carecall.core.bus import MemoryBus, RedisBus
+from carecall.core.cancel import raise_if_cancelling
 from carecall.core.clock import Clock
 from config.settings import Settings
 from device_gateway import rules as rules_mod
@@ -335,5 +336,6 @@ class Gateway:
                 if main:
                     self.downlink.client = None
                 self._set_up(role, False)
+            raise_if_cancelling()  # aiomqtt may have swallowed a stop while (dis)connecting
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)

@@ -13,6 +13,7 @@ import structlog
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from carecall.core.cancel import raise_if_cancelling
 from device_gateway import protocol as p
 from device_gateway.mqtt import mqtt_client
 from dispatcher.calls import failures
@@ -54,6 +55,7 @@ class MqttLink(DispatcherState):
                 log.error("dispatcher.mqtt_failed", retry_s=backoff.s, exc_info=exc)
             finally:
                 self._client = None
+            raise_if_cancelling()  # aiomqtt may have swallowed a stop while (dis)connecting
             if connected_at is not None and time.monotonic() - connected_at > 10:
                 backoff.reset()  # it was up for a while: this is a new outage
             await backoff.wait()

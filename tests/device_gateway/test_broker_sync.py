@@ -122,3 +122,36 @@ async def test_gateway_runs_the_sync_only_when_configured_and_survives_a_dead_br
     finally:
         await core.close()
 
+
+async def test_follow_stops_when_a_cancel_arrives_with_the_broker_reply() -> None:
+    """Python 3.11's asyncio.wait_for (inside aiomqtt) returns a reply that lands together
+    with a cancellation and drops the cancellation. ``follow`` then went back to the bus
+    and waited there for ever: the integration test's shutdown hung 1 run in 3."""
+    from carecall.core.bus import MemoryBus
+    from device_gateway.broker_sync import BrokerSync, SyncResult
+
+    class SwallowingSync(BrokerSync):
+        def __init__(self) -> None:
+            self.applying = asyncio.Event()
+
+        async def reconcile_disabled(self) -> SyncResult:
+            return SyncResult()
+
+        async def apply(self, ids: object) -> SyncResult:
+            self.applying.set()
+            try:
+                await asyncio.sleep(5)
+            except asyncio.CancelledError:
+                pass  # what wait_for does when the reply is already there
+            return SyncResult(changed=["dev-b"])
+
+    bus = MemoryBus()
+    sync = SwallowingSync()
+    task = asyncio.create_task(sync.follow(bus))
+    while not bus._subs.get("devices"):
+        await asyncio.sleep(0.001)
+    await bus.publish("devices", {"ids": ["dev-b"], "by": "test"})
+    await asyncio.wait_for(sync.applying.wait(), 2)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=2)
+    assert task in done and task.cancelled()
