@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from device_gateway.models import DeviceEvent
 from dispatcher.audit.chain import AuditKind
 from dispatcher.audit.models import AuditRow
-from dispatcher.auth.models import User
 from dispatcher.calls import escalation as esc
 from dispatcher.calls import routing
 from dispatcher.calls.context import Batch
@@ -107,23 +106,6 @@ async def count_recent_calls(
         ).all()
     )
     return {h: int(counts.get(h, 0)) for h in home_ids}
-
-
-async def supervisors_for(session: AsyncSession, *, station_id: str | None) -> list[str]:
-    """Supervisors whose scope holds the station: its own, its street's, the county's."""
-    chain: list[str] = []
-    sid = station_id
-    while sid is not None and len(chain) < 10:
-        chain.append(sid)
-        sid = await session.scalar(select(Station.parent_id).where(Station.id == sid))
-    if not chain:
-        return []
-    rows = await session.scalars(
-        select(User.username)
-        .where(User.role == "supervisor", User.active.is_(True), User.station_id.in_(chain))
-        .order_by(User.username)
-    )
-    return list(rows)
 
 
 async def call_device_events(session: AsyncSession, *, call_id: int) -> list[tuple[str, str]]:

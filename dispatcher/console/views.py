@@ -121,7 +121,11 @@ def console_router(
             ),
         )
 
-    @router.get("/calls/{call_id}/candidates", response_model=list[CandidateRow])
+    @router.get(
+        "/calls/{call_id}/candidates",
+        response_model=list[CandidateRow],
+        responses={409: {"description": "the home's registry data cannot be ranked (reason in detail)"}},
+    )
     async def candidates(call_id: int, who: Principal = who_dep) -> list[CandidateRow]:
         """Who to send, nearest first (dispatcher.calls.ranking): the send dialog's list."""
         async with maker() as s:
@@ -132,7 +136,7 @@ def console_router(
         try:
             ranked = rank_candidates(point, people, routing_cfg, call_id=call.id)
         except ValueError as exc:
-            raise HTTPException(422, f"cannot rank who to send: {exc}") from None
+            raise HTTPException(409, f"cannot rank who to send: {exc}") from None
         return [
             CandidateRow(
                 staff_id=r.staff_id,

@@ -162,6 +162,21 @@ async def test_who_to_send_nearest_free_first_off_duty_last(
     assert (await c.get(f"/api/v1/console/calls/{call_id}/candidates", headers=other)).status_code == 404
 
 
+async def test_a_home_that_cannot_be_ranked_is_a_conflict_not_a_bad_request(
+    world: dict[str, Any], maker: async_sessionmaker[AsyncSession]
+) -> None:
+    """Bad registry data (an area the routing does not know) is the server's record, not
+    the caller's request: 409 with the reason, never 422 (whose body is FastAPI's list)."""
+    c: httpx.AsyncClient = world["client"]
+    call_id = await open_call(world, maker)
+    async with maker() as s, s.begin():
+        await s.execute(update(Home).where(Home.id == "h1").values(area="mountain"))
+    op = await login(c, "op-cm1")
+    r = await c.get(f"/api/v1/console/calls/{call_id}/candidates", headers=op)
+    assert r.status_code == 409
+    assert "mountain" in r.json()["detail"]
+
+
 async def test_an_escalated_call_stays_with_the_homes_own_station(
     world: dict[str, Any], maker: async_sessionmaker[AsyncSession]
 ) -> None:
