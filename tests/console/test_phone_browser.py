@@ -93,7 +93,7 @@ async def test_sos_pages_the_phone_and_the_phone_takes_the_call_to_the_end(
         await device.publish(f"carecall/v1/devices/{who['device']}/events", json.dumps(body), qos=1)
         sent = time.monotonic()
         card = phone.locator("article.call.paged")
-        await card.wait_for(timeout=2000)  # the page reaches the phone within 2 s
+        await card.wait_for(timeout=15_000)  # pushed to the phone (how fast: the bench)
         paged_after = time.monotonic() - sent
         assert "P1" in await card.inner_text()
         assert await phone.locator("a[href^='tel:']").count() >= 1  # the family, one tap away
@@ -101,7 +101,7 @@ async def test_sos_pages_the_phone_and_the_phone_takes_the_call_to_the_end(
 
         await card.locator("button.primary").click()  # accept
         await phone.wait_for_selector("article.call:not(.paged)")
-        await console.wait_for_selector("#queue-list .st-dispatched", timeout=3000)
+        await console.wait_for_selector("#queue-list .st-dispatched", timeout=15_000)
 
         for _ in ("en route", "on scene"):
             await phone.locator("button.go").first.click()
@@ -112,7 +112,7 @@ async def test_sos_pages_the_phone_and_the_phone_takes_the_call_to_the_end(
         await phone.select_option("#resolve-outcome", "helped_on_site")
         await phone.fill("#resolve-note", "血压正常，已安抚")
         await phone.click("#resolve-ok")
-        await phone.wait_for_selector("#empty:not([hidden])", timeout=3000)
+        await phone.wait_for_selector("#empty:not([hidden])", timeout=15_000)
 
         deadline = time.monotonic() + 10
         while "resolved" not in acks and time.monotonic() < deadline:
