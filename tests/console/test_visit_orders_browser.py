@@ -30,8 +30,11 @@ from tests.console.test_phone_orders_browser import (
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-async def console_order(browser: Any, demo: DemoServer, username: str, order_id: int, locale: str) -> Any:
-    """The console signed in as ``username`` in ``locale``, showing the order's detail."""
+async def console_order(
+    browser: Any, demo: DemoServer, username: str, order_id: int, locale: str, visit_id: int | None = None
+) -> Any:
+    """The console signed in as ``username`` in ``locale``, showing the order's detail:
+    reached from the done visit's row in the Visits tab when ``visit_id`` is given."""
     ctx = await browser.new_context(viewport={"width": 1366, "height": 900}, locale=locale)
     page = await ctx.new_page()
     await page.goto(f"{demo.url}/")
@@ -40,7 +43,17 @@ async def console_order(browser: Any, demo: DemoServer, username: str, order_id:
     await page.click("#login-submit")
     await page.wait_for_selector("#app-view:not([hidden])")
     await page.wait_for_selector("#conn-state.ok")
-    await page.goto(f"{demo.url}/#/orders/{order_id}")
+    if visit_id is None:
+        await page.goto(f"{demo.url}/#/orders/{order_id}")
+    else:
+        await page.goto(f"{demo.url}/#/visits")
+        # the filters listen once the first list is drawn
+        await page.wait_for_function("() => (document.querySelector('#vis-count') || {}).textContent")
+        await page.select_option("#vis-status", "done")
+        link = page.locator(f'tr.visit[data-id="{visit_id}"] a.visit-order[data-order="{order_id}"]')
+        await link.wait_for(timeout=10000)
+        assert str(order_id) in await link.inner_text()
+        await link.click()
     await page.wait_for_selector(".order-head")
     assert str(order_id) in await page.inner_text(".order-head h3")
     return page
@@ -141,7 +154,8 @@ async def test_a_visit_form_opens_orders_the_phone_and_the_console_show(
         ("zh-CN", ("下单", "来源：探访", f"探访 #{visit_id}", "派单", "op-vo")),
         ("en-GB", ("Booked", "from welfare visit", f"visit #{visit_id}", "Assigned", "op-vo")),
     ):
-        page = await console_order(browser, demo, "op-vo", meal_id, locale)
+        via = visit_id if locale == "zh-CN" else None
+        page = await console_order(browser, demo, "op-vo", meal_id, locale, via)
         await page.wait_for_function(
             f"() => document.querySelectorAll('.order-timeline li').length === {len(audit)}", timeout=10000
         )
