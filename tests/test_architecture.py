@@ -52,6 +52,8 @@ DECISIONS = (
     "dispatcher.orders.routing",
     "dispatcher.orders.lifecycle",
     "dispatcher.orders.levels",
+    "dispatcher.orders.timeline",
+    "dispatcher.visits.needs",
     "dispatcher.family.language",
     "dispatcher.registry.reasons",
     "dispatcher.oversight.orders_figures",

@@ -4,7 +4,7 @@ Orders live apart from calls on purpose: the emergency queue reads the ``calls``
 only, so an order can never appear in it or outrank an emergency. Every step of an order
 is also a row of the audit log (kinds ``order_*``, the order id in ``detail``).
 
-Schema changes go through Alembic (carecall/core/migrations, revision 0013).
+Schema changes go through Alembic (carecall/core/migrations, revisions 0013 and 0015).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from carecall.core.db import ID, Base, UTCDateTime
@@ -57,7 +57,9 @@ class Order(Base):
         ID, ForeignKey("stations.id", ondelete="RESTRICT")
     )
     staff_id: Mapped[str | None] = mapped_column(ID, ForeignKey("staff.id", ondelete="SET NULL"), index=True)
-    source: Mapped[str] = mapped_column(String(16))  # device operator api
+    source: Mapped[str] = mapped_column(String(16))  # device operator api visit
+    # the welfare visit whose form opened the order (source "visit"), else none
+    visit_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("visits.id", ondelete="SET NULL"))
     # the idempotency key (header) or the booking system's own reference
     client_ref: Mapped[str | None] = mapped_column(String(100), unique=True)
     device_id: Mapped[str | None] = mapped_column(ID)
@@ -90,4 +92,7 @@ class Order(Base):
         Index("ix_orders_station_status", "station_id", "status"),
         Index("ix_orders_provider_status", "provider_id", "status"),
         Index("ix_orders_status_created", "status", "created_at"),
+        # one order per visit and kind (a form saved twice never opens two); serves the
+        # visit's lookup of its orders too
+        UniqueConstraint("visit_id", "kind"),
     )

@@ -10,7 +10,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 from device_gateway.protocol.messages import SERVICE_KINDS
 from dispatcher.orders.hours import parse_hours
 
-__all__ = ["ActionIn", "BookingIn", "OrderOut", "ProviderIn", "ProviderOut"]
+__all__ = ["ActionIn", "BookingIn", "OrderOut", "ProviderIn", "ProviderOut", "TimelineEntry"]
 
 _Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 
@@ -112,6 +112,7 @@ class OrderOut(BaseModel):
     client_ref: str | None
     device_id: str | None
     event_id: str | None
+    visit_id: int | None
     booked_for: datetime | None
     request_notes: str
     levels: dict[str, Any]
@@ -135,3 +136,14 @@ class OrderOut(BaseModel):
     cancel_reason: str
     breached: list[str]
     version: int
+
+
+class TimelineEntry(BaseModel):
+    """One ``order_*`` audit row of an order, as the console's timeline shows it: the
+    step, when, who, and its detail without phone numbers (dispatcher.orders.timeline)."""
+
+    seq: int
+    kind: str
+    at: datetime
+    actor: str
+    detail: dict[str, Any]

@@ -12,6 +12,7 @@ from sqlalchemy import ColumnElement, func, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatcher.audit import service as audit
+from dispatcher.audit.models import AuditRow
 from dispatcher.orders.catalogue import Catalogue
 from dispatcher.orders.hours import ALWAYS, OpeningHours, parse_hours
 from dispatcher.orders.levels import OrderClock, breaches
@@ -36,6 +37,7 @@ __all__ = [
     "delete_provider",
     "list_orders",
     "load_order",
+    "order_audit",
     "record_breaches",
     "replay",
     "save_provider",
@@ -169,9 +171,11 @@ async def create_order(
     client_ref: str | None,
     now: datetime,
     device: tuple[str, str] | None = None,
+    visit_id: int | None = None,
 ) -> tuple[Order, bool]:
     """Book, route and (when someone can take it) assign an order; returns it and whether
-    it is new (False: the same idempotency key booked it before)."""
+    it is new (False: the same idempotency key booked it before). ``visit_id``: the
+    welfare visit whose form opened it (``source`` "visit")."""
     if client_ref is not None and await session.scalar(
         select(Order.id).where(Order.client_ref == client_ref)
     ):
@@ -197,6 +201,7 @@ async def create_order(
         client_ref=client_ref,
         device_id=device[0] if device else None,
         event_id=device[1] if device else None,
+        visit_id=visit_id,
         booked_for=booking.booked_for,
         request_notes=booking.notes,
         levels=entry.levels.snapshot(),
@@ -207,7 +212,8 @@ async def create_order(
     )
     session.add(order)
     await session.flush()
-    await _append(session, order, audit_kind("created"), actor, now, source=source)
+    origin = {"visit_id": visit_id} if visit_id is not None else {}
+    await _append(session, order, audit_kind("created"), actor, now, source=source, **origin)
     req = RouteRequest(
         kind=booking.kind,
         lat=home.lat,
@@ -322,6 +328,20 @@ async def list_orders(
     elif listing == "closed":
         query = query.where(Order.status.not_in(open_values))
     query = query.order_by(Order.created_at.desc(), Order.id.desc()).limit(limit).offset(offset)
+    return list((await session.scalars(query)).all())
+
+
+async def order_audit(session: AsyncSession, order: Order) -> list[AuditRow]:
+    """Every ``order_*`` audit row of ``order``, oldest first (the chain's order)."""
+    query = (
+        select(AuditRow)
+        .where(
+            AuditRow.kind.startswith("order_", autoescape=True),
+            AuditRow.at >= order.created_at,
+            AuditRow.detail["order_id"].as_integer() == order.id,
+        )
+        .order_by(AuditRow.seq)
+    )
     return list((await session.scalars(query)).all())
 
 

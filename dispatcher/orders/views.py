@@ -9,6 +9,8 @@
 - ``/api/v1/services``: the catalogue (kinds, prices, levels).
 - ``/api/v1/orders/residents?q=``: who an operator on the phone may book for (name and
   address only, in scope), so the console's form never loads whole resident records.
+- ``/api/v1/orders/{id}/timeline``: every ``order_*`` audit row of one order (scoped like
+  the order; the read is logged as a read of the resident's record).
 """
 
 from __future__ import annotations
@@ -31,7 +33,16 @@ from dispatcher.orders.catalogue_file import load_catalogue
 from dispatcher.orders.console_queries import OrderListed, ResidentHit, find_residents, resident_names
 from dispatcher.orders.lifecycle import OrderAction
 from dispatcher.orders.models import Provider
-from dispatcher.orders.schemas import ActionIn, BookingIn, OrderOut, ProviderCreate, ProviderIn, ProviderOut
+from dispatcher.orders.schemas import (
+    ActionIn,
+    BookingIn,
+    OrderOut,
+    ProviderCreate,
+    ProviderIn,
+    ProviderOut,
+    TimelineEntry,
+)
+from dispatcher.orders.timeline import shown_detail
 from dispatcher.registry.models import Home, Resident
 
 __all__ = ["PhoneOrderOut", "orders_router"]
@@ -219,6 +230,27 @@ def orders_router(
                 )
             except service.OrderError as exc:
                 raise _http(exc) from None
+
+    @router.get("/orders/{order_id}/timeline", response_model=list[TimelineEntry])
+    async def timeline(order_id: int, who: Principal = who_dep) -> list[TimelineEntry]:
+        async with maker() as s, s.begin():
+            try:
+                order = await service.load_order(s, order_id=order_id, scope=who.scope)
+            except service.OrderError as exc:
+                raise _http(exc) from None
+            rows = await service.order_audit(s, order)
+            # the steps name the resident's order, its notes and who came: a record read
+            await record_reads(
+                s,
+                who=who,
+                resident_ids=[order.resident_id],
+                route="GET /api/v1/orders/{order_id}/timeline",
+                now=the_clock.now(),
+            )
+            return [
+                TimelineEntry(seq=r.seq, kind=r.kind, at=r.at, actor=r.actor, detail=shown_detail(r.detail))
+                for r in rows
+            ]
 
     @router.post("/orders/{order_id}/{action}", response_model=OrderOut)
     async def order_action(

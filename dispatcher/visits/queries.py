@@ -7,13 +7,14 @@ from datetime import datetime
 from sqlalchemy import Select, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dispatcher.orders.models import Order
 from dispatcher.registry.models import Home, Resident, Staff
 from dispatcher.visits.compliance import VisitFact, parse_month
 from dispatcher.visits.models import OPEN_STATUSES, Visit, VisitPlan
 from dispatcher.visits.planner import period_of
 from dispatcher.visits.rules import Frequency, VisitRules
 
-__all__ = ["STATUS_FILTERS", "month_facts", "staff_station", "visit_rows"]
+__all__ = ["STATUS_FILTERS", "month_facts", "orders_of", "staff_station", "visit_rows"]
 
 STATUS_FILTERS: dict[str, tuple[str, ...] | None] = {
     "open": OPEN_STATUSES,
@@ -60,6 +61,22 @@ async def visit_rows(
         q = q.where(Visit.id == visit_id)
     q = q.order_by(Visit.due_at, Visit.id).limit(limit).offset(offset)
     return [(r[0], r[1], r[2], r[3]) for r in (await session.execute(q)).all()]
+
+
+async def orders_of(session: AsyncSession, visit_ids: list[int]) -> dict[int, list[tuple[int, str, str]]]:
+    """(id, kind, status) of the orders each visit's form opened, oldest first."""
+    out: dict[int, list[tuple[int, str, str]]] = {}
+    if not visit_ids:
+        return out
+    rows = await session.execute(
+        select(Order.visit_id, Order.id, Order.kind, Order.status)
+        .where(Order.visit_id.in_(sorted(set(visit_ids))))
+        .order_by(Order.id)
+    )
+    for vid, oid, kind, status in rows.all():
+        if vid is not None:
+            out.setdefault(int(vid), []).append((int(oid), str(kind), str(status)))
+    return out
 
 
 async def staff_station(session: AsyncSession, *, staff_id: str) -> str | None:

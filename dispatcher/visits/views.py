@@ -5,6 +5,10 @@ report (``/api/v1/reports/visits?month=YYYY-MM``).
 Scope is the station tree, as for calls: an operator or supervisor sees and acts on the
 visits of stations in their scope. A responder acts on visits assigned to their own staff
 row or to their staff row's station.
+
+The form (``…/done``) may ask for services (``service_kinds``, kinds of the catalogue
+config/services.yaml, and a short ``service_note``): saving it opens one service order per
+kind (dispatcher.visits.actions); each visit lists the orders it opened (``orders``).
 """
 
 from __future__ import annotations
@@ -22,10 +26,13 @@ from dispatcher.auth.models import Role
 from dispatcher.auth.principals import Principal, current_principal, in_scope
 from dispatcher.auth.privacy import record_reads
 from dispatcher.auth.tokens import TokenSigner
+from dispatcher.orders.catalogue import Catalogue
+from dispatcher.orders.catalogue_file import load_catalogue
 from dispatcher.visits import actions, queries
 from dispatcher.visits.compliance import compliance, parse_month
 from dispatcher.visits.config_file import load_visit_rules
 from dispatcher.visits.models import Seen, Visit
+from dispatcher.visits.needs import MAX_KINDS
 from dispatcher.visits.rules import VisitRules
 
 __all__ = ["visits_router"]
@@ -33,6 +40,14 @@ __all__ = ["visits_router"]
 RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 StatusFilter = Literal["open", "due", "late", "missed", "done", "cancelled", "all"]
 CONSOLE_ROLES = (Role.operator, Role.supervisor, Role.admin)
+
+
+class VisitOrderOut(BaseModel):
+    """An order the visit's form opened (the whole order: ``GET /api/v1/orders/{id}``)."""
+
+    id: int
+    kind: str
+    status: str
 
 
 class VisitOut(BaseModel):
@@ -61,6 +76,7 @@ class VisitOut(BaseModel):
     requested_service_kind: str | None
     notes: str
     cancel_reason: str | None
+    orders: list[VisitOrderOut] = Field(default_factory=list)
 
 
 class CheckInIn(BaseModel):
@@ -83,12 +99,21 @@ class VisitFormIn(BaseModel):
     # a hook for service orders: the kind of order the visitor asks for (meal, cleaning, …)
     requested_service_kind: str | None = Field(default=None, pattern=r"^[a-z_]{1,32}$")
     notes: str = Field(default="", max_length=2000)
+    # services to order (kinds of the catalogue): saving opens one order per kind
+    service_kinds: list[Annotated[str, Field(pattern=r"^[a-z_]{1,32}$")]] = Field(
+        default_factory=list, max_length=MAX_KINDS
+    )
+    service_note: str = Field(default="", max_length=500, description="the orders' request notes")
 
     @model_validator(mode="after")
     def _kind_needs_follow_up(self) -> VisitFormIn:
-        if self.requested_service_kind is not None and not self.follow_up_needed:
+        if (self.requested_service_kind is not None or self.service_kinds) and not self.follow_up_needed:
             raise ValueError("a requested service needs follow_up_needed: true")
         return self
+
+    def form(self) -> actions.VisitForm:
+        data = self.model_dump()
+        return actions.VisitForm(**{**data, "service_kinds": tuple(data["service_kinds"])})
 
 
 class CancelIn(BaseModel):
@@ -113,22 +138,40 @@ class ComplianceOut(BaseModel):
     stations: list[StationMonthOut]
 
 
-def _out(row: tuple[Visit, str, str, str]) -> VisitOut:
+Row = tuple[Visit, str, str, str]
+
+
+def _out(row: Row, orders: dict[int, list[VisitOrderOut]]) -> VisitOut:
     v, category, name, address = row
-    fields = {k: getattr(v, k) for k in VisitOut.model_fields if hasattr(v, k)}
-    return VisitOut(**fields, category=category, resident_name=name, address=address)
+    fields = {k: getattr(v, k) for k in VisitOut.model_fields if hasattr(v, k) and k != "orders"}
+    return VisitOut(
+        **fields, category=category, resident_name=name, address=address, orders=orders.get(v.id, [])
+    )
+
+
+async def _outs(session: AsyncSession, rows: list[Row]) -> list[VisitOut]:
+    opened = await queries.orders_of(session, [r[0].id for r in rows])
+    orders = {
+        vid: [VisitOrderOut(id=i, kind=k, status=st) for i, k, st in found] for vid, found in opened.items()
+    }
+    return [_out(r, orders) for r in rows]
+
+
+_STATUS = {"not_found": 404, "invalid": 422}
 
 
 def _refused(exc: actions.VisitError) -> HTTPException:
-    return HTTPException(404 if exc.code == "not_found" else 409, str(exc))
+    return HTTPException(_STATUS.get(exc.code, 409), str(exc))
 
 
-Act = Callable[[AsyncSession, int, str], Awaitable[Visit]]
+Act = Callable[[AsyncSession, int, Principal], Awaitable[Visit]]
 
 
 class _Visits:
-    def __init__(self, maker: async_sessionmaker[AsyncSession], clock: Clock, rules: VisitRules) -> None:
-        self.maker, self.clock, self.rules = maker, clock, rules
+    def __init__(
+        self, maker: async_sessionmaker[AsyncSession], clock: Clock, rules: VisitRules, catalogue: Catalogue
+    ) -> None:
+        self.maker, self.clock, self.rules, self.catalogue = maker, clock, rules, catalogue
 
     async def log_reads(
         self, session: AsyncSession, who: Principal, rows: list[tuple[Visit, str, str, str]], route: str
@@ -156,35 +199,46 @@ class _Visits:
         async with self.maker() as session, session.begin():
             await (self.phone_row if phone else self.console_row)(session, who, visit_id)
             try:
-                await do(session, visit_id, f"{who.display_name} ({who.username})")
+                await do(session, visit_id, who)
             except actions.VisitError as exc:
                 raise _refused(exc) from None
         async with self.maker() as session:
-            [row] = await queries.visit_rows(session, scope=None, status="all", visit_id=visit_id)
-            return _out(row)
+            rows = await queries.visit_rows(session, scope=None, status="all", visit_id=visit_id)
+            [out] = await _outs(session, rows)
+            return out
 
     def check_in(self, body: CheckInIn) -> Act:
         now = self.clock.now()
 
-        async def do(s: AsyncSession, vid: int, actor: str) -> Visit:
-            return await actions.check_in(s, visit_id=vid, actor=actor, now=now, lat=body.lat, lon=body.lon)
+        async def do(s: AsyncSession, vid: int, who: Principal) -> Visit:
+            return await actions.check_in(
+                s, visit_id=vid, actor=_actor(who), now=now, lat=body.lat, lon=body.lon
+            )
 
         return do
 
     def complete(self, body: VisitFormIn) -> Act:
         now = self.clock.now()
-        form = actions.VisitForm(**body.model_dump())
+        form = body.form()
 
-        async def do(s: AsyncSession, vid: int, actor: str) -> Visit:
-            return await actions.complete(s, visit_id=vid, actor=actor, now=now, form=form)
+        async def do(s: AsyncSession, vid: int, who: Principal) -> Visit:
+            return await actions.complete(
+                s,
+                visit_id=vid,
+                actor=_actor(who),
+                now=now,
+                form=form,
+                catalogue=self.catalogue,
+                order_actor=f"user:{who.username}",  # as the orders API names its actors
+            )
 
         return do
 
     def cancel(self, body: CancelIn) -> Act:
         now = self.clock.now()
 
-        async def do(s: AsyncSession, vid: int, actor: str) -> Visit:
-            return await actions.cancel(s, visit_id=vid, actor=actor, now=now, reason=body.reason)
+        async def do(s: AsyncSession, vid: int, who: Principal) -> Visit:
+            return await actions.cancel(s, visit_id=vid, actor=_actor(who), now=now, reason=body.reason)
 
         return do
 
@@ -209,6 +263,10 @@ class _Visits:
         )
 
 
+def _actor(who: Principal) -> str:
+    return f"{who.display_name} ({who.username})"
+
+
 def _staff_of(who: Principal) -> str:
     if who.role is not Role.responder or not who.staff_id:
         raise HTTPException(403, "the phone app is for responders bound to a staff member")
@@ -227,10 +285,12 @@ def visits_router(
     *,
     clock: Clock | None = None,
     rules: VisitRules | None = None,
+    catalogue: Catalogue | None = None,
 ) -> APIRouter:
-    """The visits endpoints; ``rules`` default to config/visits.yaml."""
+    """The visits endpoints; ``rules`` default to config/visits.yaml, ``catalogue`` (the
+    kinds a form may order) to config/services.yaml."""
     router = APIRouter(prefix="/api/v1", tags=["visits"])
-    api = _Visits(maker, clock or SystemClock(), rules or load_visit_rules())
+    api = _Visits(maker, clock or SystemClock(), rules or load_visit_rules(), catalogue or load_catalogue())
     who_dep = Depends(current_principal(maker, signer))
 
     @router.get("/visits", response_model=list[VisitOut])
@@ -247,7 +307,7 @@ def visits_router(
                 session, scope=who.scope, status=status, station_id=station_id, limit=limit, offset=offset
             )
             await api.log_reads(session, who, rows, "GET /api/v1/visits")
-        return [_out(r) for r in rows]
+            return await _outs(session, rows)
 
     @router.post("/visits/{visit_id}/checkin", response_model=VisitOut)
     async def console_check_in(
@@ -272,7 +332,7 @@ def visits_router(
                 session, scope=None, status=status, staff_id=staff_id, station_id=station
             )
             await api.log_reads(session, who, rows, "GET /api/v1/m/visits")
-        return [_out(r) for r in rows]
+            return await _outs(session, rows)
 
     @router.post("/m/visits/{visit_id}/checkin", response_model=VisitOut)
     async def phone_check_in(

@@ -134,9 +134,11 @@ async def test_operator_books_routes_assigns_and_cancels_while_emergencies_come_
     assert await page.inner_text(".route-codes") == "最近的可提供该服务、覆盖该地址、营业中且有余量"
     listed = await page.inner_text(f'#ord-list li.order[data-id="{order_id}"]')
     assert "邻里助餐" in listed and "助餐" in listed and "已派单" in listed
-    # the timeline from the order's own lifecycle timestamps
-    steps = await page.locator(".order-timeline li").evaluate_all("els => els.map(e => e.dataset.step)")
-    assert steps == ["created", "assigned"], steps
+    # the timeline: the order's audit rows (GET /api/v1/orders/{id}/timeline), in words
+    steps = await timeline_kinds(page, 2)
+    assert steps == ["order_created", "order_assign"], steps
+    timeline = await page.inner_text(".order-timeline")
+    assert "下单" in timeline and "派单" in timeline and "county-op" in timeline, timeline
 
     # search by address and filter by kind / provider
     await page.fill("#ord-search", resident["address"])
@@ -206,6 +208,7 @@ async def test_operator_books_routes_assigns_and_cancels_while_emergencies_come_
     assert demo.query(f"select status, cancel_reason from orders where id = {order_id}") == [
         ("cancelled", "老人改期")
     ]
+    await page.wait_for_selector('.order-timeline li[data-kind="order_cancel"]', timeout=10000)
     assert "老人改期" in await page.inner_text(".order-timeline")
     assert (await page.evaluate("() => window.carecallAlarm.snapshot()"))["ringing"] == [call_id]
 
@@ -241,14 +244,32 @@ async def test_confirmation_and_close_from_the_orders_tab(browser: Any, demo: De
     assert demo.query(f"select status, satisfaction, not_done from orders where id = {order_id}") == [
         ("closed", 4, 0)
     ]
-    steps = await page.locator(".order-timeline li").evaluate_all("els => els.map(e => e.dataset.step)")
-    assert steps == ["created", "assigned", "accepted", "started", "done", "confirmed", "closed"], steps
+    steps = await timeline_kinds(page, 7)
+    assert steps == [
+        "order_created",
+        "order_assign",
+        "order_accept",
+        "order_start",
+        "order_done",
+        "order_confirm",
+        "order_close",
+    ], steps
     assert "4 / 5" in await page.inner_text(".order-timeline")
     # finished orders are hidden by the default filter, shown with "all"
     await page.select_option("#ord-status", "active")
     await page.wait_for_selector(f'#ord-list li.order[data-id="{order_id}"]', state="detached")
     await page.select_option("#ord-status", "closed")
     await page.wait_for_selector(f'#ord-list li.order[data-id="{order_id}"]')
+
+
+async def timeline_kinds(page: Any, n: int) -> list[str]:
+    """The audit kinds the order's timeline shows, once it shows ``n`` rows (it loads
+    after the detail, and again when the order moves)."""
+    await page.wait_for_function(f"() => document.querySelectorAll('.order-timeline li').length === {n}")
+    kinds: list[str] = await page.locator(".order-timeline li").evaluate_all(
+        "els => els.map(e => e.dataset.kind)"
+    )
+    return kinds
 
 
 def _sqlite_time(at: datetime) -> str:

@@ -253,14 +253,14 @@ async def test_a_visit_is_checked_in_with_location_and_recorded_from_the_phone(
     async def fill_form(texts: tuple[str, str, str, str]) -> None:
         await card.locator("button.visit-record").click()
         await phone.wait_for_selector("#visit-dialog[open]")
-        assert await phone.locator("#visit-kind").is_disabled()  # a service needs follow-up first
+        assert await phone.locator("#visit-kind-meal").is_disabled()  # a service needs follow-up first
         await phone.check("#visit-seen-in_person")
         for field, text in zip(
             ("#visit-health", "#visit-living", "#visit-needs", "#visit-notes"), texts, strict=True
         ):
             await phone.fill(field, text)
         await phone.check("#visit-follow-up")
-        await phone.select_option("#visit-kind", "meal")
+        await phone.check("#visit-kind-meal")
         # the form from its top, as the visitor sees it when it opens
         await phone.evaluate(
             "document.activeElement.blur(); document.querySelector('#visit-dialog').scrollTop = 0"

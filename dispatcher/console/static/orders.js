@@ -28,6 +28,8 @@ const st = {
   filters: { status: "active", kind: "", assignee: "", q: "" },
   selected: null,
   form: null, // "new" while the new-order form is shown
+  timeline: null, // { id, version, rows, error } of the order shown (from the audit log)
+  ctx: null,
 };
 
 // ---------------------------------------------------------------- emergency banner
@@ -184,20 +186,56 @@ function reasonsHtml(o) {
     ${passed.length ? `<details><summary>${esc(t("orders.passed_over", { n: passed.length }))}</summary><ul class="passed-over">${passed.map((p) => `<li>${esc(name(p))}: ${esc(code("order_reason", p[2]))}</li>`).join("")}</ul></details>` : ""}`;
 }
 
-// No audit endpoint for orders yet: the lifecycle's own timestamps tell the story.
+// The order's steps from the audit log (GET /api/v1/orders/{id}/timeline: every order_*
+// row, who and when, phone numbers left out by the server). Fetched when another order
+// is shown or the order moved (its version), not on every redraw: each read is logged.
+function stepText(row) {
+  const d = row.detail || {};
+  const parts = [];
+  if (d.source) parts.push(t("orders.tl_source", { source: code("order_source", d.source) }));
+  if (d.visit_id) parts.push(t("orders.tl_visit", { id: d.visit_id }));
+  if (d.from && d.to) parts.push(t("orders.tl_from_to", { from: code("order_status", d.from), to: code("order_status", d.to) }));
+  if (d.provider_id) parts.push(t("orders.tl_provider", { name: providerName(d.provider_id) }));
+  if (d.station_id || d.assignee_station_id) parts.push(t("orders.tl_station", { name: stationName(d.station_id || d.assignee_station_id) }));
+  if (d.staff_id) parts.push(t("orders.tl_staff", { id: d.staff_id }));
+  if (Array.isArray(d.reasons) && d.reasons.length) parts.push(codes("order_reason", d.reasons));
+  if (typeof d.distance_km === "number" && d.distance_km > 0) parts.push(t("orders.tl_distance", { km: d.distance_km }));
+  if (typeof d.duration_s === "number") parts.push(t("orders.duration", { min: Math.round(d.duration_s / 60) }));
+  if (d.not_done) parts.push(t("orders.not_done"));
+  else if (d.satisfaction) parts.push(t("orders.satisfaction_is", { n: d.satisfaction }));
+  if (d.level) parts.push(t("orders.tl_level", { level: code("order_level", d.level), at: d.due_at ? fmtDateTime(d.due_at) : "" }));
+  if (d.reason) parts.push(t("orders.tl_reason", { text: d.reason }));
+  if (d.notes) parts.push(t("orders.tl_notes", { text: d.notes }));
+  if (d.note) parts.push(t("orders.tl_notes", { text: d.note }));
+  return parts.join(" · ");
+}
+
 function timelineHtml(o) {
-  const rows = [
-    ["created", o.created_at, t("orders.tl_created", { by: actorLabel(o.created_by), source: code("order_source", o.source) })],
-    ["assigned", o.assigned_at, assigneeOf(o).label + (o.staff_id ? ` · ${o.staff_id}` : "")],
-    ["accepted", o.accepted_at, ""],
-    ["started", o.started_at, ""],
-    ["done", o.done_at, [o.duration_s !== null ? t("orders.duration", { min: Math.round(o.duration_s / 60) }) : "", o.done_notes].filter(Boolean).join(" · ")],
-    ["confirmed", o.confirmed_at, [o.not_done ? t("orders.not_done") : o.satisfaction ? t("orders.satisfaction_is", { n: o.satisfaction }) : "", o.confirm_note].filter(Boolean).join(" · ")],
-    ["closed", o.closed_at, ""],
-    ["cancelled", o.cancelled_at, o.cancel_reason],
-  ].filter(([, at]) => at).sort((a, b) => new Date(a[1]) - new Date(b[1]));
-  return `<ol class="timeline order-timeline">${rows.map(([step, at, text]) => `<li data-step="${step}"><time datetime="${esc(at)}">${esc(fmtDateTime(at))}</time>
-    <strong>${esc(code("order_step", step))}</strong> ${text ? `<span>${esc(text)}</span>` : ""}</li>`).join("")}</ol>`;
+  const tl = st.timeline;
+  if (!tl || tl.id !== o.id) return `<p class="muted order-timeline-state">${esc(t("orders.tl_loading"))}</p>`;
+  if (tl.error) return `<p class="bad order-timeline-state">${esc(t("orders.tl_failed", { message: tl.error }))}</p>`;
+  if (!tl.rows.length) return `<p class="muted order-timeline-state">${esc(t("orders.tl_empty"))}</p>`;
+  return `<ol class="timeline order-timeline">${tl.rows.map((r) => {
+    const text = stepText(r);
+    return `<li data-kind="${esc(r.kind)}" data-seq="${esc(r.seq)}"><time datetime="${esc(r.at)}">${esc(fmtDateTime(r.at))}</time>
+    <strong>${esc(code("order_audit", r.kind))}</strong> <span class="tl-actor">${esc(actorLabel(r.actor))}</span>${text ? ` <span>${esc(text)}</span>` : ""}</li>`;
+  }).join("")}</ol>`;
+}
+
+async function loadTimeline(root, ctx, o) {
+  if (!o || (st.timeline && st.timeline.id === o.id && st.timeline.version === o.version && !st.timeline.error)) return;
+  st.timeline = { id: o.id, version: o.version, rows: [], loading: true };
+  try {
+    const rows = await ctx.api(`/api/v1/orders/${o.id}/timeline`);
+    if (st.timeline.id !== o.id) return; // another order was chosen meanwhile
+    st.timeline = { id: o.id, version: o.version, rows };
+  } catch (err) {
+    if (st.timeline.id !== o.id) return;
+    st.timeline = { id: o.id, version: o.version, rows: [], error: ctx.errText(err) };
+  }
+  const box = root.querySelector("#ord-timeline");
+  const shown = st.orders.find((x) => x.id === st.selected);
+  if (box && shown && shown.id === o.id) box.innerHTML = timelineHtml(shown);
 }
 
 function actionsHtml(o) {
@@ -214,11 +252,12 @@ function detailHtml(o) {
     <p><strong>${esc(who.name)}</strong> · ${esc(who.address)}</p>
     <p class="small">${o.booked_for ? `${esc(t("orders.booked_for"))} <time>${esc(fmtDateTime(o.booked_for))}</time> · ` : ""}${esc(t("orders.price", { price: o.price_cny, unit: code("service_unit", entry ? entry.unit : "visit") }))}${o.subsidised ? ` · ${esc(t("orders.subsidised"))}` : ""}</p>
     ${o.request_notes ? `<p class="order-notes">${esc(o.request_notes)}</p>` : ""}
+    ${o.visit_id ? `<p class="small order-from-visit" data-visit="${esc(o.visit_id)}"><a href="#/visits">${esc(t("orders.from_visit", { id: o.visit_id }))}</a></p>` : ""}
     ${o.breached.length ? `<p class="bad">${esc(t("orders.breached_levels", { levels: codes("order_level", o.breached) }))}</p>` : ""}
     ${reasonsHtml(o)}
     <div class="order-actions">${actionsHtml(o)}</div>
     <div id="ord-action-form"></div>
-    <h4>${esc(t("orders.timeline"))}</h4>${timelineHtml(o)}`;
+    <h4>${esc(t("orders.timeline"))}</h4><div id="ord-timeline">${timelineHtml(o)}</div>`;
 }
 
 function drawDetail(root) {
@@ -226,6 +265,7 @@ function drawDetail(root) {
   if (st.form === "new") return;
   const o = st.orders.find((x) => x.id === st.selected);
   pane.innerHTML = o ? detailHtml(o) : `<p class="muted">${esc(t("orders.none_selected"))}</p>`;
+  if (o && st.ctx) loadTimeline(root, st.ctx, o);
 }
 
 // ---------------------------------------------------------------- action forms
@@ -392,6 +432,7 @@ async function refresh(ctx) {
 
 export async function renderOrders(root, ctx, parts = []) {
   st.me = ctx.me;
+  st.ctx = ctx;
   if (parts[0] && /^\d+$/.test(parts[0])) st.selected = Number(parts[0]);
   root.innerHTML = `<div class="emergency-banner banner bad" role="alert" hidden></div>
     <h2>${esc(t("orders.title"))} <span id="ord-count" class="muted"></span></h2>

@@ -64,6 +64,11 @@ async function load(ctx) {
   vs.notVisited = notVisited;
 }
 
+// The service orders the visit's form opened (docs/visits.md), each a link to its detail.
+function ordersHtml(v) {
+  return (v.orders || []).map((o) => `<br><a class="small visit-order" data-order="${esc(o.id)}" href="#/orders/${esc(o.id)}">${esc(t("visits.order_link", { id: o.id, kind: code("service_kind", o.kind) }))}</a>`).join("");
+}
+
 function rowHtml(v, write) {
   return `<tr class="visit" data-id="${v.id}" data-status="${esc(v.status)}">
     <td><strong>${esc(v.resident_name)}</strong><br><span class="small muted">${esc(v.address)}</span></td>
@@ -71,7 +76,7 @@ function rowHtml(v, write) {
     <td>${esc(vs.stationName(v.station_id))}${v.staff_id ? `<br><span class="small">${esc(v.staff_id)}</span>` : ""}</td>
     <td><time datetime="${esc(v.due_at)}">${esc(fmtDateTime(v.due_at))}</time></td>
     <td><span class="status vst-${esc(v.status)}">${esc(code("visit_status", v.status))}</span>${v.escalation_level ? ` <span class="tag esc">${esc(t("visits.escalated", { level: v.escalation_level }))}</span>` : ""}
-      ${v.cancel_reason ? `<br><span class="small muted">${esc(v.cancel_reason)}</span>` : ""}${v.done_at ? `<br><span class="small muted">${esc(t("visits.done_at", { at: fmtDateTime(v.done_at) }))}</span>` : ""}</td>
+      ${v.cancel_reason ? `<br><span class="small muted">${esc(v.cancel_reason)}</span>` : ""}${v.done_at ? `<br><span class="small muted">${esc(t("visits.done_at", { at: fmtDateTime(v.done_at) }))}</span>` : ""}${ordersHtml(v)}</td>
     <td>${CANCELLABLE.has(v.status) ? `<button type="button" class="visit-cancel" data-id="${v.id}" ${write ? "" : "disabled"}>${esc(t("visits.cancel"))}</button>` : ""}</td></tr>`;
 }
 

@@ -464,6 +464,7 @@ function orderCard(o) {
     el("p", { class: "addr" }, o.address),
     el("div", { class: "links" }, ...navLinks(o)),
     o.request_notes ? el("p", { class: "notes" }, `${t("order.request_notes")}: ${o.request_notes}`) : null,
+    o.visit_id ? el("p", { class: "source", "data-visit": String(o.visit_id) }, t("order.from_visit", { id: o.visit_id })) : null,
     deadlines.length || breached.length ? el("p", { class: "deadlines" }, ...deadlines, ...breached) : null,
     ...progress,
     buttons.length ? el("div", { class: "actions" }, ...buttons) : null);
@@ -595,38 +596,66 @@ function visitCheckIn(v) {
   });
 }
 
+// What an order the form opened is doing now, in the visitor's words (not "assigned to
+// you": routing hands it to a provider or a station).
+function openedState(status) {
+  return status === "created" || status === "assigned" ? t(`visit.order_state.${status}`) : tr("order.status", status);
+}
+
+// After the form is saved: the visit, then each order it opened (kind, number, state).
+function showRecorded(v, done) {
+  const parts = [el("span", {}, t("visit.recorded", { name: v.resident_name }))];
+  for (const o of done.orders || []) {
+    parts.push(el("span", { class: "opened-order", "data-order": String(o.id), "data-kind": o.kind },
+      t("visit.order_opened", { id: o.id, kind: tr("kind", o.kind), state: openedState(o.status) })));
+  }
+  if (!(done.orders || []).length && done.follow_up_needed) parts.push(el("span", {}, ` ${t("visit.follow_up_noted")}`));
+  const box = $("#visits-flash");
+  box.replaceChildren(...parts);
+  box.hidden = false;
+}
+
 function visitDialog(v) {
   const d = $("#visit-dialog");
   $("#visit-form").reset();
   $("#visit-title").textContent = t("visit.form_title", { name: v.resident_name });
-  $("#visit-kind").replaceChildren(el("option", { value: "" }, t("visit.no_service")),
-    ...SERVICE_KINDS.map((k) => el("option", { value: k }, tr("kind", k))));
-  $("#visit-kind").disabled = true;
+  const kinds = $("#visit-kinds");
+  kinds.replaceChildren(el("legend", {}, t("visit.service_kinds")),
+    ...SERVICE_KINDS.map((k) => el("label", { class: "choice" },
+      el("input", { type: "checkbox", name: "kind", value: k, id: `visit-kind-${k}` }), el("span", {}, tr("kind", k)))));
+  // a service to order is a follow-up: offered once follow-up is ticked
+  kinds.disabled = true;
+  $("#visit-service-note").disabled = true;
   $("#visit-error").textContent = "";
   $("#visit-follow-up").onchange = (e) => {
-    $("#visit-kind").disabled = !e.target.checked;
-    if (!e.target.checked) $("#visit-kind").value = "";
+    kinds.disabled = !e.target.checked;
+    $("#visit-service-note").disabled = !e.target.checked;
+    if (!e.target.checked) {
+      kinds.querySelectorAll("input").forEach((i) => { i.checked = false; });
+      $("#visit-service-note").value = "";
+    }
   };
   $("#visit-ok").onclick = async (e) => {
     e.preventDefault();
     const followUp = $("#visit-follow-up").checked;
+    const chosen = followUp ? [...kinds.querySelectorAll("input:checked")].map((i) => i.value) : [];
     const form = {
       seen: $("#visit-form").elements.seen.value,
       health: $("#visit-health").value.trim(),
       living_conditions: $("#visit-living").value.trim(),
       needs_found: $("#visit-needs").value.trim(),
       follow_up_needed: followUp,
-      requested_service_kind: followUp && $("#visit-kind").value ? $("#visit-kind").value : null,
+      service_kinds: chosen,
+      service_note: chosen.length ? $("#visit-service-note").value.trim() : "",
       notes: $("#visit-notes").value.trim(),
     };
     try {
+      // a retry of the same form (the answer was lost) answers the same visit and orders
       const done = await api(`/api/v1/m/visits/${v.id}/done`, { method: "POST", json: form });
       d.close();
-      const parts = [t("visit.recorded", { name: v.resident_name })];
-      if (done.requested_service_kind) parts.push(t("visit.service_asked", { kind: tr("kind", done.requested_service_kind) }));
-      else if (done.follow_up_needed) parts.push(t("visit.follow_up_noted"));
-      showFlash("visits", parts.join(" "));
+      showRecorded(v, done);
       await refreshVisits();
+      if (done.orders && done.orders.length) await refreshOrders();
     } catch (err) {
       $("#visit-error").textContent = err.message || String(err);
     }

@@ -36,7 +36,7 @@ from dispatcher.incidents.service import MERGED
 from dispatcher.notifications.channels.models import ChannelKind
 from dispatcher.orders import routing as order_routing
 from dispatcher.orders.catalogue import KindEntry
-from dispatcher.orders.lifecycle import OrderAction, OrderStatus
+from dispatcher.orders.lifecycle import OrderAction, OrderStatus, audit_kind
 from dispatcher.oversight.review import REVIEW_REASONS
 from dispatcher.paging.policy import Availability, PageOutcome
 from dispatcher.registry.models import Tier
@@ -223,8 +223,11 @@ CONSOLE_CODES: dict[str, set[str]] = {
     "order_reason": set(order_routing.REASONS),
     # dispatcher/orders/levels.py names its levels after the steps that end them
     "order_level": {OrderAction.accept.value, OrderAction.start.value, OrderAction.done.value},
-    # dispatcher/orders/views.py books as "operator" or "api", device_intake.py as "device"
-    "order_source": {"operator", "api", "device"},
+    # dispatcher/orders/views.py books as "operator" or "api", device_intake.py as
+    # "device", a visit's form (dispatcher/visits/actions.py) as "visit"
+    "order_source": {"operator", "api", "device", "visit"},
+    # the order's timeline (GET /api/v1/orders/{id}/timeline): its audit rows' kinds
+    "order_audit": {audit_kind("created"), "order_breached", *(audit_kind(a) for a in OrderAction)},
     "visit_status": {s.value for s in VisitStatus},
     "visit_filter": literal_values(visit_views.StatusFilter),
     "visit_category": {c.value for c in Category} | {"risk", "follow_up"},
@@ -243,6 +246,8 @@ PHONE_CODES: dict[str, set[str]] = {
     "order.due": {OrderAction.accept.value, OrderAction.start.value, OrderAction.done.value},
     "order.breached": {OrderAction.accept.value, OrderAction.start.value, OrderAction.done.value},
     "visit.status": {s.value for s in VisitStatus},
+    # what an order a visit's form opened is doing: routing leaves it created or assigned
+    "visit.order_state": {OrderStatus.created.value, OrderStatus.assigned.value},
     "category": {c.value for c in Category} | {"risk", "follow_up"},
 }
 

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dispatcher.audit.models import AuditRow
 from dispatcher.audit.service import verify_log
+from dispatcher.auth.models import RecordRead
 from dispatcher.auth.users import create_user
 from tests.conftest import add_small_registry
 from tests.support.api import api_world
@@ -257,3 +258,68 @@ async def test_an_order_never_enters_the_emergency_queue(world: dict[str, Any]) 
         await c.post("/api/v1/orders", json={"resident_id": "r1", "kind": "medical"}, headers=op)
     ).status_code == 201
     assert (await c.get("/api/v1/calls?status=all", headers=op)).json() == []
+
+
+async def test_an_orders_timeline_lists_its_audit_rows_in_scope_without_phone_numbers(
+    world: dict[str, Any], maker: async_sessionmaker[AsyncSession]
+) -> None:
+    c: httpx.AsyncClient = world["client"]
+    clock: ManualClock = world["clock"]
+    admin, op1, op2 = await login(c, "admin"), await login(c, "op-cm1"), await login(c, "op-cm2")
+    sup, phone = await login(c, "sup-st1"), await login(c, "r-cm1")
+    assert (await c.post("/api/v1/providers", json=MEALS, headers=admin)).status_code == 201
+    booking = {"resident_id": "r1", "kind": "meal", "notes": "女儿电话 13812345678"}
+    oid = (await c.post("/api/v1/orders", json=booking, headers=op1)).json()["id"]
+    other = (await c.post("/api/v1/orders", json={"resident_id": "r1", "kind": "chat"}, headers=op1)).json()
+    r = await c.post(f"/api/v1/orders/{oid}/assign", json={"staff_id": "cm1-r1"}, headers=op1)
+    assert r.status_code == 200, r.text
+    clock.advance(60)
+    for action in ("accept", "start"):
+        assert (await c.post(f"/api/v1/m/orders/{oid}/{action}", headers=phone)).status_code == 200
+    clock.advance(20 * 60)
+    done = {"notes": "已送到, 邻居 0719-8123456 帮忙"}
+    assert (await c.post(f"/api/v1/m/orders/{oid}/done", json=done, headers=phone)).status_code == 200
+
+    r = await c.get(f"/api/v1/orders/{oid}/timeline", headers=op1)
+    assert r.status_code == 200, r.text
+    steps = r.json()
+    assert [(s["kind"], s["actor"]) for s in steps] == [
+        ("order_created", "user:op-cm1"),
+        ("order_assign", "system:routing"),
+        ("order_assign", "user:op-cm1"),
+        ("order_accept", "user:r-cm1"),
+        ("order_start", "user:r-cm1"),
+        ("order_done", "user:r-cm1"),
+    ]
+    assert [s["seq"] for s in steps] == sorted(s["seq"] for s in steps)
+    assert steps[0]["detail"] == {"source": "operator"}
+    assert steps[1]["detail"]["provider_id"] == "p-meals" and steps[1]["detail"]["to"] == "assigned"
+    assert steps[2]["detail"]["staff_id"] == "cm1-r1"
+    assert steps[5]["detail"]["duration_s"] == 20 * 60
+    assert steps[5]["detail"]["notes"] == "已送到, 邻居 071*-***3456 帮忙"
+    assert steps[3]["at"].startswith("2026-12-07T02:01")
+    assert "8123456" not in r.text and "13812345678" not in r.text
+    # the other order's rows are not this one's
+    others = (await c.get(f"/api/v1/orders/{other['id']}/timeline", headers=op1)).json()
+    assert others[0]["kind"] == "order_created" and {s["seq"] for s in others}.isdisjoint(
+        s["seq"] for s in steps
+    )
+
+    # scoped like the order: another station's operator learns nothing; the street's
+    # supervisor reads it
+    r = await c.get(f"/api/v1/orders/{oid}/timeline", headers=op2)
+    assert r.status_code == 404 and "order_" not in r.text
+    assert (await c.get("/api/v1/orders/99999/timeline", headers=op1)).status_code == 404
+    assert (await c.get(f"/api/v1/orders/{oid}/timeline", headers=sup)).status_code == 200
+    assert (await c.get(f"/api/v1/orders/{oid}/timeline")).status_code == 401
+    async with maker() as s:
+        reads = (
+            await s.execute(
+                select(RecordRead.username, RecordRead.resident_id).where(
+                    RecordRead.route == "GET /api/v1/orders/{order_id}/timeline"
+                )
+            )
+        ).all()
+    # a read per request that answered (op-cm1 twice for the other order, once for this one)
+    assert sorted(set(reads)) == [("op-cm1", "r1"), ("sup-st1", "r1")]
+    assert ("op-cm2", "r1") not in reads

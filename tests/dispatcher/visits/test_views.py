@@ -9,12 +9,19 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dispatcher.audit.models import AuditRow
+from dispatcher.audit.service import verify_log
 from dispatcher.auth.models import RecordRead
 from dispatcher.auth.users import create_user
 from dispatcher.calls.models import Call
+from dispatcher.orders.catalogue_file import load_catalogue
+from dispatcher.orders.models import Order
+from dispatcher.orders.schemas import BookingIn
+from dispatcher.orders.service import OrderError, create_order
+from dispatcher.visits import actions
 from tests.dispatcher.visits.conftest import add_visit_county
 from tests.support.api import ApiWorld, api_world, bearer
 from tests.support.events import store_event
@@ -217,3 +224,168 @@ async def test_the_monthly_compliance_report_is_scoped_and_checks_the_month(worl
     assert (await c.get("/api/v1/reports/visits?month=12-2026", headers=sup)).status_code == 422
     op = await bearer(c, "op-cm1")
     assert (await c.get("/api/v1/reports/visits?month=2026-12", headers=op)).status_code == 403
+
+
+async def visit_orders(maker: Maker, visit_id: int) -> list[Order]:
+    async with maker() as s:
+        return list(
+            (await s.scalars(select(Order).where(Order.visit_id == visit_id).order_by(Order.id))).all()
+        )
+
+
+async def test_the_form_opens_one_routed_order_per_service_asked_for_once_only(
+    world: ApiWorld, maker: Maker
+) -> None:
+    c = world.client
+    li = await bearer(c, "li")
+    [mine] = await listed(world, "li", "/api/v1/m/visits")
+    vid = mine["id"]
+    assert mine["orders"] == []
+    form = {
+        "seen": "in_person",
+        "needs_found": "做饭困难，家里脏乱",
+        "follow_up_needed": True,
+        "service_kinds": ["meal", "cleaning"],
+        "service_note": "午餐少盐，联系女儿 13812345678",
+    }
+    # refused as a whole, and nothing is written: an unknown kind, a kind without follow-up
+    r = await c.post(
+        f"/api/v1/m/visits/{vid}/done", headers=li, json={**form, "service_kinds": ["meal", "massage"]}
+    )
+    assert r.status_code == 422 and "massage" in r.text, r.text
+    r = await c.post(f"/api/v1/m/visits/{vid}/done", headers=li, json={**form, "follow_up_needed": False})
+    assert r.status_code == 422
+    r = await c.post(f"/api/v1/m/visits/{vid}/done", headers=li, json={**form, "service_kinds": ["Meal!"]})
+    assert r.status_code == 422
+    assert await visit_orders(maker, vid) == [] and [
+        v["id"] for v in await listed(world, "li", "/api/v1/m/visits")
+    ] == [vid]
+
+    world.clock.advance(600)
+    r = await c.post(f"/api/v1/m/visits/{vid}/done", headers=li, json=form)
+    assert r.status_code == 200, r.text
+    done = r.json()
+    orders = await visit_orders(maker, vid)
+    assert [o.kind for o in orders] == ["meal", "cleaning"]
+    assert done["orders"] == [{"id": o.id, "kind": o.kind, "status": o.status} for o in orders]
+    assert done["status"] == "done" and done["requested_service_kind"] == "meal"
+    for o in orders:
+        assert (o.source, o.visit_id, o.resident_id, o.station_id, o.created_by) == (
+            "visit",
+            vid,
+            "r1",
+            "cm1",
+            "user:li",
+        )
+        assert o.request_notes == form["service_note"] and o.levels["accept_within_s"] > 0
+        assert o.created_at == world.clock.now() and o.route_reasons  # routed like any booking
+    # the meal goes to the community station (no provider in this county), cleaning to
+    # nobody yet (only providers offer it): booked, waiting for an operator
+    assert (orders[0].status, orders[0].assignee_station_id) == ("assigned", "cm1")
+    assert (orders[1].status, orders[1].route_reasons[0]) == ("created", "NONE_AVAILABLE")
+
+    async with maker() as s:
+        rows = (
+            await s.execute(
+                select(AuditRow.kind, AuditRow.actor, AuditRow.detail)
+                .where(AuditRow.kind.in_(["order_created", "order_assign", "visit_done"]))
+                .order_by(AuditRow.seq)
+            )
+        ).all()
+    assert [(k, a) for k, a, _ in rows] == [
+        ("order_created", "user:li"),
+        ("order_assign", "system:routing"),
+        ("order_created", "user:li"),
+        ("visit_done", "li (li)"),
+    ]
+    assert rows[0][2]["visit_id"] == vid and rows[0][2]["source"] == "visit"
+    assert rows[3][2]["order_ids"] == [o.id for o in orders]
+    assert rows[3][2]["service_kinds"] == ["meal", "cleaning"]
+    assert (await verify_log(maker)).ok
+
+    # the same form again (a retry after a lost answer): the same visit, no new order
+    world.clock.advance(60)
+    again = await c.post(f"/api/v1/m/visits/{vid}/done", headers=li, json=form)
+    assert again.status_code == 200 and again.json() == done
+    # another form on a visit already done is refused, and opens nothing
+    r = await c.post(f"/api/v1/m/visits/{vid}/done", headers=li, json={**form, "service_kinds": ["chat"]})
+    assert r.status_code == 409
+    zhao = await bearer(c, "zhao")  # same station, another visitor: not their form
+    assert (await c.post(f"/api/v1/m/visits/{vid}/done", headers=zhao, json=form)).status_code == 409
+    assert [o.id for o in await visit_orders(maker, vid)] == [o.id for o in orders]
+    async with maker() as s:
+        dones = (await s.scalars(select(AuditRow.id).where(AuditRow.kind == "visit_done"))).all()
+    assert len(dones) == 1
+
+    # the console sees the order and where it came from
+    op = await bearer(c, "op-cm1")
+    r = await c.get(f"/api/v1/orders/{orders[0].id}", headers=op)
+    assert r.status_code == 200 and (r.json()["source"], r.json()["visit_id"]) == ("visit", vid)
+    [shown] = [v for v in await listed(world, "op-cm1", "/api/v1/visits?status=done") if v["id"] == vid]
+    assert [o["kind"] for o in shown["orders"]] == ["meal", "cleaning"]
+
+
+async def test_an_order_that_cannot_be_opened_leaves_the_visit_open(
+    world: ApiWorld, maker: Maker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The form and its orders are one transaction: a failure in the second order undoes
+    the first order and the form."""
+    real = actions.create_order
+    made: list[str] = []
+
+    async def second_fails(session: AsyncSession, **kw: Any) -> tuple[Order, bool]:
+        if made:
+            raise OrderError(409, "the booking system refused")
+        made.append(kw["booking"].kind)
+        return await real(session, **kw)
+
+    monkeypatch.setattr(actions, "create_order", second_fails)
+    c = world.client
+    op = await bearer(c, "op-st2")  # the console's form works the same
+    [v] = await listed(world, "op-st2")
+    form = {"seen": "by_phone", "follow_up_needed": True, "service_kinds": ["chat", "meal"]}
+    r = await c.post(f"/api/v1/visits/{v['id']}/done", headers=op, json=form)
+    assert r.status_code == 409 and "refused" in r.text
+    assert made == ["chat"] and await visit_orders(maker, v["id"]) == []
+    async with maker() as s:
+        assert await s.scalar(select(Order.id)) is None
+    [still] = await listed(world, "op-st2")
+    assert still["id"] == v["id"] and still["status"] != "done"
+    monkeypatch.setattr(actions, "create_order", real)
+    r = await c.post(f"/api/v1/visits/{v['id']}/done", headers=op, json=form)
+    assert r.status_code == 200, r.text
+    assert [(o["kind"]) for o in r.json()["orders"]] == ["chat", "meal"]
+    assert {o.created_by for o in await visit_orders(maker, v["id"])} == {"user:op-st2"}
+    assert (await verify_log(maker)).ok
+
+
+async def test_one_order_per_visit_and_kind_in_the_database(world: ApiWorld, maker: Maker) -> None:
+    [v] = await listed(world, "op-st2")
+    catalogue = load_catalogue()
+    booking = BookingIn(resident_id="r2", kind="meal")
+    async with maker() as s, s.begin():
+        await create_order(
+            s,
+            catalogue=catalogue,
+            booking=booking,
+            source="visit",
+            actor="test",
+            scope=None,
+            client_ref=None,
+            now=T0,
+            visit_id=v["id"],
+        )
+    with pytest.raises(IntegrityError):
+        async with maker() as s, s.begin():
+            await create_order(
+                s,
+                catalogue=catalogue,
+                booking=booking,
+                source="visit",
+                actor="test",
+                scope=None,
+                client_ref=None,
+                now=T0,
+                visit_id=v["id"],
+            )
+            await s.flush()
