@@ -8,8 +8,9 @@ escalation.
 The pages are outbox rows (dispatcher/notifications/service_pages.py) written in the
 transaction that records the breach, so a crash cannot lose one; the dispatchers
 deliver and retry them like every notification, after any call notification waiting at
-the same time. ``check_once`` is the timer hook (one pass, its own transaction, the audit
-chain's lock first so dispatcher copies take turns); ``run`` repeats it until stopped.
+the same time. ``check_once`` is the timer hook (one pass, its own transaction; the open
+orders are locked, so dispatcher copies take turns and record each step once); ``run``
+repeats it until stopped.
 """
 
 from __future__ import annotations
@@ -50,7 +51,12 @@ async def check_once(
     after_s = (settings or BreachPages()).station_after_s
     pages: list[BreachPage] = []
     async with maker() as s, s.begin():
-        await audit.lock_head(s)
+        if s.get_bind().dialect.name == "sqlite":
+            # one writer: hold the write lock before reading, so another copy's commit
+            # can never turn this transaction's snapshot stale halfway
+            await audit.lock_head(s)
+        # PostgreSQL: the open orders FOR UPDATE first, the chain's lock at the first
+        # audit row — the order the orders API locks in (order row, then chain)
         for p in await record_breaches(s, now=now, station_after_s=after_s):
             queue_service_page(
                 s,
