@@ -38,10 +38,20 @@ __all__ = [
 
 
 def _pending(
-    *, call_id: int, channel: str, purpose: str, target: str, body: Mapping[str, Any], now: datetime
+    *,
+    call_id: int | None,
+    channel: str,
+    purpose: str,
+    target: str,
+    body: Mapping[str, Any],
+    now: datetime,
+    order_id: int | None = None,
+    visit_id: int | None = None,
 ) -> Notification:
     return Notification(
         call_id=call_id,
+        order_id=order_id,
+        visit_id=visit_id,
         channel=channel,
         purpose=purpose,
         target=target,
@@ -151,7 +161,7 @@ async def record_unassigned(
     session: AsyncSession,
     plan: SupervisorPlan,
     *,
-    call_id: int,
+    call_id: int | None,
     station_id: str | None,
     purpose: str,
     now: datetime,
@@ -182,19 +192,24 @@ async def record_unassigned(
 async def queue_supervisor_alert(
     session: AsyncSession,
     *,
-    call_id: int,
+    call_id: int | None,
     purpose: str,
     body: Mapping[str, Any],
     channel: str,
     now: datetime,
     actor: str,
+    order_id: int | None = None,
+    visit_id: int | None = None,
+    station_id: str | None = None,
 ) -> SupervisorPlan:
     """One outbox notification per supervisor of the call's area (``user:<login>``: their own
     channel order, else the supervisor route). Nobody qualifying is recorded as a failed
     notification (the call's timeline and the failure counts show it) and the alert goes
     to the county centre's duty group instead; with no county centre either, the record
-    is all there is, and it says so."""
-    station_id = await area_of(session, call_id)
+    is all there is, and it says so. Without a call (the cost guard stopped an order's or
+    a visit's page) the area is ``station_id`` and the alert names that order or visit."""
+    if call_id is not None:
+        station_id = await area_of(session, call_id)
     plan = await area_supervisors(session, station_id=station_id)
     await record_unassigned(
         session, plan, call_id=call_id, station_id=station_id, purpose=purpose, now=now, actor=actor
@@ -208,6 +223,8 @@ async def queue_supervisor_alert(
                 target=target,
                 body={**body, "call_id": call_id, "station_id": station_id},
                 now=now,
+                order_id=order_id if call_id is None else None,
+                visit_id=visit_id if call_id is None else None,
             )
         )
     return plan

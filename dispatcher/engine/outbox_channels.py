@@ -97,9 +97,25 @@ async def people_of(session: AsyncSession, targets: Iterable[str]) -> dict[str, 
     return people
 
 
-async def facts_of(session: AsyncSession, call_ids: Iterable[int]) -> dict[int, CallFacts]:
-    """Each call's resident, address and device event types."""
-    ids = set(call_ids)
+def subject(n: Notification) -> dict[str, int]:
+    """What a row without a call is about, for its audit rows (``order_id`` / ``visit_id``)."""
+    if n.call_id is not None:
+        return {}
+    return {k: v for k, v in (("order_id", n.order_id), ("visit_id", n.visit_id)) if v is not None}
+
+
+def station_of(n: Notification) -> str | None:
+    """The station a row without a call belongs to (its body's ``station_id``); a call's
+    rows stay as they were (the call names its station)."""
+    if n.call_id is not None:
+        return None
+    sid = (n.body or {}).get("station_id")
+    return sid if isinstance(sid, str) else None
+
+
+async def facts_of(session: AsyncSession, call_ids: Iterable[int | None]) -> dict[int, CallFacts]:
+    """Each call's resident, address and device event types (rows without a call: none)."""
+    ids = {c for c in call_ids if c is not None}
     rows = (
         await session.execute(
             select(Call.id, Home.address, Resident.name)
@@ -156,7 +172,7 @@ async def send_one(
             call_id=n.call_id,
             purpose=n.purpose,
             body=body,
-            facts=facts.get(n.call_id, CallFacts()),
+            facts=facts.get(n.call_id, CallFacts()) if n.call_id is not None else CallFacts(),
             to=recipient(person),
         )
         result.outcome = await notifier.deliver(
@@ -233,10 +249,18 @@ async def record(
     for step in result.steps:
         sent = step.receipt is not None and step.receipt.delivered
         kind = AuditKind.notification_sent if sent else AuditKind.notification_failed
-        detail = {**_step_detail(n, step), "attempt": attempts}
+        detail = {**_step_detail(n, step), **subject(n), "attempt": attempts}
         if not sent and step is result.steps[-1]:
             detail["final"] = final
-        await audit.append(session, kind=kind.value, at=now, actor=actor, call_id=n.call_id, detail=detail)
+        await audit.append(
+            session,
+            kind=kind.value,
+            at=now,
+            actor=actor,
+            call_id=n.call_id,
+            station_id=station_of(n),
+            detail=detail,
+        )
     if not result.steps:  # nothing tried: a body that could not be composed, a page answered
         await audit.append(
             session,
@@ -244,10 +268,12 @@ async def record(
             at=now,
             actor=actor,
             call_id=n.call_id,
+            station_id=station_of(n),
             detail={
                 "notification_id": n.id,
                 "purpose": n.purpose,
                 "target": masked_target(n.target),
+                **subject(n),
                 "attempt": attempts,
                 "final": final,
                 "error": _why_not(result)[:300],
@@ -286,7 +312,12 @@ async def cost_alerts(
     shared = notifier.counters if isinstance(notifier.counters, SharedCostCounters) else None
     raised = 0
     for alert in notifier.new_alerts(alerts, now.timestamp()):
-        detail = {**alert.model_dump(mode="json"), "notification_id": n.id, "purpose": n.purpose}
+        detail = {
+            **alert.model_dump(mode="json"),
+            "notification_id": n.id,
+            "purpose": n.purpose,
+            **subject(n),
+        }
         body = cost_alert_body(
             kind=alert.kind.value,
             scope=alert.scope.value,
@@ -309,6 +340,9 @@ async def cost_alerts(
                 channel=n.channel,
                 now=now,
                 actor=actor,
+                order_id=n.order_id,
+                visit_id=n.visit_id,
+                station_id=station_of(n),
             )
 
         key = alert_key(alert.kind.value, alert.scope.value, alert.call_id, now.timestamp())

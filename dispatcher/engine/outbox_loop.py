@@ -1,6 +1,8 @@
 """The outbox loop: due notifications → people (through the notifier) and devices (acks
-over MQTT, dispatcher.engine.mqtt). Each delivery is recorded in the call's audit log; a
-failed one is retried with backoff, then given up, and never blocks the call."""
+over MQTT, dispatcher.engine.mqtt). Each delivery is recorded in the call's audit log (an
+order's or a visit's page: in the log under its order or visit id, without a call); a
+failed one is retried with backoff, then given up, and never blocks the call. Call
+notifications go before order and visit pages when both are due."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from dispatcher.engine import handling, outbox_channels
 from dispatcher.engine.metrics import NOTIFY
 from dispatcher.engine.mqtt import MqttLink
 from dispatcher.notifications.channel_notifier import ChannelNotifier
+from dispatcher.notifications.compose import masked_target
 from dispatcher.notifications.models import DEVICE_ACK_CHANNEL, Notification, NotificationStatus
 from dispatcher.notifications.notifiers import Message, NotifyError
 
@@ -66,7 +69,9 @@ class OutboxLoop(MqttLink):
                 if acks
                 else (Notification.channel != DEVICE_ACK_CHANNEL),
             )
-            .order_by(Notification.id)
+            # a call's notifications first: an order's or a visit's page never takes an
+            # emergency's place when both wait (dispatcher/notifications/service_pages.py)
+            .order_by(Notification.call_id.is_(None), Notification.id)
             .limit(limit)
         )
         if session.get_bind().dialect.name == "postgresql":
@@ -164,11 +169,13 @@ class OutboxLoop(MqttLink):
             at=now,
             actor=self.name,
             call_id=n.call_id,
+            station_id=outbox_channels.station_of(n),
             detail={
                 "notification_id": n.id,
                 "purpose": n.purpose,
-                "target": n.target,
+                "target": n.target if n.call_id is not None else masked_target(n.target),
                 "channel": n.channel,
+                **outbox_channels.subject(n),
                 **outcome,
             },
         )

@@ -40,6 +40,7 @@ from dispatcher.notifications.channel_notifier import ChannelNotifier
 from dispatcher.notifications.channels import Purpose, load_notifications_config
 from dispatcher.notifications.notifiers import Notifier
 from dispatcher.orders import breaches as order_breaches
+from dispatcher.orders.device_intake import catalogue as order_catalogue
 
 log = structlog.get_logger("carecall.dispatcher")
 
@@ -165,9 +166,17 @@ class Dispatcher(IntakeLoop, TimerLoop, OutboxLoop, VisitsLoop):
         return 0
 
     async def order_levels_once(self) -> int:
-        """Service orders' missed levels: recorded and paged to the provider's manager
-        (dispatcher/orders/breaches.py), never to the emergency ladder."""
-        await order_breaches.check_once(self.maker, now=self.clock.now(), notifier=self.notifier)
+        """Service orders' missed levels: recorded and paged (outbox rows) to the provider's
+        manager, then the station holding the order (dispatcher/orders/breaches.py), never
+        to the emergency ladder."""
+        pages = await order_breaches.check_once(
+            self.maker,
+            now=self.clock.now(),
+            channel=self.ctx.notifier_channel,
+            settings=order_catalogue().breach_pages,
+        )
+        if pages:
+            self._wake_outbox.set()
         return 0
 
 

@@ -3,7 +3,8 @@
 Every ``generate_every_s`` (config/visits.yaml) a round syncs the plans, generates the
 visits now due, moves open visits past their due time to late or missed (one short
 transaction), then escalates missed visits (a second transaction that takes the audit
-chain's lock first, like every writer of audit rows). Several copies may run it: plans and
+chain's lock first, like every writer of audit rows) and queues their pages in the
+same transaction (outbox rows the dispatchers deliver and retry). Several copies may run it: plans and
 visits are inserted on unique keys, status changes and escalations are conditional
 updates (dispatcher.visits.generation). Each completed round is the ``visits`` heartbeat
 the stall monitor watches (dispatcher.health.stall.LOOPS).
@@ -40,8 +41,10 @@ class VisitsLoop(DispatcherState):
             moved = await generation.refresh_statuses(session, rules=rules, now=now)
         async with self.maker() as session, session.begin():
             escalated = await generation.escalate_missed(
-                session, rules=rules, now=now, actor=f"{self.name}:visits"
+                session, rules=rules, now=now, actor=f"{self.name}:visits", channel=self.ctx.notifier_channel
             )
+        if escalated:
+            self._wake_outbox.set()  # the pages to the station's and the street's managers
         if plans or made or moved or escalated:
             log.info("visits.round", plans=plans, visits=made, status_changes=moved, escalations=escalated)
         return 0

@@ -92,3 +92,30 @@ def plan_supervisors(
         return SupervisorPlan(tuple(names), tuple(layers), None)
     root = chain[-1].station_id if chain else None
     return SupervisorPlan((), (), county or root)
+
+
+# ----------------------------------------------------------- a station's own people
+# Service orders' missed levels and missed welfare visits are not calls: they go to the
+# people who run a station (never to the county emergency ladder). The caller reads them
+# from the registry (dispatcher/registry/people.py).
+
+
+@dataclass(frozen=True, slots=True)
+class StationPeople:
+    """Who runs one station: ``managers`` (``user:<login>`` of its active supervisors,
+    ``staff:<id>`` of its staff with the manager role) and ``on_duty`` (``staff:<id>``)."""
+
+    station_id: str
+    managers: tuple[str, ...] = ()
+    on_duty: tuple[str, ...] = ()
+
+
+def managers_of(people: StationPeople) -> tuple[str, ...]:
+    """The station's managers; nobody: its on-duty staff; nobody either: its duty group
+    (``station:<id>``), so the page is never dropped."""
+    return people.managers or people.on_duty or (f"station:{people.station_id}",)
+
+
+def station_duty(people: StationPeople) -> tuple[str, ...]:
+    """The station as a whole: its duty group and everyone on duty there."""
+    return (f"station:{people.station_id}", *people.on_duty)

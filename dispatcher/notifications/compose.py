@@ -23,6 +23,10 @@ PURPOSES: dict[str, Purpose] = {
     "notify_contact": Purpose.contact,
     "alert_supervisor": Purpose.supervisor,
     "cost_guard": Purpose.supervisor,
+    # not calls (dispatcher/notifications/service_pages.py): the people who run a station,
+    # reached like supervisors (their own channel order, else the supervisor route)
+    "order_breach": Purpose.supervisor,
+    "visit_missed": Purpose.supervisor,
 }
 
 # the outbox purpose of the cost guard's alert to the area's supervisors
@@ -43,7 +47,11 @@ _HEADINGS: dict[str, str] = {
     "notify_contact": "家人呼叫",
     "alert_supervisor": "需要督导",
     "cost_guard": "通知费用上限已到",
+    "order_breach": "服务单超时",
+    "visit_missed": "探访未完成",
 }
+
+_LEVELS = {"accept": "未按时接单", "start": "未按时开始", "done": "未按时完成"}
 
 _COST_KINDS = {"sms": "短信", "voice": "语音通知"}
 _COST_SCOPES = {"call": "本呼叫", "hour": "每小时"}
@@ -115,10 +123,22 @@ def _short(value: Any, limit: int = 200) -> str:
     return str(value if value is not None else "")[:limit]
 
 
+def _subject(call_id: int | None, body: dict[str, Any]) -> str:
+    """What the notice is about: the call, else the service order or the visit."""
+    if call_id is not None:
+        return f"呼叫 #{call_id}"
+    if body.get("order_id") is not None:
+        level = _LEVELS.get(str(body.get("level", "")), _short(body.get("level", ""), 16))
+        return f"服务单 #{_short(body['order_id'], 20)}" + (f" {level}" if level else "")
+    if body.get("visit_id") is not None:
+        return f"探访 #{_short(body['visit_id'], 20)}"
+    return ""
+
+
 def compose(
     *,
     notification_id: int,
-    call_id: int,
+    call_id: int | None,
     purpose: str,
     body: dict[str, Any],
     facts: CallFacts,
@@ -134,8 +154,9 @@ def compose(
     link = _short(body.get("link", ""))
     priority = _short(body.get("priority", ""))
     event = _short("、".join(str(e) for e in events))
+    subject = _subject(call_id, body)
     params = {
-        "call": str(call_id),
+        "call": str(call_id) if call_id is not None else "",
         "priority": priority,
         "resident": resident,
         "address": address,
@@ -143,7 +164,9 @@ def compose(
         "link": link,
         "name": _short(body.get("name", "")),
     }
-    parts = [f"【{_HEADINGS.get(purpose, purpose)}】呼叫 #{call_id}"]
+    if call_id is None:
+        params["subject"] = subject  # an order's or a visit's page: what it is about
+    parts = [f"【{_HEADINGS.get(purpose, purpose)}】{subject}"]
     if priority:
         parts[0] += f"（{priority}）"
     parts += [p for p in (resident, address, event, _short(body.get("note", ""))) if p]
@@ -158,7 +181,7 @@ def compose(
         template=TEMPLATES[channel_p],
         params=params,
         text=text[:2000],
-        subject=f"CareCall #{call_id} {_HEADINGS.get(purpose, purpose)}"[:200],
+        subject=f"CareCall {subject.replace('呼叫 ', '')} {_HEADINGS.get(purpose, purpose)}"[:200],
         channels=_channels(body.get("channels")),
     )
 

@@ -24,8 +24,8 @@ log = structlog.get_logger("carecall.notify")
 @dataclass(frozen=True)
 class Message:
     notification_id: int
-    call_id: int
-    purpose: str  # alert_station, remind, notify_contact, alert_supervisor
+    call_id: int | None  # None: a service order's or a welfare visit's page (body names it)
+    purpose: str  # alert_station, remind, notify_contact, alert_supervisor, order_breach, visit_missed
     target: str  # station:ID, phone:NUMBER, user:NAME
     body: dict[str, Any]
 

@@ -1,11 +1,16 @@
 """The service-level watch: record the levels orders missed and page whoever runs the
-order — the provider's manager, or the station that holds it. Never the emergency ladder:
-nothing here touches calls, their timers or their escalation.
+order — first the provider's manager (a station's own order: the station's managers),
+then, when the order is still not back within the level a configured delay later
+(config/services.yaml ``breach_pages.station_after_s``), the station that holds it.
+Never the emergency ladder: nothing here opens or touches a call, its timers or its
+escalation.
 
-``check_once`` is the timer hook (one pass, its own transaction); ``run`` repeats it until
-stopped. The page is sent through a notifier after the commit; the breach itself is in
-the audit log whether or not the page gets through (a failed page is logged, without the
-phone number).
+The pages are outbox rows (dispatcher/notifications/service_pages.py) written in the
+transaction that records the breach, so a crash cannot lose one; the dispatchers
+deliver and retry them like every notification, after any call notification waiting at
+the same time. ``check_once`` is the timer hook (one pass, its own transaction; the open
+orders are locked, so dispatcher copies take turns and record each step once); ``run``
+repeats it until stopped.
 """
 
 from __future__ import annotations
@@ -14,57 +19,63 @@ import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 
-import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from carecall.core.clock import Clock
-from dispatcher.notifications.notifiers import Message, Notifier, NotifyError
-from dispatcher.orders.models import Provider
+from dispatcher.audit import service as audit
+from dispatcher.notifications.service_pages import ORDER_BREACH, queue_service_page
+from dispatcher.orders.catalogue import BreachPages
 from dispatcher.orders.service import record_breaches
 
 __all__ = ["PURPOSE", "BreachPage", "check_once", "run"]
 
-log = structlog.get_logger("carecall.orders")
-PURPOSE = "order_breach"
+PURPOSE = ORDER_BREACH
 
 
 @dataclass(frozen=True)
 class BreachPage:
     order_id: int
     level: str
-    target: str  # phone:NUMBER of the provider's manager, else station:ID
-    body: dict[str, object]
+    step: str  # manager, station
+    targets: tuple[str, ...]  # outbox targets: phone:NUMBER, user:LOGIN, staff:ID, station:ID
 
 
 async def check_once(
-    maker: async_sessionmaker[AsyncSession], *, now: datetime, notifier: Notifier | None
+    maker: async_sessionmaker[AsyncSession],
+    *,
+    now: datetime,
+    channel: str,
+    settings: BreachPages | None = None,
 ) -> list[BreachPage]:
-    """Record every level newly missed at ``now`` and page each order's manager."""
+    """Record every step due at ``now`` and queue its pages, in one transaction."""
+    after_s = (settings or BreachPages()).station_after_s
     pages: list[BreachPage] = []
     async with maker() as s, s.begin():
-        for order, level in await record_breaches(s, now=now):
-            provider = await s.get(Provider, order.provider_id) if order.provider_id else None
-            if provider is not None and provider.manager_phone:
-                target = f"phone:{provider.manager_phone}"
-            else:
-                target = f"station:{order.assignee_station_id or order.station_id}"
-            body: dict[str, object] = {
-                "order_id": order.id,
-                "kind": order.kind,
-                "level": level,
-                "provider_id": order.provider_id,
-                "station_id": order.station_id,
-            }
-            pages.append(BreachPage(order.id, level, target, body))
-    if notifier is not None:
-        for page in pages:
-            try:
-                # call_id 0: an order is not a call (the message names the order)
-                await notifier.send(Message(0, 0, PURPOSE, page.target, page.body))
-            except NotifyError as exc:
-                log.warning(
-                    "order_breach_page_failed", order=page.order_id, level=page.level, error=str(exc)[:200]
-                )
+        if s.get_bind().dialect.name == "sqlite":
+            # one writer: hold the write lock before reading, so another copy's commit
+            # can never turn this transaction's snapshot stale halfway
+            await audit.lock_head(s)
+        # PostgreSQL: the open orders FOR UPDATE first, the chain's lock at the first
+        # audit row — the order the orders API locks in (order row, then chain)
+        for p in await record_breaches(s, now=now, station_after_s=after_s):
+            queue_service_page(
+                s,
+                purpose=PURPOSE,
+                targets=p.targets,
+                body={
+                    "order_id": p.order.id,
+                    "kind": p.order.kind,
+                    "level": p.level,
+                    "step": p.step.value,
+                    "provider_id": p.order.provider_id,
+                    "station_id": p.order.assignee_station_id or p.order.station_id,
+                    "resident_id": p.order.resident_id,
+                },
+                channel=channel,
+                now=now,
+                order_id=p.order.id,
+            )
+            pages.append(BreachPage(p.order.id, p.level, p.step.value, p.targets))
     return pages
 
 
@@ -72,13 +83,14 @@ async def run(
     maker: async_sessionmaker[AsyncSession],
     *,
     clock: Clock,
-    notifier: Notifier | None,
+    channel: str,
     stop: asyncio.Event,
+    settings: BreachPages | None = None,
     interval_s: float = 30.0,
 ) -> None:
     """Check every ``interval_s`` until ``stop`` is set."""
     while not stop.is_set():
-        await check_once(maker, now=clock.now(), notifier=notifier)
+        await check_once(maker, now=clock.now(), channel=channel, settings=settings)
         try:
             await asyncio.wait_for(stop.wait(), interval_s)
         except TimeoutError:

@@ -11,7 +11,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from device_gateway.protocol.messages import SERVICE_KINDS
 
-__all__ = ["SERVICE_KINDS", "Catalogue", "CatalogueError", "KindEntry", "OfferedBy", "ServiceLevels"]
+__all__ = [
+    "SERVICE_KINDS",
+    "BreachPages",
+    "Catalogue",
+    "CatalogueError",
+    "KindEntry",
+    "OfferedBy",
+    "ServiceLevels",
+]
 
 _ID = Field(min_length=1, max_length=64)
 
@@ -72,9 +80,20 @@ class KindEntry(BaseModel):
     levels: ServiceLevels
 
 
+class BreachPages(BaseModel):
+    """Who is paged when an order misses a level (dispatcher/orders/breaches.py): first
+    the provider's manager (the station's managers for a station's own order); when the
+    order is still not back within that level ``station_after_s`` after it fell due, the
+    station that holds the order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    station_after_s: int = Field(default=1800, gt=0, le=7 * 86400)
+
+
 class Catalogue(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     timezone: str = "Asia/Shanghai"
+    breach_pages: BreachPages = BreachPages()
     # stations have no opening hours or capacity of their own in the registry
     station_capacity: int = Field(default=3, ge=1, le=1000)
     station_radius_km: float = Field(default=5.0, gt=0, le=500, allow_inf_nan=False)

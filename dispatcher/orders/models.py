@@ -4,7 +4,8 @@ Orders live apart from calls on purpose: the emergency queue reads the ``calls``
 only, so an order can never appear in it or outrank an emergency. Every step of an order
 is also a row of the audit log (kinds ``order_*``, the order id in ``detail``).
 
-Schema changes go through Alembic (carecall/core/migrations, revisions 0013 and 0015).
+Schema changes go through Alembic (carecall/core/migrations, revisions 0013, 0015 and
+0016).
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ class Order(Base):
     cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     cancel_reason: Mapped[str] = mapped_column(Text, default="")
     breached: Mapped[list[str]] = mapped_column(JSON, default=list)  # levels breached
+    # breached levels whose second page (the station holding the order) went out
+    breach_escalated: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
     version: Mapped[int] = mapped_column(Integer, default=0)
 
     __table_args__ = (

@@ -5,17 +5,19 @@ the pure modules (routing, lifecycle, levels); every step is an audit row."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, func, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from carecall.core.logs import mask_phone
 from dispatcher.audit import service as audit
 from dispatcher.audit.models import AuditRow
 from dispatcher.orders.catalogue import Catalogue
 from dispatcher.orders.hours import ALWAYS, OpeningHours, parse_hours
-from dispatcher.orders.levels import OrderClock, breaches
+from dispatcher.orders.levels import BreachStep, OrderClock, breach_targets, breaches, station_steps
 from dispatcher.orders.lifecycle import (
     BUSY_STATUSES,
     OPEN_STATUSES,
@@ -29,8 +31,10 @@ from dispatcher.orders.models import Order, Provider
 from dispatcher.orders.routing import Candidate, RouteRequest, route
 from dispatcher.orders.schemas import BookingIn, ProviderIn
 from dispatcher.registry.models import Home, Resident, Staff, Station, Tier
+from dispatcher.registry.people import station_people
 
 __all__ = [
+    "BreachPage",
     "OrderError",
     "act",
     "create_order",
@@ -345,24 +349,63 @@ async def order_audit(session: AsyncSession, order: Order) -> list[AuditRow]:
     return list((await session.scalars(query)).all())
 
 
-async def record_breaches(session: AsyncSession, *, now: datetime) -> list[tuple[Order, str]]:
-    """Record each service level newly missed at ``now`` (an ``order_breached`` audit
-    row, and the level added to ``breached``); returns (order, level) for whoever pages
-    the provider's manager. Never touches calls or their escalation."""
+@dataclass(frozen=True)
+class BreachPage:
+    """One step of one missed level: whom it pages (outbox targets) about which order."""
+
+    order: Order
+    level: str
+    step: BreachStep
+    targets: tuple[str, ...]
+
+
+async def _targets(session: AsyncSession, order: Order, step: BreachStep) -> tuple[str, ...]:
+    holder = order.assignee_station_id or order.station_id
+    provider = await session.get(Provider, order.provider_id) if order.provider_id else None
+    people = (await station_people(session, [holder]))[holder]
+    phone = provider.manager_phone if provider is not None else ""
+    return breach_targets(step, manager_phone=phone, holder=people)
+
+
+async def record_breaches(session: AsyncSession, *, now: datetime, station_after_s: int) -> list[BreachPage]:
+    """Record each service level newly missed at ``now`` (step ``manager``) and each
+    missed level still not met ``station_after_s`` after it fell due (step ``station``):
+    an ``order_breached`` audit row per step naming the step and whom it pages (numbers
+    masked), the level added to ``breached`` / ``breach_escalated`` on the locked order
+    row, so another dispatcher copy finds it recorded. Returns the pages to queue. Never
+    touches calls or their escalation."""
     rows = (
         await session.scalars(
-            select(Order).where(Order.status.in_([s.value for s in OPEN_STATUSES])).with_for_update()
+            select(Order)
+            .where(Order.status.in_([s.value for s in OPEN_STATUSES]))
+            .order_by(Order.id)
+            .with_for_update()
         )
     ).all()
     by_id = {o.id: o for o in rows}
     clocks = [
-        OrderClock(o.id, o.status, o.created_at, o.levels, o.booked_for, o.started_at, frozenset(o.breached))
+        OrderClock(
+            o.id,
+            o.status,
+            o.created_at,
+            o.levels,
+            o.booked_for,
+            o.started_at,
+            frozenset(o.breached),
+            frozenset(o.breach_escalated or ()),
+        )
         for o in rows
     ]
-    out: list[tuple[Order, str]] = []
-    for b in breaches(clocks, now):
+    out: list[BreachPage] = []
+    steps = [(b, BreachStep.station) for b in station_steps(clocks, now, station_after_s)]
+    steps += [(b, BreachStep.manager) for b in breaches(clocks, now)]
+    for b, step in steps:
         order = by_id[b.order_id]
-        order.breached = [*order.breached, b.level]
+        if step is BreachStep.manager:
+            order.breached = [*order.breached, b.level]
+        else:
+            order.breach_escalated = [*(order.breach_escalated or ()), b.level]
+        targets = await _targets(session, order, step)
         await _append(
             session,
             order,
@@ -372,8 +415,10 @@ async def record_breaches(session: AsyncSession, *, now: datetime) -> list[tuple
             level=b.level,
             due_at=b.due_at.isoformat(),
             provider_id=order.provider_id,
+            step=step.value,
+            to=[mask_phone(t) for t in targets],
         )
-        out.append((order, b.level))
+        out.append(BreachPage(order, b.level, step, targets))
     return out
 
 

@@ -23,11 +23,15 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from carecall.core.logs import mask_phone
 from dispatcher.audit import service as audit
 from dispatcher.audit.chain import AuditKind
 from dispatcher.audit.models import AuditRow
 from dispatcher.calls.models import Call
+from dispatcher.notifications.area import StationPeople, managers_of
+from dispatcher.notifications.service_pages import VISIT_MISSED, queue_service_page
 from dispatcher.registry.models import Home, Resident, Staff, Station
+from dispatcher.registry.people import station_people
 from dispatcher.visits import planner
 from dispatcher.visits.models import OPEN_STATUSES, ResidentCategory, Visit, VisitPlan, VisitStatus
 from dispatcher.visits.rules import Category, Frequency, VisitRules
@@ -239,10 +243,16 @@ async def refresh_statuses(session: AsyncSession, *, rules: VisitRules, now: dat
     return n
 
 
-async def escalate_missed(session: AsyncSession, *, rules: VisitRules, now: datetime, actor: str) -> int:
+async def escalate_missed(
+    session: AsyncSession, *, rules: VisitRules, now: datetime, actor: str, channel: str = "log"
+) -> int:
     """Raise open visits to the level ``planner.escalation_target`` gives, one audit row
     (``visit_escalated``) per level, addressed to the station (manager) or its parent
-    (the street centre). Returns the number of audit rows written."""
+    (the street centre), and the page to those people: outbox rows (purpose
+    ``visit_missed``, dispatcher/notifications/service_pages.py) in this transaction, to
+    the station's managers at level 1 and the street centre's at level 2 (nobody there:
+    its on-duty staff, else its duty group; dispatcher/notifications/area.py). Returns
+    the number of audit rows written."""
     first = now - timedelta(hours=rules.escalation.station_manager_after_h)
     rows = (
         await session.execute(
@@ -263,6 +273,7 @@ async def escalate_missed(session: AsyncSession, *, rules: VisitRules, now: date
     parents = dict((await session.execute(select(Station.id, Station.parent_id))).all())
     written = 0
     await audit.lock_head(session)
+    people: dict[str, StationPeople] = {}
     for r in rows:
         target = planner.escalation_target(r.due_at, now, rules)
         if target <= r.escalation_level:
@@ -276,6 +287,9 @@ async def escalate_missed(session: AsyncSession, *, rules: VisitRules, now: date
             continue  # another copy escalated it first
         for level in range(r.escalation_level + 1, target + 1):
             to_station = r.station_id if level == 1 else (parents.get(r.station_id) or r.station_id)
+            if to_station not in people:
+                people |= await station_people(session, [to_station])
+            targets = managers_of(people[to_station])
             await audit.append(
                 session,
                 kind=AuditKind.visit_escalated.value,
@@ -290,7 +304,26 @@ async def escalate_missed(session: AsyncSession, *, rules: VisitRules, now: date
                     "to": ESCALATION_TARGETS[level],
                     "visit_station_id": r.station_id,
                     "due_at": r.due_at.isoformat(),
+                    "paged": [mask_phone(t) for t in targets],
                 },
+            )
+            queue_service_page(
+                session,
+                purpose=VISIT_MISSED,
+                targets=targets,
+                body={
+                    "visit_id": r.id,
+                    "resident_id": r.resident_id,
+                    "period": r.period,
+                    "level": level,
+                    "to": ESCALATION_TARGETS[level],
+                    "station_id": to_station,
+                    "visit_station_id": r.station_id,
+                    "due_at": r.due_at.isoformat(),
+                },
+                channel=channel,
+                now=now,
+                visit_id=r.id,
             )
             written += 1
     return written

@@ -67,3 +67,17 @@ def test_never_a_placeholder_and_never_empty_when_the_county_exists(
     if not (station or street or county):
         assert plan.targets == ("station:county",)
     assert not any(t.startswith("supervisor:") for t in plan.targets)
+
+
+# ------------------------------------------------ a station's own people (orders, visits)
+
+
+def test_a_stations_managers_then_its_on_duty_staff_then_its_duty_group() -> None:
+    from dispatcher.notifications.area import StationPeople, managers_of, station_duty
+
+    full = StationPeople("cm1", ("user:sup-cm1", "staff:cm1-m1"), ("staff:cm1-r1",))
+    assert managers_of(full) == ("user:sup-cm1", "staff:cm1-m1")
+    assert managers_of(StationPeople("cm1", (), ("staff:cm1-r1",))) == ("staff:cm1-r1",)
+    assert managers_of(StationPeople("cm1")) == ("station:cm1",), "never dropped"
+    assert station_duty(full) == ("station:cm1", "staff:cm1-r1")
+    assert station_duty(StationPeople("cm1")) == ("station:cm1",)

@@ -103,32 +103,34 @@ async def test_a_missed_level_pages_the_manager_once_and_never_the_call_ladder(
     sid = (await c.post("/api/v1/orders", json={"resident_id": "r1", "kind": "chat"}, headers=op)).json()[
         "id"
     ]
-    notifier = LogNotifier()
-    assert await breaches.check_once(maker, now=T0 + timedelta(seconds=899), notifier=notifier) == []
-    pages = await breaches.check_once(maker, now=T0 + timedelta(seconds=1801), notifier=notifier)
-    # meal: accept within 900 s; chat (a station's): accept within 1800 s
-    assert [(p.order_id, p.level, p.target) for p in pages] == [
-        (oid, "accept", "phone:13900000001"),
-        (sid, "accept", "station:cm1"),
+    assert await breaches.check_once(maker, now=T0 + timedelta(seconds=899), channel="log") == []
+    pages = await breaches.check_once(maker, now=T0 + timedelta(seconds=1801), channel="log")
+    # meal: accept within 900 s; chat (a station's own): accept within 1800 s, its on-duty
+    # staff paged (cm1 has no manager)
+    assert [(p.order_id, p.level, p.step, p.targets) for p in pages] == [
+        (oid, "accept", "manager", ("phone:13900000001",)),
+        (sid, "accept", "manager", ("staff:cm1-r1",)),
     ]
-    assert [(m.purpose, m.target) for m in notifier.sent] == [
-        ("order_breach", "phone:13900000001"),
-        ("order_breach", "station:cm1"),
-    ]
-    assert await breaches.check_once(maker, now=T0 + timedelta(seconds=1802), notifier=notifier) == []
+    assert await breaches.check_once(maker, now=T0 + timedelta(seconds=1802), channel="log") == []
     async with maker() as s:
         rows = (await s.scalars(select(AuditRow).where(AuditRow.kind == "order_breached"))).all()
         order = await s.get(Order, oid)
-    assert sorted((r.detail["order_id"], r.detail["level"]) for r in rows) == sorted(
-        [(oid, "accept"), (sid, "accept")]
+        notes = (await s.scalars(select(Notification).order_by(Notification.id))).all()
+    assert sorted((r.detail["order_id"], r.detail["level"], r.detail["step"]) for r in rows) == sorted(
+        [(oid, "accept", "manager"), (sid, "accept", "manager")]
     )
     assert all(r.call_id is None for r in rows)
+    assert [r.detail["to"] for r in rows if r.detail["order_id"] == oid] == [["phone:139****0001"]]
     assert order is not None and order.breached == ["accept"]
-    for model in (Call, Timer, Notification):
+    assert [(n.purpose, n.target, n.order_id, n.call_id) for n in notes] == [
+        ("order_breach", "phone:13900000001", oid, None),
+        ("order_breach", "staff:cm1-r1", sid, None),
+    ]
+    for model in (Call, Timer):
         assert await count(maker, model) == 0, model.__name__
 
 
-async def test_the_dispatcher_runs_the_level_watch_with_its_notifier(world: dict[str, Any]) -> None:
+async def test_the_dispatcher_runs_the_level_watch_and_delivers_its_pages(world: dict[str, Any]) -> None:
     c: httpx.AsyncClient = world["client"]
     d: Dispatcher = world["dispatcher"]
     op = await login(c, "op-cm1")
@@ -140,8 +142,10 @@ async def test_the_dispatcher_runs_the_level_watch_with_its_notifier(world: dict
     assert isinstance(notifier, LogNotifier) and notifier.sent == []
     world["clock"].advance(901)
     await d.order_levels_once()
-    assert [(m.purpose, m.target, m.body["order_id"]) for m in notifier.sent] == [
-        ("order_breach", "phone:13900000001", oid)
+    while await d.outbox_once():
+        pass
+    assert [(m.purpose, m.target, m.call_id, m.body["order_id"]) for m in notifier.sent] == [
+        ("order_breach", "phone:13900000001", None, oid)
     ]
 
 
