@@ -351,6 +351,8 @@ def render_copykill(tr: dict[str, Any]) -> list[str]:
             f"in flight at the kill {f['in_flight_at_kill']}; handled before the kill: "
             + ", ".join(f"{n} {c}" for n, c in f["handled_before_kill"].items())
         )
+        if f.get("overloaded_before_kill"):
+            lines.append("  OVERLOADED before the kill (p99 over the goal already): 'after' measures that too")
     tm = k["timers"]
     late, base = tm["late_ms"], tm["before_late_ms"]
     for q in ("p50", "p99"):

@@ -121,13 +121,16 @@ class BenchConfig:
 
     @property
     def copykill_rate(self) -> float:
-        """Alarms a second in each copy-kill leg, one per device (each opens a call)."""
-        return 20.0 if self.quick else 50.0
+        """Alarms a second in each copy-kill leg, one per device (each opens a call): a rate
+        a busy shared 2-core machine keeps up with before the kill (50/s with 2,000
+        telemetry/s behind did not, at load 11: the pre-kill window was already seconds
+        behind, so the kill could not be judged), so the figures show the kill."""
+        return 20.0
 
     @property
     def copykill_telemetry_per_s(self) -> float:
         """Readings behind the gateway leg's alarms, so the copy killed is busy when it dies."""
-        return 500.0 if self.quick else 2_000.0
+        return 200.0 if self.quick else 500.0
 
     @property
     def copykill_leg_s(self) -> float:
