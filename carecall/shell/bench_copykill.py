@@ -171,6 +171,19 @@ def _stream(
     return gen, keys, killed[0]
 
 
+def rejections(gen: Any, keys: list[tuple[str, str]]) -> dict[str, int]:
+    """Alarms answered ``rejected``, by reason. On the shared broker another platform's
+    gateway (another bench, another test run) answers our devices ``unknown_device``:
+    the device stops resending, and the alarm counts as lost here."""
+    out: dict[str, int] = {}
+    for k in keys:
+        reason = gen.events[k].rejected
+        if reason is not None:
+            code = reason.split(":", 1)[0] or "?"
+            out[code] = out.get(code, 0) + 1
+    return out
+
+
 def _leg_result(
     waits: list[Wait], kill_mono: float, victim: Worker, handled: dict[str, int], goal_ms: float
 ) -> dict[str, Any]:
@@ -212,10 +225,12 @@ def gateway_leg(t: Target, cfg: BenchConfig, devices: list[str], say: Progress) 
     try:
         gen.wait_acked(cfg.copykill_wait_s)
         waits = [Wait(gen.events[k].first_sent, gen.events[k].acked) for k in keys]
+        rejected = rejections(gen, keys)
     finally:
         gen.close()
     stored = {(r[0], r[1]) for r in _event_rows(t.db_url, prefix)}
     fig = _leg_result(waits, kill_mono, victim, at_kill, cfg.copykill_goal_ms)
+    fig["rejected"] = rejected
     not_stored = set(keys) - stored
     fig["not_stored"] = len(not_stored)
     # lost: not acked, or acked and yet not stored (each alarm counted once)
@@ -234,7 +249,7 @@ def _line(what: str, fig: dict[str, Any]) -> str:
         f"copy-kill, {what}: {fig['sent']} sent, {fig['answered']} answered, {fig['lost']} lost; "
         f"before the kill p50 {b['p50']} / p99 {b['p99']} / max {b['max']} ms, "
         f"after p50 {a['p50']} / p99 {a['p99']} / max {a['max']} ms; longest {fig['longest_ms']} ms "
-        f"→ {fig['verdict']}"
+        f"→ {fig['verdict']}" + (f"; answered 'rejected': {fig['rejected']}" if fig.get("rejected") else "")
     )
 
 
@@ -358,9 +373,11 @@ def dispatcher_leg(
             assigned = watch.times()
             waits = [Wait(gen.events[k].first_sent, assigned.get(k)) for k in keys]
             received = [Wait(gen.events[k].first_sent, gen.events[k].acked) for k in keys]
+            rejected = rejections(gen, keys)
         finally:
             gen.close()
     fig = _leg_result(waits, kill_mono, victim, at_kill, cfg.copykill_goal_ms)
+    fig["rejected"] = rejected
     fig["received_lost"] = sum(1 for w in received if w.done is None)
     if fig["received_lost"]:
         fig["verdict"] = "not met"
