@@ -382,7 +382,16 @@ def dispatcher_leg(
     if fig["received_lost"]:
         fig["verdict"] = "not met"
     fig["calls_opened_by"] = _opened_by(t.db_url, prefix)
-    say(_line("dispatcher leg: event → 'assigned'", fig))
+    # what the dispatchers had decided for the leg's stored events when the wait ended
+    # (None: not taken yet): tells a slow intake from events taken but not opened
+    decided: dict[str, int] = {}
+    for r in _event_rows(t.db_url, prefix):
+        decided[str(r[2])] = decided.get(str(r[2]), 0) + 1
+    fig["decisions"] = decided
+    say(
+        _line("dispatcher leg: event → 'assigned'", fig)
+        + f"; decisions {decided}, opened by {fig['calls_opened_by']}"
+    )
     return fig, prefix, killed_name, kill_wall
 
 

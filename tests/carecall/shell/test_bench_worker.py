@@ -5,6 +5,7 @@ shared broker, taking other people's device messages)."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -46,4 +47,8 @@ def test_worker_stops_when_the_bench_is_killed(tmp_path: Path) -> None:
         [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=180, check=True
     )
     pid = int(out.stdout.strip())
-    assert gone(pid, 30), f"bench worker {pid} outlived its parent"
+    stopped = gone(pid, 30)
+    if not stopped:  # do not leave it running for the next test
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).kill()
+    assert stopped, f"bench worker {pid} outlived its parent"
