@@ -417,7 +417,7 @@ def phase_fleet_sizes(cfg: BenchConfig) -> dict[str, int]:
 
 
 def _phase_fleets(
-    db_url: str, cfg: BenchConfig, make_engine: Any, make_sessionmaker: Any
+    db_url: str, cfg: BenchConfig, make_engine: Any, make_sessionmaker: Any, run: str = ""
 ) -> dict[str, Fleet]:
     # the flood's devices get secrets: the flooding one connects as itself, like a device
     return {
@@ -426,7 +426,7 @@ def _phase_fleets(
             n,
             make_engine,
             make_sessionmaker,
-            prefix=f"bench{phase[0]}{'k' if phase == 'copy-kill' else ''}",
+            prefix=f"bench{run}{phase[0]}{'k' if phase == 'copy-kill' else ''}",
             with_secrets=phase == "flood",
         )
         for phase, n in phase_fleet_sizes(cfg).items()
@@ -516,8 +516,14 @@ def real_target(cfg: BenchConfig, workdir: Path, say: Progress) -> Iterator[Targ
     console: RedisConsole | None = None
     try:
         upgrade(db_url)
-        fleet = _provision(db_url, cfg.homes, make_engine, make_sessionmaker)
-        fleets = _phase_fleets(db_url, cfg, make_engine, make_sessionmaker)
+        # Device ids of this run only: the broker is shared, and every real target's
+        # gateways take every device's messages. With the same ids in two runs at once (two
+        # benches, or a bench and a test), each platform stored and routed the other's
+        # alarms as its own (a copy-kill leg's alarms queued behind another bench's storm);
+        # with ids of its own, a foreign device is unknown: counted, refused, not answered.
+        run = secrets.token_hex(2)
+        fleet = _provision(db_url, cfg.homes, make_engine, make_sessionmaker, prefix=f"bench{run}")
+        fleets = _phase_fleets(db_url, cfg, make_engine, make_sessionmaker, run)
         group = f"bench-{secrets.token_hex(3)}"
         base_env = {
             "CARECALL_DATABASE_URL": db_url,
