@@ -17,8 +17,8 @@ payload size:
 - (issue 15, ``--phases``) the alarm path and storm again while a helper process holds
   one core (contended), and other devices' alarms during one device's junk flood (flood),
   each beside its quiet figure with the ratio (carecall/shell/bench_lanes.py);
-- (issue 15, ``--phases copy-kill``, real target only) one of two gateway copies, then
-  one of two dispatcher copies SIGKILLed mid-stream: the longest alarm wait, before vs
+- (issue 15, ``--phases copy-kill``, real target only) one of two dispatcher copies, then
+  one of two gateway copies SIGKILLed mid-stream: the longest alarm wait, before vs
   after the kill in the same run, and the dead copy's escalation timers
   (carecall/shell/bench_copykill.py).
 

@@ -6,13 +6,14 @@ With two gateway copies and two dispatcher copies on the real services (Mosquitt
 alarm per device, each opens a call of its own) at a steady rate and, half-way, SIGKILLs
 one copy — by the PID the bench started it with — and keeps streaming:
 
-1. **gateway leg**: one gateway copy killed; each alarm's wait from its first send to its
-   ``received`` ack (the load generator resends every 2 s like a device), before vs after;
-2. **dispatcher leg**: one dispatcher copy killed; each alarm's wait from its first send to
-   its ``assigned`` ack (a call opened and routed, the device told), before vs after;
+1. **dispatcher leg**: one dispatcher copy killed; each alarm's wait from its first send
+   to its ``assigned`` ack (a call opened and routed, the device told), before vs after;
+2. **gateway leg** (run while the dead dispatcher's reminders come due): one gateway copy
+   killed; each alarm's wait from its first send to its ``received`` ack (the load
+   generator resends every 2 s like a device), before vs after;
 3. **timers**: the escalation timers of calls the killed dispatcher copy opened that came
    due after it died (the policy's reminders, 20 s after a call opens) must still fire:
-   fired − due, beside the timers of the same calls due before the kill.
+   fired − due, beside the leg's timers due and fired before the kill.
 
 Figures come from carecall/shell/bench_copykill_figures.py (pure). The killed copies are
 not restarted: later phases (none, copy-kill runs last) would run on the survivors. Every

@@ -46,7 +46,7 @@ def bench_command(
             help="Comma-separated: quiet (alarm path, storm, timers), contended (the same "
             "with one core held by a CPU loop), flood (other devices' alarms during one "
             "device's 1,000 malformed messages/s), copy-kill (real target only: SIGKILL of one "
-            "of two gateway copies, then of one of two dispatcher copies, mid-stream; the "
+            "of two dispatcher copies, then of one of two gateway copies, mid-stream; the "
             "longest alarm wait and the dead copy's timers, before vs after). The baseline "
             "always runs, the ingest ramp unless copy-kill is the only phase."
         ),
