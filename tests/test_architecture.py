@@ -58,6 +58,7 @@ DECISIONS = (
     "dispatcher.registry.reasons",
     "dispatcher.oversight.orders_figures",
     "dispatcher.oversight.visits_figures",
+    "carecall.shell.bench_copykill_figures",
 )
 IO_LIBRARIES = (
     "sqlalchemy",

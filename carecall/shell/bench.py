@@ -16,7 +16,11 @@ payload size:
 - CPU and memory of every process taking part;
 - (issue 15, ``--phases``) the alarm path and storm again while a helper process holds
   one core (contended), and other devices' alarms during one device's junk flood (flood),
-  each beside its quiet figure with the ratio (carecall/shell/bench_lanes.py).
+  each beside its quiet figure with the ratio (carecall/shell/bench_lanes.py);
+- (issue 15, ``--phases copy-kill``, real target only) one of two dispatcher copies, then
+  one of two gateway copies SIGKILLed mid-stream: the longest alarm wait, before vs
+  after the kill in the same run, and the dead copy's escalation timers
+  (carecall/shell/bench_copykill.py).
 
 Targets are goals, not asserts: a miss is marked in the table and in the JSON.
 Load goes to 127.0.0.1 only; every phase is bounded in count and time; every process the
@@ -36,7 +40,9 @@ from typing import Any
 
 import psutil
 
-from carecall.shell.bench_compare import lane_rows, storm_lost
+from carecall.shell.bench_compare import lane_rows, phases_for_target, runs_ingest, storm_lost
+from carecall.shell.bench_copykill import copy_kill
+from carecall.shell.bench_copykill_figures import GOAL_LONGEST_WAIT_MS
 from carecall.shell.bench_lanes import contended, flood
 from carecall.shell.bench_phases import alarm_path, baseline, ingest, storm, timer_lateness
 from carecall.shell.bench_targets import (
@@ -58,6 +64,17 @@ TARGETS: dict[str, tuple[str, float]] = {
     "storm_lost": ("<=", 0.0),
     "console_p99_ms": ("<=", 250.0),
     "timer_late_p99_ms": ("<=", 1000.0),
+}
+
+# Issue 15's copy-kill targets, judged when the phase ran: the longest wait after SIGKILL
+# of 1 of 2 copies, and "same for dispatchers and timers"
+COPYKILL_TARGETS: dict[str, tuple[str, float]] = {
+    "copykill_gateway_longest_ms": ("<=", GOAL_LONGEST_WAIT_MS),
+    "copykill_gateway_lost": ("<=", 0.0),
+    "copykill_dispatcher_longest_ms": ("<=", GOAL_LONGEST_WAIT_MS),
+    "copykill_dispatcher_lost": ("<=", 0.0),
+    "copykill_timers_late_max_ms": ("<=", GOAL_LONGEST_WAIT_MS),
+    "copykill_timers_missed": ("<=", 0.0),
 }
 
 
@@ -127,39 +144,66 @@ def _flood_figures(f: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def bench_target(t: Target, cfg: BenchConfig, say: Progress) -> dict[str, Any]:
-    base = baseline(t.host, t.port, t.observer_creds, cfg, say)
-    ing = ingest(t, base["throughput_msg_s"], cfg, say)
-    ratio = ing["sustained_msg_s"] / base["throughput_msg_s"] if base["throughput_msg_s"] else 0.0
-    figures: dict[str, Any] = {
-        "baseline_msg_s": base["throughput_msg_s"],
-        "ingest_msg_s": ing["sustained_msg_s"],
-        "ingest_ratio": round(ratio, 3),
+def _copykill_figures(k: dict[str, Any]) -> dict[str, Any]:
+    gw, dsp, tm = k["gateway"], k["dispatcher"], k["timers"]
+    return {
+        "copykill_gateway_longest_ms": gw["longest_ms"],
+        "copykill_gateway_lost": gw["lost"],
+        "copykill_dispatcher_longest_ms": dsp["longest_ms"],
+        "copykill_dispatcher_lost": dsp["lost"] + dsp["received_lost"],
+        "copykill_timers_late_max_ms": tm["late_ms"]["max"],
+        "copykill_timers_missed": tm["missed"],
     }
-    out: dict[str, Any] = {"target": t.name, "phases": list(cfg.phases), "baseline": base, "ingest": ing}
+
+
+def bench_target(t: Target, cfg: BenchConfig, say: Progress) -> dict[str, Any]:
+    phases = phases_for_target("embedded" if t.name == "embedded" else "real", cfg.phases)
+    base = baseline(t.host, t.port, t.observer_creds, cfg, say)
+    figures: dict[str, Any] = {"baseline_msg_s": base["throughput_msg_s"]}
+    if runs_ingest(phases):
+        ing = ingest(t, base["throughput_msg_s"], cfg, say)
+        ratio = ing["sustained_msg_s"] / base["throughput_msg_s"] if base["throughput_msg_s"] else 0.0
+        figures.update({"ingest_msg_s": ing["sustained_msg_s"], "ingest_ratio": round(ratio, 3)})
+    else:
+        say("ingest ramp not run: copy-kill compares with its own pre-kill window")
+        ing = {"sustained_msg_s": None, "steps": [], "skipped": True}
+        figures.update({"ingest_msg_s": None, "ingest_ratio": None})
+    out: dict[str, Any] = {"target": t.name, "phases": list(phases), "baseline": base, "ingest": ing}
     out["processes"] = {}
-    if "quiet" in cfg.phases:
+    if "quiet" in phases:
         q = _quiet(t, cfg, ing["sustained_msg_s"], say)
         out.update(q)
         figures.update(_quiet_figures(q))
-    if "contended" in cfg.phases:
+    if "contended" in phases:
         say("--- phase contended")
         out["contended"] = contended(t, cfg, ing["sustained_msg_s"], say)
         figures.update(_contended_figures(out["contended"]))
-    if "flood" in cfg.phases:
+    if "flood" in phases:
         say("--- phase flood")
         out["flood"] = flood(t, cfg, say)
         figures.update(_flood_figures(out["flood"]))
+    if "copy-kill" in phases:  # last: it leaves one gateway and one dispatcher copy dead
+        say("--- phase copy-kill")
+        out["copy-kill"] = copy_kill(t, cfg, say)
+        figures.update(_copykill_figures(out["copy-kill"]))
+    elif "copy-kill" in cfg.phases:
+        say("--- phase copy-kill: real target only, not run on this one")
     out["figures"] = figures
-    out["missed"] = missed(figures, cfg.phases)
+    out["missed"] = missed(figures, phases)
     return out
 
 
 def missed(figures: dict[str, Any], phases: tuple[str, ...] = ("quiet",)) -> list[str]:
-    """Issue 6's targets missed; the quiet phase's figures count only when it ran."""
+    """Targets missed: issue 6's (the quiet phase's figures count only when it ran, the
+    ingest ratio only when the ramp ran) and issue 15's copy-kill ones when it ran."""
     out: list[str] = []
-    for key, (op, goal) in TARGETS.items():
-        if key != "ingest_ratio" and "quiet" not in phases:
+    targets = dict(TARGETS)
+    if "copy-kill" in phases:
+        targets.update(COPYKILL_TARGETS)
+    for key, (op, goal) in targets.items():
+        if key == "ingest_ratio" and not runs_ingest(phases):
+            continue
+        if key != "ingest_ratio" and key not in COPYKILL_TARGETS and "quiet" not in phases:
             continue
         value = figures.get(key)
         if value is None:
@@ -240,8 +284,12 @@ def render(result: dict[str, Any]) -> str:
         for name, u in tr["processes"].items():
             lines.append(f"  {name:<40} CPU {u['cpu_pct']:>6.1f} %   RSS peak {u['rss_peak_mb']:>8.1f} MB")
         lines.extend(_render_lanes(tr, phases))
+        lines.extend(render_copykill(tr))
         judged = "" if "quiet" in phases else " (quiet phase not run: only the ingest ratio judged)"
-        lines.append(f"missed targets (issue 6){judged}: " + (", ".join(tr["missed"]) or "none"))
+        if not runs_ingest(phases):
+            judged = " (quiet phase and ingest ramp not run)"
+        label = "issue 6, issue 15 copy-kill" if "copy-kill" in phases else "issue 6"
+        lines.append(f"missed targets ({label}){judged}: " + (", ".join(tr["missed"]) or "none"))
     return "\n".join(lines)
 
 
@@ -267,6 +315,60 @@ def _render_lanes(tr: dict[str, Any], phases: tuple[str, ...]) -> list[str]:
             f"{f['gateway_rejections']:,} rejections counted; alarms at {_fmt(f['alarms_per_s'])}/s from others; "
             f"the flooding device's own SOS: {'acked in ' + _fmt(own) + ' ms' if own is not None else 'NOT acked'}"
         )
+    return lines
+
+
+def render_copykill(tr: dict[str, Any]) -> list[str]:
+    """The copy-kill rows: before / after the kill (same run), after ÷ before, the target."""
+    k = tr.get("copy-kill")
+    if not k:
+        return []
+    goal = _fmt(k["goal_ms"])
+    lines = [
+        f"copy-kill: {k['rate_per_s']:g} alarms/s for {k['leg_s']:g} s per leg, one alarm per device "
+        f"({k['telemetry_per_s']:,.0f} telemetry/s behind the gateway leg's), SIGKILL at "
+        f"{k['kill_at_fraction']:.0%} of the stream; before = sent and answered before the kill",
+        f"{'copy-kill: figure':<58} {'before':>10} {'after':>10} {'× before':>11}  target",
+    ]
+    for leg, what in (("gateway", "'received'"), ("dispatcher", "'assigned'")):
+        f = k[leg]
+        b, a = f["before_ms"], f["after_ms"]
+        name = f"{leg} copy killed: event→{what}"
+        for q in ("p50", "p99", "max"):
+            r = f[f"ratio_{q}"]
+            lines.append(f"{name + ' ' + q + ' (ms)':<58} {_fmt(b[q]):>10} {_fmt(a[q]):>10} {_fmt(r):>11}")
+        lines.append(
+            f"{name + ' longest wait (ms)':<58} {'':>10} {_fmt(f['longest_ms']):>10} {'':>11}  "
+            f"≤{goal}: {f['verdict']}"
+        )
+        lost = f["lost"] + f.get("received_lost", 0)
+        lines.append(
+            f"{'  alarms sent / answered / lost':<58} {'':>10} "
+            f"{str(f['sent']) + ' / ' + str(f['answered']) + ' / ' + str(lost):>22}  lost 0"
+        )
+        lines.append(
+            f"  killed {f['killed']} pid {f['killed_pid']} ({'gone' if f['killed_pid_gone'] else 'STILL RUNNING'}); "
+            f"in flight at the kill {f['in_flight_at_kill']}; handled before the kill: "
+            + ", ".join(f"{n} {c}" for n, c in f["handled_before_kill"].items())
+        )
+        if f.get("overloaded_before_kill"):
+            lines.append("  OVERLOADED before the kill (p99 over the goal already): 'after' measures that too")
+    tm = k["timers"]
+    late, base = tm["late_ms"], tm["before_late_ms"]
+    for q in ("p50", "p99"):
+        r = tm[f"ratio_{q}"]
+        lines.append(
+            f"{'timers of the dead copy: fired−due ' + q + ' (ms)':<58} {_fmt(base[q]):>10} {_fmt(late[q]):>10} {_fmt(r):>11}"
+        )
+    lines.append(
+        f"{'timers of the dead copy: fired−due max (ms)':<58} {_fmt(base['max']):>10} {_fmt(late['max']):>10} "
+        f"{'':>11}  ≤{goal}: {tm['verdict']}"
+    )
+    lines.append(
+        f"  timers of the dead copy's calls due while it was dead (up to {tm['window_s']:g} s after the "
+        f"kill): {tm['due_after_kill']}, fired {tm['fired']}, not fired {tm['missed']}; before = the leg's "
+        f"{tm['before_fired']} timers due and fired before the kill"
+    )
     return lines
 
 

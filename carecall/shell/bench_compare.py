@@ -8,10 +8,45 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-PHASES = ("quiet", "contended", "flood")
+PHASES = ("quiet", "contended", "flood", "copy-kill")
 """quiet: alarm path, storm, timers as before; contended: the alarm path and storm again
 while a helper process keeps one core busy; flood: one device sends junk while others
-send alarms. The baseline and the ingest ramp always run (every ratio needs them)."""
+send alarms; copy-kill (real target only): one of two gateway copies, then one of two
+dispatcher copies, SIGKILLed mid-stream. The baseline always runs; the ingest ramp runs
+unless copy-kill is the only phase (copy-kill compares with its own pre-kill window)."""
+
+DEFAULT_PHASES = ("quiet", "contended", "flood")
+"""What ``--phases`` selects when not given: copy-kill needs the real target."""
+
+REAL_ONLY = ("copy-kill",)
+
+
+def runs_ingest(phases: tuple[str, ...]) -> bool:
+    """The ingest ramp runs unless copy-kill is the only phase."""
+    return tuple(phases) != ("copy-kill",)
+
+
+def phases_for_target(target: str, phases: tuple[str, ...]) -> tuple[str, ...]:
+    """The selected phases that run on ``target`` ("embedded" or "real"): the embedded
+    target (one process) has no copy to kill, so it leaves the real-only phases out."""
+    if target == "embedded":
+        return tuple(p for p in phases if p not in REAL_ONLY)
+    return tuple(phases)
+
+
+def check_phases_for_targets(targets: tuple[str, ...], phases: tuple[str, ...]) -> None:
+    """A real-only phase asked of the embedded target alone is an error, with the fix."""
+    asked = [p for p in phases if p in REAL_ONLY]
+    if asked and "real" not in targets:
+        raise ValueError(
+            f"the {asked[0]} phase runs on the real target only (two gateway and two dispatcher "
+            "processes on Mosquitto, PostgreSQL and Redis): add --target real"
+        )
+    if "embedded" in targets and not phases_for_target("embedded", phases):
+        raise ValueError(
+            f"--target embedded has nothing to run: {', '.join(phases)} is real-target only; "
+            "use --target real"
+        )
 
 
 def parse_phases(text: str) -> tuple[str, ...]:

@@ -108,6 +108,59 @@ class BenchConfig:
     def flood_alarms_per_s(self) -> float:
         return 50.0
 
+    # ------------------------------------------------------------------ copy-kill
+
+    @property
+    def real_gateways(self) -> int:
+        """Gateway copies the real target starts: the copy-kill phase needs two."""
+        return max(self.gateways, 2) if "copy-kill" in self.phases else self.gateways
+
+    @property
+    def real_dispatchers(self) -> int:
+        return max(self.dispatchers, 2) if "copy-kill" in self.phases else self.dispatchers
+
+    @property
+    def copykill_rate(self) -> float:
+        """Alarms a second in each copy-kill leg, one per device (each opens a call): a rate
+        a busy shared 2-core machine keeps up with before the kill (50/s with 2,000
+        telemetry/s behind did not, at load 11: the pre-kill window was already seconds
+        behind, so the kill could not be judged), so the figures show the kill."""
+        return 20.0
+
+    @property
+    def copykill_telemetry_per_s(self) -> float:
+        """Readings behind the gateway leg's alarms, so the copy killed is busy when it dies."""
+        return 200.0 if self.quick else 500.0
+
+    @property
+    def copykill_leg_s(self) -> float:
+        return 6.0 if self.quick else 30.0
+
+    @property
+    def copykill_kill_at(self) -> float:
+        """The fraction of a leg's stream after which the copy is SIGKILLed."""
+        return 0.5
+
+    @property
+    def copykill_alarms(self) -> int:
+        return int(self.copykill_rate * self.copykill_leg_s) + 1
+
+    @property
+    def copykill_wait_s(self) -> float:
+        """The longest the phase waits for acks, ``assigned`` and timers after a stream."""
+        return 10.0 if self.quick else 30.0
+
+    @property
+    def copykill_timer_window_s(self) -> float:
+        """Timers of the killed dispatcher copy's calls due this long after its death are
+        judged: long enough for the reminder config/escalation.yaml schedules 20 s after a
+        call opens, of every call the copy opened before it died."""
+        return 21.0 if self.quick else 25.0
+
+    @property
+    def copykill_goal_ms(self) -> float:
+        return 5_000.0
+
 
 # --------------------------------------------------------------------------- helpers
 
@@ -132,6 +185,7 @@ class Worker:
     proc: subprocess.Popen[bytes]
     stats_path: Path
     log_path: Path
+    instance: str = ""  # its CARECALL_INSTANCE (a dispatcher copy is named from it)
 
     def stats(self) -> dict[str, Any]:
         try:
@@ -158,12 +212,22 @@ def start_worker(role: str, name: str, env: dict[str, str], workdir: Path) -> Wo
     full_env.setdefault("CARECALL_LOG_LEVEL", "WARNING")
     with log_path.open("ab") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "carecall.shell.bench_worker", role, "--stats", str(stats_path)],
+            # --parent: the worker stops by itself once the bench is gone (even SIGKILLed)
+            [
+                sys.executable,
+                "-m",
+                "carecall.shell.bench_worker",
+                role,
+                "--stats",
+                str(stats_path),
+                "--parent",
+                str(os.getpid()),
+            ],
             env=full_env,
             stdout=fh,
             stderr=subprocess.STDOUT,
         )
-    return Worker(name, proc, stats_path, log_path)
+    return Worker(name, proc, stats_path, log_path, env.get("CARECALL_INSTANCE", ""))
 
 
 def wait_ready(workers: list[Worker], timeout_s: float = 60.0) -> None:
@@ -347,11 +411,13 @@ def phase_fleet_sizes(cfg: BenchConfig) -> dict[str, int]:
         sizes["contended"] = cfg.homes
     if "flood" in cfg.phases:
         sizes["flood"] = 1 + 2 * round(cfg.flood_alarms_per_s * cfg.flood_s)
+    if "copy-kill" in cfg.phases and "real" in cfg.targets:
+        sizes["copy-kill"] = 2 * cfg.copykill_alarms  # a gateway leg and a dispatcher leg
     return sizes
 
 
 def _phase_fleets(
-    db_url: str, cfg: BenchConfig, make_engine: Any, make_sessionmaker: Any
+    db_url: str, cfg: BenchConfig, make_engine: Any, make_sessionmaker: Any, run: str = ""
 ) -> dict[str, Fleet]:
     # the flood's devices get secrets: the flooding one connects as itself, like a device
     return {
@@ -360,7 +426,7 @@ def _phase_fleets(
             n,
             make_engine,
             make_sessionmaker,
-            prefix=f"bench{phase[0]}",
+            prefix=f"bench{run}{phase[0]}{'k' if phase == 'copy-kill' else ''}",
             with_secrets=phase == "flood",
         )
         for phase, n in phase_fleet_sizes(cfg).items()
@@ -450,8 +516,14 @@ def real_target(cfg: BenchConfig, workdir: Path, say: Progress) -> Iterator[Targ
     console: RedisConsole | None = None
     try:
         upgrade(db_url)
-        fleet = _provision(db_url, cfg.homes, make_engine, make_sessionmaker)
-        fleets = _phase_fleets(db_url, cfg, make_engine, make_sessionmaker)
+        # Device ids of this run only: the broker is shared, and every real target's
+        # gateways take every device's messages. With the same ids in two runs at once (two
+        # benches, or a bench and a test), each platform stored and routed the other's
+        # alarms as its own (a copy-kill leg's alarms queued behind another bench's storm);
+        # with ids of its own, a foreign device is unknown: counted, refused, not answered.
+        run = secrets.token_hex(2)
+        fleet = _provision(db_url, cfg.homes, make_engine, make_sessionmaker, prefix=f"bench{run}")
+        fleets = _phase_fleets(db_url, cfg, make_engine, make_sessionmaker, run)
         group = f"bench-{secrets.token_hex(3)}"
         base_env = {
             "CARECALL_DATABASE_URL": db_url,
@@ -460,27 +532,32 @@ def real_target(cfg: BenchConfig, workdir: Path, say: Progress) -> Iterator[Targ
             "CARECALL_MQTT_SHARED_GROUP": group,
         }
         gws = []
-        for i in range(cfg.gateways):
+        for i in range(cfg.real_gateways):
             inst = f"bench-gw{i}-{secrets.token_hex(2)}"
             instances.append(f"carecall-gateway-{inst}")
             gws.append(
                 start_worker("gateway", f"gateway{i}", {**base_env, "CARECALL_INSTANCE": inst}, workdir)
             )
         dsps = [
+            # unique per run: a dispatcher's broker client id is made from it
             start_worker(
-                "dispatcher", f"dispatcher{i}", {**base_env, "CARECALL_INSTANCE": f"bench-d{i}"}, workdir
+                "dispatcher",
+                f"dispatcher{i}",
+                {**base_env, "CARECALL_INSTANCE": f"bench-d{i}-{secrets.token_hex(2)}"},
+                workdir,
             )
-            for i in range(cfg.dispatchers)
+            for i in range(cfg.real_dispatchers)
         ]
         workers = gws + dsps
         wait_ready(workers)
         console = RedisConsole(REDIS_URL)
         say(
             f"real target up: Mosquitto {MOSQUITTO[0]}:{MOSQUITTO[1]}, PostgreSQL {name}, Redis; "
-            f"{cfg.gateways} gateway(s), {cfg.dispatchers} dispatcher(s)"
+            f"{cfg.real_gateways} gateway(s), {cfg.real_dispatchers} dispatcher(s) "
+            f"(pids {', '.join(str(w.proc.pid) for w in workers)})"
         )
         yield Target(
-            name=f"real ({cfg.gateways} gw, {cfg.dispatchers} dsp)",
+            name=f"real ({cfg.real_gateways} gw, {cfg.real_dispatchers} dsp)",
             host=MOSQUITTO[0],
             port=MOSQUITTO[1],
             loadgen_creds=(None, None),

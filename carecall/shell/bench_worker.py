@@ -12,7 +12,9 @@ the benchmark can subtract its own publish times).
 
     python -m carecall.shell.bench_worker {embedded|gateway|dispatcher} --stats FILE [...]
 
-Settings come from CARECALL_* like every other process. SIGTERM stops it after draining.
+Settings come from CARECALL_* like every other process. SIGTERM stops it after draining;
+with ``--parent PID`` it also stops by itself once that process (the bench) is gone, so a
+bench killed with SIGKILL leaves no gateway or dispatcher behind on the shared broker.
 """
 
 from __future__ import annotations
@@ -107,11 +109,23 @@ async def _console(core: Core, stats: _Stats) -> None:
                 stats.console[cid] = now
 
 
-async def main_async(role: str, stats_path: Path, platform_password: str | None) -> None:
+async def watch_parent(parent: int, stop: asyncio.Event, every_s: float = 0.5) -> None:
+    """Set ``stop`` once our parent is gone (we were re-parented)."""
+    while not stop.is_set():
+        if os.getppid() != parent:
+            stop.set()
+            return
+        await asyncio.sleep(every_s)
+
+
+async def main_async(
+    role: str, stats_path: Path, platform_password: str | None, parent: int | None = None
+) -> None:
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
     stop = asyncio.Event()
     install_signal_handlers(stop)
+    orphan = asyncio.create_task(watch_parent(parent, stop)) if parent is not None else None
     stats = _Stats(stats_path, role)
     core = await open_core(settings)
     try:
@@ -127,6 +141,8 @@ async def main_async(role: str, stats_path: Path, platform_password: str | None)
             target = MqttTarget.from_url(settings.mqtt_url)
             await _serve(core, role, target, settings.mqtt_shared_group, stats, stop)
     finally:
+        if orphan is not None:
+            orphan.cancel()
         await core.close()
 
 
@@ -176,8 +192,9 @@ def main() -> None:
     parser.add_argument("role", choices=["embedded", "gateway", "dispatcher"])
     parser.add_argument("--stats", type=Path, required=True)
     parser.add_argument("--platform-password", default=os.environ.get("CARECALL_BENCH_PLATFORM_PASSWORD"))
+    parser.add_argument("--parent", type=int, default=None, help="stop once this process is gone")
     args = parser.parse_args()
-    asyncio.run(main_async(args.role, args.stats, args.platform_password))
+    asyncio.run(main_async(args.role, args.stats, args.platform_password, args.parent))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from carecall.shell.bench import render, run_bench
-from carecall.shell.bench_compare import PHASES, parse_phases
+from carecall.shell.bench_compare import DEFAULT_PHASES, check_phases_for_targets, parse_phases
 from carecall.shell.bench_targets import BenchConfig
 
 
@@ -33,17 +33,24 @@ def bench_command(
             "PostgreSQL + Redis on 127.0.0.1), or all."
         ),
     ] = "embedded",
-    gateways: Annotated[int, typer.Option(help="Gateway copies (real target).", min=1, max=8)] = 1,
-    dispatchers: Annotated[int, typer.Option(help="Dispatcher copies (real target).", min=1, max=8)] = 1,
+    gateways: Annotated[
+        int, typer.Option(help="Gateway copies (real target; at least 2 with copy-kill).", min=1, max=8)
+    ] = 1,
+    dispatchers: Annotated[
+        int, typer.Option(help="Dispatcher copies (real target; at least 2 with copy-kill).", min=1, max=8)
+    ] = 1,
     json_file: Annotated[Path | None, typer.Option("--json", help="Write every figure as JSON here.")] = None,
     phases: Annotated[
         str,
         typer.Option(
             help="Comma-separated: quiet (alarm path, storm, timers), contended (the same "
             "with one core held by a CPU loop), flood (other devices' alarms during one "
-            "device's 1,000 malformed messages/s). The baseline and ingest always run."
+            "device's 1,000 malformed messages/s), copy-kill (real target only: SIGKILL of one "
+            "of two dispatcher copies, then of one of two gateway copies, mid-stream; the "
+            "longest alarm wait and the dead copy's timers, before vs after). The baseline "
+            "always runs, the ingest ramp unless copy-kill is the only phase."
         ),
-    ] = ",".join(PHASES),
+    ] = ",".join(DEFAULT_PHASES),
 ) -> None:
     """Measure throughput and latency on this machine against a same-run baseline (raw
     paho → broker → paho): ingest, alarm acks, storm, console push, timers, CPU/memory.
@@ -53,6 +60,7 @@ def bench_command(
     targets = ("embedded", "real") if target == "all" else (target,)
     try:
         selected = parse_phases(phases)
+        check_phases_for_targets(targets, selected)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--phases") from exc
     cfg = BenchConfig(

@@ -64,3 +64,65 @@ def test_issue6_targets_are_judged_only_on_the_phases_that_ran() -> None:
     # without the quiet phase its figures are absent, which is not a miss
     assert missed(slow, ("contended", "flood")) == []
     assert missed({"ingest_ratio": 0.2}, ("flood",)) == ["ingest_ratio"]
+
+
+def test_copy_kill_is_a_phase_but_not_a_default_one() -> None:
+    from carecall.shell.bench_compare import DEFAULT_PHASES
+
+    assert parse_phases("copy-kill,quiet") == ("quiet", "copy-kill")
+    assert "copy-kill" not in DEFAULT_PHASES  # the default target is embedded
+    assert set(DEFAULT_PHASES) < set(PHASES)
+
+
+def test_copy_kill_needs_the_real_target() -> None:
+    from carecall.shell.bench_compare import check_phases_for_targets, phases_for_target
+
+    with pytest.raises(ValueError, match=r"real target only.*--target real"):
+        check_phases_for_targets(("embedded",), ("quiet", "copy-kill"))
+    with pytest.raises(ValueError, match="nothing to run"):
+        check_phases_for_targets(("embedded", "real"), ("copy-kill",))
+    check_phases_for_targets(("real",), ("copy-kill",))
+    check_phases_for_targets(("embedded", "real"), ("flood", "copy-kill"))
+    # --target all: the embedded target leaves it out, the real one runs it
+    assert phases_for_target("embedded", ("flood", "copy-kill")) == ("flood",)
+    assert phases_for_target("real", ("flood", "copy-kill")) == ("flood", "copy-kill")
+
+
+def test_ingest_is_skipped_only_when_copy_kill_runs_alone() -> None:
+    from carecall.shell.bench_compare import runs_ingest
+
+    assert not runs_ingest(("copy-kill",))
+    assert runs_ingest(("quiet", "copy-kill"))
+    assert runs_ingest(("flood",))
+
+
+def test_copy_kill_targets_are_judged_when_it_ran() -> None:
+    from carecall.shell.bench import missed
+
+    good = {
+        "copykill_gateway_longest_ms": 2100.0,
+        "copykill_gateway_lost": 0,
+        "copykill_dispatcher_longest_ms": 900.0,
+        "copykill_dispatcher_lost": 0,
+        "copykill_timers_late_max_ms": 40.0,
+        "copykill_timers_missed": 0,
+    }
+    # copy-kill alone: no ingest ratio, no quiet figures to judge
+    assert missed(good, ("copy-kill",)) == []
+    slow = {**good, "copykill_gateway_longest_ms": 5200.0, "copykill_timers_missed": 1}
+    assert missed(slow, ("copy-kill",)) == ["copykill_gateway_longest_ms", "copykill_timers_missed"]
+    # a figure the phase could not measure is a miss, not a pass
+    assert missed({**good, "copykill_timers_late_max_ms": None}, ("copy-kill",)) == [
+        "copykill_timers_late_max_ms"
+    ]
+    assert missed({"ingest_ratio": 0.9}, ("flood",)) == []
+
+
+def test_bench_refuses_copy_kill_on_the_embedded_target() -> None:
+    from typer.testing import CliRunner
+
+    from carecall.shell.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "--phases", "copy-kill"])
+    assert result.exit_code == 2
+    assert "real target only" in result.output and "--target real" in result.output

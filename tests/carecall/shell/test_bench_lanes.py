@@ -1,9 +1,11 @@
-"""``carecall bench --quick`` with the lane phases (issue 15) on the embedded target: a
-crash and correctness check, not a timing test. The report carries the contended and
-flood rows with their quiet figures, and the CPU hog is gone after the run (by PID).
+"""``carecall bench --quick`` with the lane phases (issue 15): a crash and correctness
+check, not a timing test. On the embedded target the report carries the contended and
+flood rows with their quiet figures, and the CPU hog is gone after the run (by PID). On
+the real target (Mosquitto, PostgreSQL and Redis on 127.0.0.1, as in CI) the copy-kill
+phase loses no alarm, reports its rows, and leaves none of its processes behind (by PID).
 
-The platform is started by the bench itself (amqtt + SQLite in a worker process), so the
-test runs the command as a user would, in a process of its own.
+The platform is started by the bench itself (worker processes), so the test runs the
+command as a user would, in a process of its own.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -97,3 +101,92 @@ def test_quick_bench_reports_contended_and_flood_and_leaves_no_hog(tmp_path: Pat
     assert figures["flood_quiet_ack_p99_ms"] is not None
     assert tr["contended"]["storm"]["events"] > 0
     assert tr["contended"]["alarm"]["events"] > 0
+
+
+def _descendants(pid: int, seen: set[int], stop: threading.Event) -> None:
+    """Every process the bench starts, directly or not, sampled until ``stop``."""
+    while not stop.is_set():
+        try:
+            seen.update(c.pid for c in psutil.Process(pid).children(recursive=True))
+        except psutil.Error:
+            return
+        time.sleep(0.1)
+
+
+def running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def test_quick_copy_kill_on_the_real_target_loses_nothing_and_leaves_no_process(tmp_path: Path) -> None:
+    out_json = tmp_path / "bench.json"
+    env = {**os.environ, "CARECALL_LOG_LEVEL": "WARNING", "COLUMNS": "200"}
+    env.pop("CARECALL_DATABASE_URL", None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "carecall.shell.cli",
+        "bench",
+        "--quick",
+        "--target",
+        "real",
+        "--phases",
+        "copy-kill",
+        "--json",
+        str(out_json),
+    ]
+    children: set[int] = set()
+    stop = threading.Event()
+    bench = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    watcher = threading.Thread(target=_descendants, args=(bench.pid, children, stop), daemon=True)
+    watcher.start()
+    try:
+        stdout, stderr = bench.communicate(timeout=240)  # the bench bounds every leg itself
+    finally:
+        stop.set()
+        watcher.join(5)
+        if bench.poll() is None:
+            bench.kill()
+            bench.communicate()
+    assert bench.returncode == 0, stderr[-3000:]
+    assert "--- phase copy-kill" in stderr and "ingest ramp not run" in stderr
+    for row in (
+        "gateway copy killed: event→'received' p50 (ms)",
+        "gateway copy killed: event→'received' max (ms)",
+        "gateway copy killed: event→'received' longest wait (ms)",
+        "dispatcher copy killed: event→'assigned' p99 (ms)",
+        "dispatcher copy killed: event→'assigned' longest wait (ms)",
+        "timers of the dead copy: fired−due max (ms)",
+        "alarms sent / answered / lost",
+    ):
+        assert row in stdout, f"missing row {row!r} in:\n{stdout}"
+
+    (tr,) = json.loads(out_json.read_text(encoding="utf-8"))["targets"]
+    assert tr["phases"] == ["copy-kill"] and tr["target"] == "real (2 gw, 2 dsp)"
+    k = tr["copy-kill"]
+    for leg in ("gateway", "dispatcher"):
+        f = k[leg]
+        assert f["sent"] > 0 and f["sent_after_kill"] > 0
+        assert f["lost"] == 0, f"{leg} leg lost {f['lost']} alarms"
+        assert f["answered"] == f["sent"] and f["longest_ms"] is not None
+        # how many alarms fell before the kill, and how many of them the killed copy had
+        # taken, depends on how busy the machine is: reported, not asserted here
+        assert set(f["handled_before_kill"]) >= {f["killed"]}
+        assert f["verdict"] in ("met", "not met", "not measured")
+        assert f["killed_pid_gone"] and not running(f["killed_pid"])
+    assert k["dispatcher"]["received_lost"] == 0
+    assert k["gateway"]["not_stored"] == 0
+    # every timer of the dead dispatcher's calls that came due was fired by the survivor
+    tm = k["timers"]
+    assert tm["missed"] == 0 and tm["fired"] == tm["due_after_kill"]
+
+    # every platform worker the bench started (killed or stopped), and every other process
+    # it started on the way, is gone: by PID
+    (pids,) = re.findall(r"real target up: .*\(pids ([\d, ]+)\)", stderr)
+    workers = {int(p) for p in pids.split(", ")}
+    assert len(workers) == 4 and workers <= children | workers
+    assert {k["gateway"]["killed_pid"], k["dispatcher"]["killed_pid"]} <= workers
+    left = sorted(p for p in children | workers if running(p))
+    assert left == [], f"processes outlived the bench: {left}"
