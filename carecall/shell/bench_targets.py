@@ -42,6 +42,9 @@ class BenchConfig:
     targets: tuple[str, ...] = ("embedded",)
     gateways: int = 1
     dispatchers: int = 1
+    # real target: "all" (one gateway process per copy) or "split" (an events and a
+    # readings process per copy, carecall gateway --lane; device_gateway/lanes.py)
+    gateway_lanes: str = "all"
     homes: int = 2_000
     phases: tuple[str, ...] = ("quiet", "contended", "flood")
 
@@ -460,12 +463,14 @@ def real_target(cfg: BenchConfig, workdir: Path, say: Progress) -> Iterator[Targ
             "CARECALL_MQTT_SHARED_GROUP": group,
         }
         gws = []
+        lanes = ("events", "readings") if cfg.gateway_lanes == "split" else ("all",)
         for i in range(cfg.gateways):
             inst = f"bench-gw{i}-{secrets.token_hex(2)}"
-            instances.append(f"carecall-gateway-{inst}")
-            gws.append(
-                start_worker("gateway", f"gateway{i}", {**base_env, "CARECALL_INSTANCE": inst}, workdir)
-            )
+            for lane in lanes:
+                suffix = "" if lane == "all" else f"-{lane}"
+                instances.append(f"carecall-gateway-{inst}{suffix}")
+                env = {**base_env, "CARECALL_INSTANCE": inst, "CARECALL_GATEWAY_LANE": lane}
+                gws.append(start_worker("gateway", f"gateway{i}{suffix}", env, workdir))
         dsps = [
             start_worker(
                 "dispatcher", f"dispatcher{i}", {**base_env, "CARECALL_INSTANCE": f"bench-d{i}"}, workdir
@@ -477,10 +482,11 @@ def real_target(cfg: BenchConfig, workdir: Path, say: Progress) -> Iterator[Targ
         console = RedisConsole(REDIS_URL)
         say(
             f"real target up: Mosquitto {MOSQUITTO[0]}:{MOSQUITTO[1]}, PostgreSQL {name}, Redis; "
-            f"{cfg.gateways} gateway(s), {cfg.dispatchers} dispatcher(s)"
+            f"{cfg.gateways} gateway(s) ({cfg.gateway_lanes} lanes), {cfg.dispatchers} dispatcher(s)"
         )
+        split = ", split lanes" if cfg.gateway_lanes == "split" else ""
         yield Target(
-            name=f"real ({cfg.gateways} gw, {cfg.dispatchers} dsp)",
+            name=f"real ({cfg.gateways} gw{split}, {cfg.dispatchers} dsp)",
             host=MOSQUITTO[0],
             port=MOSQUITTO[1],
             loadgen_creds=(None, None),
