@@ -53,7 +53,15 @@ def readings_queue(
             return not self._slots
 
         def _put(self, item: aiomqtt.Message) -> None:
-            key = device_key(item.topic.value)
+            topic = item.topic.value
+            if not topic.endswith("/telemetry"):
+                # Not a reading: in the all lane the five-level filter also brings copies
+                # of events and status (the intake leaves them to the main connection) and
+                # unknown channels (counted as bad_topic). Never merged nor counted as shed.
+                self._slots.append([item])
+                counts.queued = len(self._slots)
+                return
+            key = device_key(topic)
             slot = self._latest.get(key)
             queued = len(self._slots)
             action = admit_reading(
@@ -90,7 +98,7 @@ def readings_queue(
             slot = self._slots.popleft()
             item = slot[0]
             key = device_key(item.topic.value)
-            if self._latest.get(key) is slot:
+            if self._latest.get(key) is slot:  # (a non-reading's slot is never there)
                 del self._latest[key]
             counts.queued = len(self._slots)
             return item

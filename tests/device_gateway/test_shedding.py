@@ -122,6 +122,20 @@ async def test_an_odd_reading_past_the_bound_is_queued_for_the_parser_not_merged
     assert q.get_nowait().payload == b"{not json"
 
 
+async def test_only_readings_are_merged_or_dropped_other_channels_queue_as_they_come() -> None:
+    counts = ShedCounts()
+    q = readings_queue(shed_above=1, drop_above=1, max_bytes=MAX, counts=counts)()
+    q.put_nowait(_reading("a", {"hr": 70}))
+    # the copies of events (and junk on the events topic) a five-level filter also brings
+    for body in (b'{"metrics":{"hr":1}}', b"{not json", b'{"id":"e1","type":"sos"}'):
+        q.put_nowait(aiomqtt.Message(f"{ROOT}/a/events", body, 0, False, 0, None))
+    assert q.qsize() == 4 and (counts.merged, counts.dropped) == (0, 0)
+    q.put_nowait(_reading("a", {"rr": 12}))  # a reading still merges into a's waiting one
+    assert counts.merged == 1
+    assert json.loads(q.get_nowait().payload) == {"metrics": {"hr": 70, "rr": 12}}  # type: ignore[arg-type]
+    assert [q.get_nowait().topic.value.rsplit("/", 1)[1] for _ in range(3)] == ["events"] * 3
+
+
 async def test_a_waiting_consumer_gets_what_is_queued() -> None:
     counts = ShedCounts()
     q = readings_queue(shed_above=1, drop_above=1, max_bytes=MAX, counts=counts)()
