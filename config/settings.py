@@ -14,7 +14,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from config.types import TimeZoneName
@@ -74,6 +74,22 @@ class Settings(BaseSettings):
     state_flush_interval_s: float = Field(default=2.0, gt=0)
     supervision_interval_s: float = Field(default=5.0, gt=0)
     offline_after_intervals: int = Field(default=3, ge=1)
+    gateway_lane: Literal["all", "events", "readings"] = Field(
+        default="all",
+        description="what `carecall gateway` serves: all, events (alarms: events, status, wills, "
+        "acks) or readings (telemetry); run events and readings as separate processes "
+        "(device_gateway/lanes.py, docs/operations.md)",
+    )
+    readings_shed_above: int = Field(
+        default=5_000,
+        ge=1,
+        description="queued readings past which a device's new reading is merged into its waiting one",
+    )
+    readings_drop_above: int = Field(
+        default=50_000,
+        ge=1,
+        description="queued readings past which a reading with nothing to merge into is dropped (counted)",
+    )
 
     # --- dispatcher ------------------------------------------------------------------
     dispatch_file: Path = Field(
@@ -143,6 +159,12 @@ class Settings(BaseSettings):
     # --- logging ---------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
+
+    @model_validator(mode="after")
+    def _check_shedding(self) -> Settings:
+        if self.readings_drop_above < self.readings_shed_above:
+            raise ValueError("readings_drop_above must be at least readings_shed_above")
+        return self
 
     @field_validator("mqtt_url", "mqtt_admin_url")
     @classmethod

@@ -26,6 +26,7 @@ from config.settings import Settings
 from device_gateway import protocol as p
 from device_gateway.directory import DeviceDirectory
 from device_gateway.downlink import Downlink
+from device_gateway.lanes import Lane, lane_takes
 from device_gateway.limits import RejectLimiter, Suppressed
 from device_gateway.stats import GatewayStats
 from device_gateway.store import DeviceInfo, EventRow, PendingState, RejectRow
@@ -55,8 +56,10 @@ class Intake:
         stats: GatewayStats,
         rejects: m.RejectCounter,
         limiter: RejectLimiter,
+        lane: Lane = Lane.all,
     ) -> None:
         self.settings = settings
+        self.lane = lane
         self.clock = clock
         self.name = name
         self.tz = tz
@@ -122,6 +125,13 @@ class Intake:
             return  # our own acks and configs, echoed back by the wildcard subscription
         if role == "telemetry" and parsed.channel is not p.Channel.telemetry:
             return  # events and status: the QoS 1 connection has them
+        channel = parsed.channel.value
+        self.stats.channels[channel] = self.stats.channels.get(channel, 0) + 1
+        if not lane_takes(self.lane, parsed.channel):
+            # the other lane's: its subscriptions keep it away (device_gateway/lanes.py), so
+            # this counts a broker or configuration that delivers it anyway
+            self.stats.off_lane += 1
+            return
         # counted once: not our own echoes, nor the QoS 0 copies of events left above
         self.stats.messages += 1
         self._channel_counter[parsed.channel].inc()

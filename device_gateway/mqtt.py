@@ -109,7 +109,7 @@ def connections(subs: list[tuple[str, int]]) -> list[tuple[str, list[tuple[str, 
     return [("main", main)] + ([("telemetry", telemetry)] if telemetry else [])
 
 
-def _device_key(topic: str) -> str:
+def device_key(topic: str) -> str:
     """The device a topic claims (``carecall/v1/devices/{id}/…``); the topic otherwise."""
     parts = topic.split("/", 4)
     return parts[3] if len(parts) > 3 else topic
@@ -147,7 +147,7 @@ class UplinkQueue(asyncio.Queue[aiomqtt.Message]):
         if item.retain or topic.endswith("/telemetry"):
             self._bulk.append(item)
             return
-        key = _device_key(topic)
+        key = device_key(topic)
         waiting = self._urgent.get(key)
         if waiting is None:
             waiting = self._urgent[key] = collections.deque()

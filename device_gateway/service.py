@@ -15,7 +15,9 @@ sessions, the periodic work, and the reload of devices announced on the bus
 
 Several copies may run at once: they share the broker subscription, dedup on the
 database's unique key, and flip liveness with conditional UPDATEs so each transition
-raises exactly one event.
+raises exactly one event. A copy serves one lane (device_gateway/lanes.py): ``all``, or
+only the alarms (``events``) or only the readings (``readings``), so that production runs
+alarms and readings in processes of their own.
 """
 
 from __future__ import annotations
@@ -41,9 +43,11 @@ from device_gateway.changes import DEVICES_CHANNEL, announced_by, announced_ids
 from device_gateway.directory import DeviceDirectory
 from device_gateway.downlink import Downlink
 from device_gateway.intake import Intake
+from device_gateway.lanes import Connection, Lane, lane_group, lane_name, lane_plan
 from device_gateway.limits import RejectLimiter
-from device_gateway.mqtt import MqttTarget, UplinkQueue, connections, mqtt_client, subscriptions
+from device_gateway.mqtt import MqttTarget, UplinkQueue, mqtt_client
 from device_gateway.outages import OutageRecorder
+from device_gateway.readings_queue import ShedCounts, readings_queue
 from device_gateway.state_writer import StateWriter
 from device_gateway.stats import GatewayStats
 from device_gateway.store import EventRow, ResidentLookup
@@ -55,6 +59,7 @@ log = structlog.get_logger("carecall.gateway")
 Bus = MemoryBus | RedisBus
 
 YIELD_EVERY = 32  # messages handled before the intake lets other tasks run
+SHED_REPORT_S = 10.0  # how often shed readings are logged (when there were any)
 
 
 class Gateway:
@@ -69,17 +74,19 @@ class Gateway:
         shared_group: str | None,
         residents: ResidentLookup,
         telemetry_qos: int = 0,
+        lane: Lane = Lane.all,
     ) -> None:
         if telemetry_qos not in (0, 1):
             raise ValueError(f"telemetry_qos must be 0 or 1, got {telemetry_qos}")
         self.settings = settings
         self.telemetry_qos = telemetry_qos
+        self.lane = lane
         self.maker = maker
         self.bus = bus
         self.clock = clock
         self.mqtt = mqtt
-        self.shared_group = shared_group or None
-        self.name = f"gateway-{settings.instance}"
+        self.shared_group = lane_group(lane, shared_group)
+        self.name = lane_name(settings.instance, lane)
         self.directory = DeviceDirectory(maker, residents)
         self.rejects = m.RejectCounter()
         self.limiter = RejectLimiter(now=time.monotonic())
@@ -106,6 +113,7 @@ class Gateway:
             name=self.name,
             tz=self.tz,
             telemetry_qos=telemetry_qos,
+            lane=lane,
             directory=self.directory,
             downlink=self.downlink,
             telemetry=self.telemetry,
@@ -123,7 +131,15 @@ class Gateway:
             intake=self.intake,
             writer=self.writer,
         )
-        self.subscriptions = subscriptions(telemetry_qos=telemetry_qos, shared_group=self.shared_group)
+        self.plan = lane_plan(lane, telemetry_qos=telemetry_qos, shared_group=shared_group)
+        self.shed = ShedCounts()
+        self._shed_reported = (0, 0)
+        self._readings_queue = readings_queue(
+            shed_above=settings.readings_shed_above,
+            drop_above=settings.readings_drop_above,
+            max_bytes=settings.max_payload_bytes,
+            counts=self.shed,
+        )
         self._up: dict[str, bool] = {}
         self.connected = asyncio.Event()
         # when this copy lost and regained the broker: its wills are one broker restart
@@ -142,20 +158,30 @@ class Gateway:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.directory.refresh()
+        m.LANE.labels(self.lane.value).set(1)
         workers = [
             asyncio.create_task(self.writer.run(), name="gw-event-writer"),
             asyncio.create_task(
                 self._periodic(self.settings.state_flush_interval_s, self._flush), name="gw-flush"
             ),
             asyncio.create_task(
-                self._periodic(self.settings.supervision_interval_s, self._sweep), name="gw-sweep"
-            ),
-            asyncio.create_task(
                 self._periodic(60.0, self.directory.refresh, simulated=False), name="gw-directory"
             ),
-            asyncio.create_task(self._periodic(60.0, self._rules_tick), name="gw-rules-tick"),
             asyncio.create_task(self._device_changes(), name="gw-device-changes"),
         ]
+        if self.lane is not Lane.readings:  # silence → offline: alarm work
+            workers.append(
+                asyncio.create_task(
+                    self._periodic(self.settings.supervision_interval_s, self._sweep), name="gw-sweep"
+                )
+            )
+        if self.lane is not Lane.events:  # the rules' state comes from readings
+            workers += [
+                asyncio.create_task(self._periodic(60.0, self._rules_tick), name="gw-rules-tick"),
+                asyncio.create_task(
+                    self._periodic(SHED_REPORT_S, self._report_shed, simulated=False), name="gw-shed"
+                ),
+            ]
         mqtt_task = asyncio.create_task(self._mqtt_loop(), name="gw-mqtt")
         try:
             await stop.wait()
@@ -200,6 +226,24 @@ class Gateway:
 
     async def _sweep(self) -> None:
         await self.state.sweep()
+
+    async def _report_shed(self) -> None:
+        """The readings merged or dropped since the last report, in one log line."""
+        m.QUEUE_DEPTH.labels("readings").set(self.shed.queued)
+        before = self._shed_reported
+        now = (self.shed.merged, self.shed.dropped)
+        if now == before:
+            return
+        self._shed_reported = now
+        log.warning(
+            "gateway.readings_shed",
+            merged=now[0] - before[0],
+            dropped=now[1] - before[1],
+            merged_total=now[0],
+            dropped_total=now[1],
+            queued=self.shed.queued,
+            interval_s=SHED_REPORT_S,
+        )
 
     async def _rules_tick(self) -> None:
         """Time-based rules (not back in bed, no movement) must fire even when the next
@@ -249,21 +293,25 @@ class Gateway:
 
     # ------------------------------------------------------------------ broker sessions
 
-    async def _mqtt_loop(self) -> None:
-        roles = connections(self.subscriptions)
-        self._up = dict.fromkeys((r for r, _ in roles), False)
-        await asyncio.gather(*(self._mqtt_connection(role, subs) for role, subs in roles))
+    @property
+    def subscriptions(self) -> list[tuple[str, int]]:
+        """Every (filter, QoS) this copy subscribes to, over all its connections."""
+        return [s for c in self.plan for s in c.subscriptions]
 
-    def _set_up(self, role: str, up: bool) -> None:
-        self._up[role] = up
-        if role == "main":
+    async def _mqtt_loop(self) -> None:
+        self._up = dict.fromkeys((c.role for c in self.plan), False)
+        await asyncio.gather(*(self._mqtt_connection(c) for c in self.plan))
+
+    def _set_up(self, conn: Connection, up: bool) -> None:
+        self._up[conn.role] = up
+        if conn.primary:
             m.MQTT_CONNECTED.set(1 if up else 0)
         if all(self._up.values()):
             self.connected.set()
         else:
             self.connected.clear()
 
-    async def _mqtt_connection(self, role: str, subs: list[tuple[str, int]]) -> None:
+    async def _mqtt_connection(self, conn: Connection) -> None:
         """One broker connection, reconnected with backoff, always with a clean session.
 
         A persistent session outlives its process: a copy stopped for good (SIGTERM,
@@ -282,7 +330,7 @@ class Gateway:
         """
         backoff = 0.2
         first = True
-        main = role == "main"
+        role, main = conn.role, conn.primary
         while True:
             try:
                 client = mqtt_client(
@@ -291,14 +339,16 @@ class Gateway:
                     # never a persistent session: see _mqtt_connection's docstring
                     clean_session=True,
                     keepalive=self.settings.mqtt_keepalive_s,
-                    queue_type=UplinkQueue if main else None,
+                    # alarms first on the main connection; readings merged and shed under
+                    # overload on theirs (device_gateway/shedding.py)
+                    queue_type=UplinkQueue if role == "main" else self._readings_queue,
                 )
                 async with client:
                     if main:
                         self.downlink.client = client
-                    for topic, qos in subs:
+                    for topic, qos in conn.subscriptions:
                         await client.subscribe(topic, qos=qos)
-                    self._set_up(role, True)
+                    self._set_up(conn, True)
                     if main:
                         self.outages.back()  # device_gateway.outages
                     if not first:
@@ -308,6 +358,7 @@ class Gateway:
                     log.info(
                         "gateway.connected",
                         connection=role,
+                        lane=self.lane.value,
                         broker=f"{self.mqtt.host}:{self.mqtt.port}",
                         shared=self.shared_group,
                     )
@@ -335,7 +386,7 @@ class Gateway:
             finally:
                 if main:
                     self.downlink.client = None
-                self._set_up(role, False)
+                self._set_up(conn, False)
             raise_if_cancelling()  # aiomqtt may have swallowed a stop while (dis)connecting
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 @dataclass(slots=True)
 class GatewayStats:
     messages: int = 0
+    channels: dict[str, int] = field(default_factory=dict)  # uplink messages received, per channel
+    off_lane: int = 0  # of those, messages of the other lane (never, with its subscriptions)
     events_stored: int = 0
     events_duplicate: int = 0
     derived: int = 0

@@ -33,6 +33,8 @@ DECISIONS = (
     "dispatcher.oversight.review",
     "dispatcher.oversight.coverage",
     "device_gateway.limits",
+    "device_gateway.lanes",
+    "device_gateway.shedding",
     "carecall.core.geo",
     "dispatcher.paging.policy",
     "dispatcher.family.link",

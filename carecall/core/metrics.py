@@ -56,6 +56,19 @@ QUEUE_DEPTH = Gauge(
 MQTT_CONNECTED = Gauge(
     "carecall_gateway_mqtt_connected", "1 while connected to the broker", registry=REGISTRY
 )
+READINGS_SHED = PCounter(
+    "carecall_gateway_readings_shed_total",
+    "Readings not handled one by one under overload: merged into the device's waiting "
+    "reading, or dropped (device_gateway/shedding.py); alarms are never shed",
+    ["how"],
+    registry=REGISTRY,
+)
+LANE = Gauge(
+    "carecall_gateway_lane",
+    "1 for the lane this gateway process serves (all, events, readings)",
+    ["lane"],
+    registry=REGISTRY,
+)
 RECONNECTS = PCounter("carecall_gateway_mqtt_reconnects_total", "Broker reconnects", registry=REGISTRY)
 REJECTS_SUPPRESSED = PCounter(
     "carecall_gateway_rejects_suppressed_total",

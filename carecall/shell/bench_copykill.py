@@ -203,9 +203,11 @@ def _leg_result(
 
 def gateway_leg(t: Target, cfg: BenchConfig, devices: list[str], say: Progress) -> dict[str, Any]:
     live = [w for w in t.gateways if w.proc.poll() is None]
-    if len(live) < 2:
-        raise RuntimeError("copy-kill needs two running gateway copies")
-    victim = live[-1]
+    # with --gateway-lanes split a copy is two processes: the one to kill takes alarms
+    alarm_lane = [w for w in live if not w.name.endswith("-readings")]
+    if len(alarm_lane) < 2:
+        raise RuntimeError("copy-kill needs two running gateway copies that take alarms")
+    victim = alarm_lane[-1]
     settle(t, cfg.copykill_wait_s, say)
     before = _counts(live, "gateway", "events_stored")
     at_kill: dict[str, int] = {}

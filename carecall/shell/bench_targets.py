@@ -42,6 +42,9 @@ class BenchConfig:
     targets: tuple[str, ...] = ("embedded",)
     gateways: int = 1
     dispatchers: int = 1
+    # real target: "all" (one gateway process per copy) or "split" (an events and a
+    # readings process per copy, carecall gateway --lane; device_gateway/lanes.py)
+    gateway_lanes: str = "all"
     homes: int = 2_000
     phases: tuple[str, ...] = ("quiet", "contended", "flood")
 
@@ -532,12 +535,14 @@ def real_target(cfg: BenchConfig, workdir: Path, say: Progress) -> Iterator[Targ
             "CARECALL_MQTT_SHARED_GROUP": group,
         }
         gws = []
+        lanes = ("events", "readings") if cfg.gateway_lanes == "split" else ("all",)
         for i in range(cfg.real_gateways):
             inst = f"bench-gw{i}-{secrets.token_hex(2)}"
-            instances.append(f"carecall-gateway-{inst}")
-            gws.append(
-                start_worker("gateway", f"gateway{i}", {**base_env, "CARECALL_INSTANCE": inst}, workdir)
-            )
+            for lane in lanes:
+                suffix = "" if lane == "all" else f"-{lane}"
+                instances.append(f"carecall-gateway-{inst}{suffix}")
+                env = {**base_env, "CARECALL_INSTANCE": inst, "CARECALL_GATEWAY_LANE": lane}
+                gws.append(start_worker("gateway", f"gateway{i}{suffix}", env, workdir))
         dsps = [
             # unique per run: a dispatcher's broker client id is made from it
             start_worker(
@@ -553,11 +558,12 @@ def real_target(cfg: BenchConfig, workdir: Path, say: Progress) -> Iterator[Targ
         console = RedisConsole(REDIS_URL)
         say(
             f"real target up: Mosquitto {MOSQUITTO[0]}:{MOSQUITTO[1]}, PostgreSQL {name}, Redis; "
-            f"{cfg.real_gateways} gateway(s), {cfg.real_dispatchers} dispatcher(s) "
-            f"(pids {', '.join(str(w.proc.pid) for w in workers)})"
+            f"{cfg.real_gateways} gateway(s) ({cfg.gateway_lanes} lanes), {cfg.real_dispatchers} "
+            f"dispatcher(s) (pids {', '.join(str(w.proc.pid) for w in workers)})"
         )
+        split = ", split lanes" if cfg.gateway_lanes == "split" else ""
         yield Target(
-            name=f"real ({cfg.real_gateways} gw, {cfg.real_dispatchers} dsp)",
+            name=f"real ({cfg.real_gateways} gw{split}, {cfg.real_dispatchers} dsp)",
             host=MOSQUITTO[0],
             port=MOSQUITTO[1],
             loadgen_creds=(None, None),

@@ -39,6 +39,7 @@ from carecall.shell.runtime import (
     start_parts,
 )
 from config.settings import load_settings
+from device_gateway.lanes import Lane
 from device_gateway.mqtt import MqttTarget
 from device_gateway.service import Gateway
 
@@ -162,6 +163,7 @@ async def _serve(
             dispatcher=role in ("embedded", "dispatcher"),
             shared_group=shared,
             telemetry_qos=int(os.environ.get("CARECALL_BENCH_TELEMETRY_QOS", "0")),
+            lane=Lane(core.settings.gateway_lane) if role == "gateway" else Lane.all,
         )
         stats.gateway = parts.gateway
         stats.dispatcher_stats = parts.dispatcher.stats if parts.dispatcher is not None else None

@@ -29,6 +29,7 @@ from carecall.core.db import make_engine, make_sessionmaker
 from carecall.core.migrate import upgrade_async
 from carecall.shell.app import create_app
 from config.settings import Settings
+from device_gateway.lanes import Lane
 from device_gateway.mqtt import MqttTarget
 from device_gateway.service import Gateway
 from dispatcher.auth.tokens import TokenSigner
@@ -112,7 +113,10 @@ async def run_gateway(settings: Settings, stop: asyncio.Event) -> None:
     core = await open_core(settings)
     try:
         gw = make_gateway(
-            core, MqttTarget.from_url(settings.mqtt_url), shared_group=settings.mqtt_shared_group
+            core,
+            MqttTarget.from_url(settings.mqtt_url),
+            shared_group=settings.mqtt_shared_group,
+            lane=Lane(settings.gateway_lane),
         )
         sync = broker_sync_task(core, settings)
         try:
@@ -285,8 +289,10 @@ def make_gateway(
     *,
     shared_group: str | None = None,
     telemetry_qos: int = 0,
+    lane: Lane = Lane.all,
 ) -> Gateway:
-    """The gateway of this process; ``shared_group`` when several copies share a broker."""
+    """The gateway of this process; ``shared_group`` when several copies share a broker,
+    ``lane`` when it serves only the alarms or only the readings (device_gateway/lanes.py)."""
     return Gateway(
         settings=settings or core.settings,
         maker=core.maker,
@@ -296,6 +302,7 @@ def make_gateway(
         shared_group=shared_group,
         residents=resident_vitals,
         telemetry_qos=telemetry_qos,
+        lane=lane,
     )
 
 
@@ -326,6 +333,7 @@ async def start_parts(
     dispatcher: bool = True,
     shared_group: str | None = None,
     telemetry_qos: int = 0,
+    lane: Lane = Lane.all,
     on_stored: Callable[[list[EventRow]], Awaitable[None]] | None = None,
     connect_timeout_s: float = 30.0,
 ) -> Parts:
@@ -334,7 +342,9 @@ async def start_parts(
     events the gateway commits (the demo's history clock slows down around them)."""
     parts = Parts(None, None, asyncio.Event())
     if gateway:
-        gw = make_gateway(core, mqtt, settings, shared_group=shared_group, telemetry_qos=telemetry_qos)
+        gw = make_gateway(
+            core, mqtt, settings, shared_group=shared_group, telemetry_qos=telemetry_qos, lane=lane
+        )
         gw.on_stored = on_stored
         parts.gateway = gw
         parts.tasks.append(asyncio.create_task(gw.run(parts.stop)))

@@ -88,12 +88,15 @@ async def running_gateway(
     redis_url: str,
     *,
     instance: str,
+    lane: str = "all",
 ) -> AsyncIterator[Any]:
-    """A gateway on the real broker, database and Redis, with its own shared group;
-    stopped (and awaited) on the way out."""
+    """A gateway on the real broker, database and Redis, with its own shared group (for a
+    lane: that group's lane group, device_gateway/lanes.py); stopped (and awaited) on the
+    way out."""
     from carecall.core.bus import RedisBus
     from carecall.core.clock import SystemClock
     from config.settings import load_settings
+    from device_gateway.lanes import Lane
     from device_gateway.mqtt import MqttTarget
     from device_gateway.service import Gateway
     from dispatcher.registry.service import resident_vitals
@@ -114,6 +117,7 @@ async def running_gateway(
         mqtt=MqttTarget.from_url(settings.mqtt_url or ""),
         shared_group=settings.mqtt_shared_group,
         residents=resident_vitals,
+        lane=Lane(lane),
     )
     stop = asyncio.Event()
     task = asyncio.create_task(gw.run(stop))

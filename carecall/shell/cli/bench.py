@@ -39,6 +39,13 @@ def bench_command(
     dispatchers: Annotated[
         int, typer.Option(help="Dispatcher copies (real target; at least 2 with copy-kill).", min=1, max=8)
     ] = 1,
+    gateway_lanes: Annotated[
+        str,
+        typer.Option(
+            help="Real target: all (each gateway copy one process) or split (each copy an "
+            "events process and a readings process: carecall gateway --lane)."
+        ),
+    ] = "all",
     json_file: Annotated[Path | None, typer.Option("--json", help="Write every figure as JSON here.")] = None,
     phases: Annotated[
         str,
@@ -58,13 +65,20 @@ def bench_command(
     if target not in ("embedded", "real", "all"):
         raise typer.BadParameter("--target must be embedded, real or all")
     targets = ("embedded", "real") if target == "all" else (target,)
+    if gateway_lanes not in ("all", "split"):
+        raise typer.BadParameter("--gateway-lanes must be all or split")
     try:
         selected = parse_phases(phases)
         check_phases_for_targets(targets, selected)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--phases") from exc
     cfg = BenchConfig(
-        quick=quick, targets=targets, gateways=gateways, dispatchers=dispatchers, phases=selected
+        quick=quick,
+        targets=targets,
+        gateways=gateways,
+        dispatchers=dispatchers,
+        phases=selected,
+        gateway_lanes=gateway_lanes,
     )
     t0 = time.monotonic()
 

@@ -69,12 +69,25 @@ def gateway(
         str | None,
         typer.Option(help="Name of this copy (stable MQTT client id); default CARECALL_INSTANCE or 1."),
     ] = None,
+    lane: Annotated[
+        str | None,
+        typer.Option(
+            help="What this process serves: all (alarms and readings, one process), events "
+            "(alarms only: events, status, wills, their acks and config) or readings "
+            "(telemetry only; merged and shed first under overload, counted). Default "
+            "CARECALL_GATEWAY_LANE or all."
+        ),
+    ] = None,
 ) -> None:
     """The device gateway alone, against a real broker (CARECALL_MQTT_URL). Run several
-    copies with different --instance names: they share the subscription."""
+    copies with different --instance names: they share the subscription. In production
+    run the lanes apart: `--lane events` and `--lane readings` processes (several of
+    each), so no reading ever delays an alarm; each lane shares its own group."""
     from carecall.shell.runtime import run_gateway
 
-    s = settings_from(instance=instance)
+    if lane is not None and lane not in ("all", "events", "readings"):
+        fail("--lane must be all, events or readings")
+    s = settings_from(instance=instance, gateway_lane=lane)
     run(until_signal(lambda stop: run_gateway(s, stop)))
 
 
