@@ -273,7 +273,10 @@ async def test_another_devices_sos_is_acked_fast_while_one_device_floods_junk(st
         f"\n{total} junk messages at {FLOOD_RATE}/s from one device; another device's SOS acked "
         f"median {statistics.median(ms):.0f} ms, max {ms[-1]:.0f} ms"
     )
-    assert statistics.median(ms) < 300 and ms[-1] < 2000
+    # Containment, not speed: before the fix the SOS queued behind the junk (median 12.9 s).
+    # How fast it is belongs to the bench (`carecall bench --phases flood`); a CI machine at
+    # load 11 once took the median past 300 ms here.
+    assert statistics.median(ms) < 2000 and ms[-1] < 8000
     await gw._flush()
     async with stack["maker"]() as s:
         rows, accounted = (

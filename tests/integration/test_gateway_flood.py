@@ -143,7 +143,9 @@ async def test_another_devices_sos_is_acked_fast_while_one_device_floods_junk(
                 f"max {inside[-1]:.1f} ms"
             )
         assert len(ms) == SOS_COUNT, "every SOS of the other device acked (each sent once)"
-        assert statistics.median(ms) < 1000 and p99 < 3000, "not behind the flood (before: median 12.9 s)"
+        # containment, not speed (the bench's flood phase measures that): before the fix the
+        # SOS waited behind the junk, median 12.9 s; a machine at load 12-15 gave 3.1 s here
+        assert statistics.median(ms) < 5000 and p99 < 10_000, "not behind the flood (before: median 12.9 s)"
         mine = sum(n for (d, _), n in gw.rejects.by_device_reason.items() if d == flooder)
         assert mine == total, "every junk message counted"
         assert any(
