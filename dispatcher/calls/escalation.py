@@ -30,10 +30,12 @@ from dispatcher.paging.policy import PagingPolicy
 __all__ = [
     "ACTIONS",
     "ESCALATION_LEVEL",
+    "OPENING",
     "STALE_REASONS",
     "ContactLadder",
     "EscalationConfigError",
     "Match",
+    "Opening",
     "PlannedTimer",
     "Policy",
     "PolicySet",
@@ -45,6 +47,7 @@ __all__ = [
     "from_snapshot",
     "initial_timers",
     "on_timer_due",
+    "opening",
     "snapshot",
 ]
 
@@ -361,6 +364,38 @@ def on_timer_due(snap: Policy, step: int, repeat: int, due_at: datetime, progres
     if s.repeat_every_s is not None and repeat < s.max_repeats:
         nxt = PlannedTimer(step, s.action, due_at + timedelta(seconds=s.repeat_every_s), repeat + 1)
     return TimerDecision(True, None, nxt)
+
+
+# A call the instant it opens: nobody has acknowledged it, nobody is there, own station.
+OPENING = Progress(acknowledged=False, on_scene=False, closed=False, escalation_level=0)
+
+
+@dataclass(frozen=True, slots=True)
+class Opening:
+    """A new call's escalation at the instant it opens. ``fire``: the steps due at that
+    instant, in step order, each with its decision (fired by the transaction that opens
+    the call, so no timer pass is needed for them; their ``next`` repetition is stored
+    once the step has run). ``timers``: every other step's first timer, to store."""
+
+    fire: tuple[tuple[PlannedTimer, TimerDecision], ...]
+    timers: tuple[PlannedTimer, ...]
+
+
+def opening(snap: Policy, opened_at: datetime, progress: Progress = OPENING) -> Opening:
+    """Split a new call's first timers into the steps due the instant it opens (fired at
+    once, as :func:`on_timer_due` decides for a call that has just opened at
+    ``progress``' level) and the ones to store for later. A step due at once that would
+    not fire is stored like any other, so the timer loop records why."""
+    fire: list[tuple[PlannedTimer, TimerDecision]] = []
+    later: list[PlannedTimer] = []
+    for planned in initial_timers(snap, opened_at):
+        if planned.due_at <= opened_at:
+            decision = on_timer_due(snap, planned.step, planned.repeat, planned.due_at, progress)
+            if decision.fire:
+                fire.append((planned, decision))
+                continue
+        later.append(planned)
+    return Opening(fire=tuple(fire), timers=tuple(later))
 
 
 def cancelled_by(progress_change: ProgressChange, snap: Policy) -> set[int]:

@@ -58,10 +58,11 @@ class DispatcherState:
     # dispatcher.health.monitor)
     heartbeats: dict[str, float]
 
-    async def _announce(self, out: Outcome, *, opened: bool = False) -> None:
-        """After a commit: wake the loops with new work, tell consoles which calls changed."""
-        if opened:
-            self._wake_timers.set()  # a new call's first step (alert the station) is due now
+    async def _announce(self, out: Outcome) -> None:
+        """Right after a commit, first thing: tell consoles which calls changed, wake the
+        outbox for what the transaction queued. (A new call's opening steps fired in its
+        own transaction, so the timer loop has nothing due at once to be woken for; its
+        poll, ``timer_poll_s``, picks up the later steps' timers.)"""
         if out.calls:
             await self.bus.publish("calls", {"ids": sorted(out.calls), "by": self.name})
             if self.on_calls_changed is not None:
