@@ -4,6 +4,8 @@ per-call write path stays a small, fixed number of statements."""
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -11,13 +13,17 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import event, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from carecall.core.bus import MemoryBus
+from carecall.shell.fleet_registry import provision_fleet
 from config.settings import load_settings
+from device_gateway.store import EventRow, insert_events
 from dispatcher.audit.models import AuditRow
 from dispatcher.audit.service import verify_log
 from dispatcher.calls.models import Call, Timer
-from dispatcher.engine.process import load_context
+from dispatcher.engine.process import Dispatcher, load_context
 from dispatcher.notifications.models import Notification
 from tests.dispatcher.engine.support import T0, store_event
 
@@ -131,4 +137,79 @@ async def test_the_projects_policies_fire_every_opening_step_in_the_intake(setup
     assert fired == [(0, "alert_station"), (6, "page_station")]
     assert [(t.step, t.repeat) for t in timers if t.step == 6 and t.status == "pending"] == [(6, 1)]
     assert await d.timers_once() == 0, "nothing due at the opening instant is left to the timer loop"
+    assert (await verify_log(maker)).ok
+
+
+async def test_two_copies_opening_calls_at_once_alert_each_call_once_and_keep_the_chain(
+    setup, maker, db_backend: str
+) -> None:  # type: ignore[no-untyped-def]
+    """Two dispatcher copies take a storm side by side: each alarm opens one call, its
+    station is alerted exactly once (by whichever copy opened it), nothing of the opening
+    is left to a timer pass, and the audit chain verifies."""
+    d, clock, notifier = setup
+    d2 = Dispatcher(
+        settings=d.settings.model_copy(update={"instance": "b"}),
+        maker=maker,
+        bus=MemoryBus(),
+        clock=clock,
+        mqtt=None,
+        notifier=notifier,
+        ctx=d.ctx,
+    )
+    assert d2.name != d.name
+    fleet = await provision_fleet(maker, 40, prefix="mc", now=T0)
+    async with maker() as s, s.begin():
+        await insert_events(
+            s,
+            [
+                EventRow(
+                    device_id=dev,
+                    event_id="e1",
+                    home_id=home,
+                    type="sos",
+                    event_class="emergency",
+                    sensor=None,
+                    data={},
+                    source="device",
+                    device_ts=T0,
+                    received_at=T0,
+                    clock_skew_s=0.0,
+                    clock_suspect=False,
+                    gateway="test",
+                )
+                for home, dev in zip(fleet.homes, fleet.devices, strict=True)
+            ],
+        )
+
+    async def drain(copy: Dispatcher) -> None:
+        for _ in range(200):
+            try:
+                if not await copy.intake_once(limit=5):
+                    return
+            except OperationalError:  # SQLite: the other copy holds the write lock; again
+                await asyncio.sleep(0.01)
+        raise AssertionError("the copies never finished the storm")
+
+    await asyncio.gather(drain(d), drain(d2))
+    while await d.intake_once():
+        pass
+    assert await d.timers_once() == 0 and await d2.timers_once() == 0
+    async with maker() as s:
+        calls = (await s.scalars(select(Call))).all()
+        alerted = Counter((await s.scalars(select(AuditRow.call_id).where(AuditRow.kind == "alerted"))).all())
+        station_alerts = Counter(
+            (
+                await s.scalars(select(Notification.call_id).where(Notification.purpose == "alert_station"))
+            ).all()
+        )
+        fired = (
+            await s.execute(
+                select(Timer.call_id, Timer.fired_by).where(Timer.step == 0, Timer.status == "fired")
+            )
+        ).all()
+    assert len(calls) == 40
+    assert set(alerted.values()) == {1} and len(alerted) == 40, "each call alerted once"
+    assert set(station_alerts.values()) == {1} and len(station_alerts) == 40
+    assert sorted(c for c, _ in fired) == sorted(c.id for c in calls)
+    print(f"\n{db_backend}: opening alerts by copy {dict(Counter(by for _, by in fired))}")
     assert (await verify_log(maker)).ok
