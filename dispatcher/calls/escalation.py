@@ -372,24 +372,30 @@ OPENING = Progress(acknowledged=False, on_scene=False, closed=False, escalation_
 
 @dataclass(frozen=True, slots=True)
 class Opening:
-    """A new call's escalation at the instant it opens. ``fire``: the steps due at that
-    instant, in step order, each with its decision (fired by the transaction that opens
-    the call, so no timer pass is needed for them; their ``next`` repetition is stored
-    once the step has run). ``timers``: every other step's first timer, to store."""
+    """A new call's escalation at the instant it opens. ``fire``: its opening step (the
+    policy's first, when due at that instant) with its decision, fired by the transaction
+    that opens the call, so no timer pass is needed for it (its ``next`` repetition is
+    stored once the step has run). ``timers``: every other step's first timer, to store."""
 
     fire: tuple[tuple[PlannedTimer, TimerDecision], ...]
     timers: tuple[PlannedTimer, ...]
 
 
 def opening(snap: Policy, opened_at: datetime, progress: Progress = OPENING) -> Opening:
-    """Split a new call's first timers into the steps due the instant it opens (fired at
-    once, as :func:`on_timer_due` decides for a call that has just opened at
-    ``progress``' level) and the ones to store for later. A step due at once that would
-    not fire is stored like any other, so the timer loop records why."""
+    """Split a new call's first timers into its opening step (step 0, when due the instant
+    the call opens: fired at once, as :func:`on_timer_due` decides for a call that has
+    just opened at ``progress``' level) and the ones to store for later.
+
+    Only step 0: it is what the station hears the moment the call exists (every policy
+    in config/escalation.yaml starts with alert_station). Later steps also due at once
+    (the emergency policies' first page_station round) stay timers: paging reads the
+    station's roster and writes pages one call at a time, work that would hold back the
+    intake's commit, and with it every console, by a few milliseconds a call. A step 0
+    that would not fire is stored like any other step, so the timer loop records why."""
     fire: list[tuple[PlannedTimer, TimerDecision]] = []
     later: list[PlannedTimer] = []
     for planned in initial_timers(snap, opened_at):
-        if planned.due_at <= opened_at:
+        if planned.step == 0 and planned.due_at <= opened_at:
             decision = on_timer_due(snap, planned.step, planned.repeat, planned.due_at, progress)
             if decision.fire:
                 fire.append((planned, decision))

@@ -68,7 +68,7 @@ class IntakeLoop(DispatcherState):
             log.warning("dispatcher.intake_batch_failed", error=failures.describe(exc))
             return retried + await self._intake_one_by_one(limit)
         # the consoles first: the calls are committed, nothing else should come before
-        await self._announce(out)
+        await self._announce(out, opened=bool(events))
         self.stats.events += len(events)
         CALLS_OPENED.labels("handled").inc(len(events))
         return retried + len(events)
@@ -112,7 +112,7 @@ class IntakeLoop(DispatcherState):
                 return None  # another copy handled it first
             await self._event_failed(event_pk, exc, now)
             return False
-        await self._announce(out)
+        await self._announce(out, opened=True)
         self.stats.events += 1
         CALLS_OPENED.labels("handled").inc()
         return True

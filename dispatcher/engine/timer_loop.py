@@ -32,8 +32,9 @@ log = structlog.get_logger("carecall.dispatcher")
 class TimerLoop(DispatcherState):
     async def _timer_loop(self) -> None:
         """Fire due timers; between rounds sleep until the next one is due (at most
-        ``timer_poll_s``, which also covers timers other copies and this copy's intake
-        scheduled; a call's opening steps are fired by the intake itself)."""
+        ``timer_poll_s``, which also covers timers other copies scheduled), or until this
+        copy's intake opened calls (their opening step fired with them; a later step may
+        be due at once too)."""
         backoff = handling.Backoff()
         poll = self.settings.timer_poll_s
         while True:
@@ -71,8 +72,8 @@ class TimerLoop(DispatcherState):
         return max(0.0, min(cap_s, self.clock.real_seconds(due_in)))
 
     async def _sleep_until_due(self, due_in: float | None, cap_s: float) -> None:
-        """Until the next timer is due, something sets ``_wake_timers``, or ``cap_s`` real
-        seconds pass (timers other copies and the intake schedule).
+        """Until the next timer is due, this copy's intake opens a call (a step of it may
+        be due at once), or ``cap_s`` real seconds pass (timers other copies schedule).
 
         The due moment is waited for on the clock itself, not as real seconds computed
         once: the demo's catch-up clock changes its rate (x100 around alarms, x10,000
