@@ -25,7 +25,8 @@ from dispatcher.audit.service import verify_log
 from dispatcher.calls.models import Call, Timer
 from dispatcher.engine.process import Dispatcher, load_context
 from dispatcher.notifications.models import Notification
-from tests.dispatcher.engine.support import T0, store_event
+from dispatcher.notifications.notifiers import LogNotifier
+from tests.dispatcher.engine.support import T0, ManualClock, store_event
 
 # Statements (cursor executions; the commit is not one) to open one call end to end under
 # the short policy: its intake transaction, then a timer pass at the same instant. At the
@@ -143,8 +144,10 @@ async def test_the_projects_policies_fire_the_opening_alert_in_the_intake(setup,
 
 
 async def test_two_copies_opening_calls_at_once_alert_each_call_once_and_keep_the_chain(
-    setup, maker, db_backend: str
-) -> None:  # type: ignore[no-untyped-def]
+    setup: tuple[Dispatcher, ManualClock, LogNotifier],
+    maker: async_sessionmaker[AsyncSession],
+    db_backend: str,
+) -> None:
     """Two dispatcher copies take a storm side by side: each alarm opens one call, its
     station is alerted exactly once (by whichever copy opened it), nothing of the opening
     is left to a timer pass, and the audit chain verifies."""
