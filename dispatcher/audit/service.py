@@ -125,22 +125,17 @@ async def append(
     call_id: int | None = None,
     station_id: str | None = None,
     detail: Mapping[str, Any] | None = None,
-) -> None:
+) -> AuditRow:
+    """One fact for the log. In a deferring transaction (:func:`defer`) the row is kept as
+    plain values, chained and inserted at commit; what is returned is then an unsaved
+    copy without its seq and hashes."""
     body = dict(detail or {})
     deferred: list[dict[str, Any]] | None = session.info.get(_DEFER_KEY)
     if deferred is not None:
         # seq, prev_hash and hash are set at commit (_write_head), under the chain lock
-        deferred.append(
-            {
-                "call_id": call_id,
-                "at": at,
-                "kind": kind,
-                "actor": actor,
-                "station_id": station_id,
-                "detail": body,
-            }
-        )
-        return
+        values = {"call_id": call_id, "at": at, "kind": kind, "actor": actor, "station_id": station_id}
+        deferred.append({**values, "detail": body})
+        return AuditRow(**values, detail=body)
     seq, prev = await _head(session)
     link = next_row(
         seq, prev, call_id=call_id, at=at, kind=kind, actor=actor, station_id=station_id, detail=body
@@ -159,6 +154,7 @@ async def append(
     session.add(row)  # inserted with the transaction's other rows at the next flush
     session.info[_HEAD_KEY] = (link.seq, link.hash)
     session.info[_DIRTY_KEY] = True
+    return row
 
 
 def forget_head(session: AsyncSession) -> None:
