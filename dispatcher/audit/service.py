@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import event, select, update
+from sqlalchemy import event, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
@@ -37,7 +37,7 @@ _DEFER_KEY = "carecall.audit_deferred"  # rows to chain at commit (see defer)
 def _write_head(session: Session) -> None:
     """before_commit: store the chain head once per transaction, not once per row; in
     deferred mode, lock the head now and chain the transaction's rows."""
-    pending: list[AuditRow] | None = session.info.pop(_DEFER_KEY, None)
+    pending: list[dict[str, Any]] | None = session.info.pop(_DEFER_KEY, None)
     if pending:
         seq, prev = session.execute(
             update(AuditHead)
@@ -49,16 +49,18 @@ def _write_head(session: Session) -> None:
             link = next_row(
                 seq,
                 prev,
-                call_id=row.call_id,
-                at=row.at,
-                kind=row.kind,
-                actor=row.actor,
-                station_id=row.station_id,
-                detail=row.detail,
+                call_id=row["call_id"],
+                at=row["at"],
+                kind=row["kind"],
+                actor=row["actor"],
+                station_id=row["station_id"],
+                detail=row["detail"],
             )
-            row.seq, row.prev_hash, row.hash = link.seq, link.prev_hash, link.hash
+            row["seq"], row["prev_hash"], row["hash"] = link.seq, link.prev_hash, link.hash
             seq, prev = link.seq, link.hash
-        session.add_all(pending)  # flushed by the commit, after this hook
+        # one Core INSERT for the transaction's rows, in chain order: nothing reads them
+        # back as objects, so the unit of work (and a RETURNING of every id) is skipped
+        session.execute(insert(AuditRow), pending)
         session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=prev))
         return
     if session.info.pop(_DIRTY_KEY, False):
@@ -124,13 +126,16 @@ async def append(
     station_id: str | None = None,
     detail: Mapping[str, Any] | None = None,
 ) -> AuditRow:
+    """One fact for the log. In a deferring transaction (:func:`defer`) the row is kept as
+    plain values, chained and inserted at commit; what is returned is then an unsaved
+    copy without its seq and hashes."""
     body = dict(detail or {})
-    deferred: list[AuditRow] | None = session.info.get(_DEFER_KEY)
+    deferred: list[dict[str, Any]] | None = session.info.get(_DEFER_KEY)
     if deferred is not None:
         # seq, prev_hash and hash are set at commit (_write_head), under the chain lock
-        row = AuditRow(call_id=call_id, at=at, kind=kind, actor=actor, station_id=station_id, detail=body)
-        deferred.append(row)
-        return row
+        values = {"call_id": call_id, "at": at, "kind": kind, "actor": actor, "station_id": station_id}
+        deferred.append({**values, "detail": body})
+        return AuditRow(**values, detail=body)
     seq, prev = await _head(session)
     link = next_row(
         seq, prev, call_id=call_id, at=at, kind=kind, actor=actor, station_id=station_id, detail=body

@@ -22,8 +22,8 @@ from device_gateway.models import DeviceEvent
 from dispatcher.audit import service as audit
 from dispatcher.audit.chain import AuditKind
 from dispatcher.audit.models import AuditRow
+from dispatcher.calls import bulk, lifecycle, paging, routing
 from dispatcher.calls import escalation as esc
-from dispatcher.calls import lifecycle, paging, routing
 from dispatcher.calls.context import (
     OUTCOMES,
     Actor,
@@ -57,18 +57,30 @@ __all__ = [
 # --------------------------------------------------------------------------- shared writes
 
 
-def schedule_timer(session: AsyncSession, call: Call, planned: esc.PlannedTimer) -> None:
-    """A pending timer of the call's live escalation chain (its generation)."""
-    session.add(
-        Timer(
-            call_id=call.id,
-            generation=call.generation,
-            step=planned.step,
-            action=planned.action,
-            due_at=planned.due_at,
-            status=TimerStatus.pending.value,
-            repeat=planned.repeat,
-        )
+def schedule_timer(
+    session: AsyncSession,
+    call: Call,
+    planned: esc.PlannedTimer,
+    *,
+    fired_by: str | None = None,
+    fired_at: datetime | None = None,
+) -> None:
+    """A pending timer of the call's live escalation chain (its generation); with
+    ``fired_by``, the record of a step fired at once (a call's opening steps)."""
+    bulk.add(
+        session,
+        Timer,
+        {
+            "call_id": call.id,
+            "generation": call.generation,
+            "step": planned.step,
+            "action": planned.action,
+            "due_at": planned.due_at,
+            "status": (TimerStatus.pending if fired_by is None else TimerStatus.fired).value,
+            "repeat": planned.repeat,
+            "fired_at": fired_at,
+            "fired_by": fired_by,
+        },
     )
 
 
@@ -101,7 +113,9 @@ async def insert_call(
 ) -> Call:
     """A new call raised by ``ev`` (``values`` are its columns, its ``policy`` the
     snapshot it runs under) with its first facts — the event received, the call opened,
-    where it went — and the timers of its escalation policy."""
+    where it went. Its escalation is the caller's to start, in the same transaction
+    (dispatcher.calls.timers.open_escalation: the steps due at once fired, the others'
+    timers stored)."""
     row = {"outcome": None, "generation": 1, "version": 1, "last_event_at": ev.received_at, **values}
     # One INSERT … RETURNING for the call alone (its id is needed below); a session
     # flush here would also write every row the batch has added so far, a round of
@@ -110,8 +124,6 @@ async def insert_call(
     await record_received(session, ev=ev, call_id=call.id, station_id=call.station_id, detail=received)
     await record(session, call, AuditKind.call_opened, at=now, actor=actor, detail=opened)
     await record(session, call, AuditKind.assigned, at=now, actor=actor, detail=assigned)
-    for planned in esc.initial_timers(esc.from_snapshot(values["policy"]), now):
-        schedule_timer(session, call, planned)
     return call
 
 

@@ -30,10 +30,12 @@ from dispatcher.paging.policy import PagingPolicy
 __all__ = [
     "ACTIONS",
     "ESCALATION_LEVEL",
+    "OPENING",
     "STALE_REASONS",
     "ContactLadder",
     "EscalationConfigError",
     "Match",
+    "Opening",
     "PlannedTimer",
     "Policy",
     "PolicySet",
@@ -45,6 +47,7 @@ __all__ = [
     "from_snapshot",
     "initial_timers",
     "on_timer_due",
+    "opening",
     "snapshot",
 ]
 
@@ -361,6 +364,44 @@ def on_timer_due(snap: Policy, step: int, repeat: int, due_at: datetime, progres
     if s.repeat_every_s is not None and repeat < s.max_repeats:
         nxt = PlannedTimer(step, s.action, due_at + timedelta(seconds=s.repeat_every_s), repeat + 1)
     return TimerDecision(True, None, nxt)
+
+
+# A call the instant it opens: nobody has acknowledged it, nobody is there, own station.
+OPENING = Progress(acknowledged=False, on_scene=False, closed=False, escalation_level=0)
+
+
+@dataclass(frozen=True, slots=True)
+class Opening:
+    """A new call's escalation at the instant it opens. ``fire``: its opening step (the
+    policy's first, when due at that instant) with its decision, fired by the transaction
+    that opens the call, so no timer pass is needed for it (its ``next`` repetition is
+    stored once the step has run). ``timers``: every other step's first timer, to store."""
+
+    fire: tuple[tuple[PlannedTimer, TimerDecision], ...]
+    timers: tuple[PlannedTimer, ...]
+
+
+def opening(snap: Policy, opened_at: datetime, progress: Progress = OPENING) -> Opening:
+    """Split a new call's first timers into its opening step (step 0, when due the instant
+    the call opens: fired at once, as :func:`on_timer_due` decides for a call that has
+    just opened at ``progress``' level) and the ones to store for later.
+
+    Only step 0: it is what the station hears the moment the call exists (every policy
+    in config/escalation.yaml starts with alert_station). Later steps also due at once
+    (the emergency policies' first page_station round) stay timers: paging reads the
+    station's roster and writes pages one call at a time, work that would hold back the
+    intake's commit, and with it every console, by a few milliseconds a call. A step 0
+    that would not fire is stored like any other step, so the timer loop records why."""
+    fire: list[tuple[PlannedTimer, TimerDecision]] = []
+    later: list[PlannedTimer] = []
+    for planned in initial_timers(snap, opened_at):
+        if planned.step == 0 and planned.due_at <= opened_at:
+            decision = on_timer_due(snap, planned.step, planned.repeat, planned.due_at, progress)
+            if decision.fire:
+                fire.append((planned, decision))
+                continue
+        later.append(planned)
+    return Opening(fire=tuple(fire), timers=tuple(later))
 
 
 def cancelled_by(progress_change: ProgressChange, snap: Policy) -> set[int]:

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from device_gateway.models import DeviceEvent
 from dispatcher.audit.chain import AuditKind
 from dispatcher.calls import escalation as esc
-from dispatcher.calls import lifecycle, routing
+from dispatcher.calls import lifecycle, routing, timers
 from dispatcher.calls import priority as prio
 from dispatcher.calls.actions import close_call, insert_call, record_received
 from dispatcher.calls.context import (
@@ -375,6 +375,8 @@ async def open_call(
     batch.call_opened(call)
     session.add(CallEvent(event_pk=ev.id, call_id=call.id, joined_at=now))
     out.calls.add(call.id)
+    # the opening step (alert the station) fires here, with the call: no timer pass for it
+    await timers.open_escalation(session, call, worker=actor, ctx=ctx, batch=batch, out=out, now=now)
     if route.station_id:
         out.device_notices.append(DeviceNotice(call.id, ev.device_id, ev.event_id, "assigned"))
     return call

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dispatcher.audit import service as audit
 from dispatcher.audit.chain import AuditKind
 from dispatcher.auth.models import Role, User
+from dispatcher.calls import bulk
 from dispatcher.calls.context import DeviceNotice, DispatchContext, Outcome
 from dispatcher.calls.models import Call
 from dispatcher.notifications.area import ChainLink, SupervisorPlan, plan_supervisors
@@ -37,6 +38,22 @@ __all__ = [
 ]
 
 
+def _pending_row(
+    *, call_id: int | None, channel: str, purpose: str, target: str, body: Mapping[str, Any], now: datetime
+) -> dict[str, Any]:
+    return {
+        "call_id": call_id,
+        "channel": channel,
+        "purpose": purpose,
+        "target": target,
+        "body": dict(body),
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+    }
+
+
 def _pending(
     *,
     call_id: int | None,
@@ -49,17 +66,9 @@ def _pending(
     visit_id: int | None = None,
 ) -> Notification:
     return Notification(
-        call_id=call_id,
+        **_pending_row(call_id=call_id, channel=channel, purpose=purpose, target=target, body=body, now=now),
         order_id=order_id,
         visit_id=visit_id,
-        channel=channel,
-        purpose=purpose,
-        target=target,
-        body=dict(body),
-        status="pending",
-        attempts=0,
-        next_attempt_at=now,
-        created_at=now,
     )
 
 
@@ -74,16 +83,19 @@ async def queue_notification(
     out: Outcome,
     now: datetime,
 ) -> None:
-    """A message about the call for a station, a person or a supervisor."""
-    session.add(
-        _pending(
+    """A message about the call for a station, a person or a supervisor (one INSERT per
+    table at the end of a loop's transaction, dispatcher.calls.bulk)."""
+    bulk.add(
+        session,
+        Notification,
+        _pending_row(
             call_id=call.id,
             channel=ctx.notifier_channel,
             purpose=purpose,
             target=target,
             body={**body, "call_id": call.id, "priority": call.priority, "station_id": call.station_id},
             now=now,
-        )
+        ),
     )
     out.notifications += 1
 
@@ -94,15 +106,17 @@ async def queue_device_notices(
     """Device acks go through the same outbox as notifications, so one written in an API
     process is still published (by a dispatcher) after a crash."""
     for n in notices:
-        session.add(
-            _pending(
+        bulk.add(
+            session,
+            Notification,
+            _pending_row(
                 call_id=n.call_id,
                 channel="mqtt",
                 purpose="device_ack",
                 target=f"device:{n.device_id}",
                 body={"event_id": n.event_id, "state": n.state},
                 now=now,
-            )
+            ),
         )
 
 

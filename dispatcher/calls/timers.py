@@ -31,6 +31,7 @@ __all__ = [
     "due_timer_ids",
     "fire_timer",
     "next_timer_due",
+    "open_escalation",
     "progress_of",
     "take_due_timers",
 ]
@@ -180,16 +181,46 @@ async def fire_timer(
         await record(session, call, AuditKind.timer_stale, at=now, actor=worker, detail=detail)
         return out
     await session.execute(update(Timer).where(Timer.id == timer.id).values(status=TimerStatus.fired.value))
-    fire = _Firing(call=call, timer=timer, worker=worker, ctx=ctx, batch=batch, out=out, now=now)
-    handler = _ACTIONS.get(timer.action)
-    again = await handler(session, fire) if handler is not None else None
+    planned = esc.PlannedTimer(timer.step, timer.action, timer.due_at, timer.repeat)
+    fire = _Firing(call=call, timer=planned, worker=worker, ctx=ctx, batch=batch, out=out, now=now)
+    await _run_step(session, fire, decision)
+    return out
+
+
+async def open_escalation(
+    session: AsyncSession,
+    call: Call,
+    *,
+    worker: str,
+    ctx: DispatchContext,
+    batch: Batch,
+    out: Outcome,
+    now: datetime,
+) -> None:
+    """Start a new call's escalation in the transaction that opens it: the steps due the
+    instant it opens (alert the station, page its people …) run here, recorded as fired
+    timers, and every other step's timer is stored. No timer pass is needed for the
+    opening steps, and nothing can fire them twice: the call and its first steps commit
+    together or not at all, and no other copy sees the call before that."""
+    plan = esc.opening(esc.from_snapshot(call.policy), now, progress_of(call))
+    for planned in plan.timers:
+        schedule_timer(session, call, planned)
+    for planned, decision in plan.fire:
+        schedule_timer(session, call, planned, fired_by=worker, fired_at=now)
+        fire = _Firing(call=call, timer=planned, worker=worker, ctx=ctx, batch=batch, out=out, now=now)
+        await _run_step(session, fire, decision)
+
+
+async def _run_step(session: AsyncSession, f: _Firing, decision: esc.TimerDecision) -> None:
+    """Do a step that fires, and store its next repetition unless the step says it is done."""
+    handler = _ACTIONS.get(f.timer.action)
+    again = await handler(session, f) if handler is not None else None
     if decision.next is not None and again is not False:
         nxt = decision.next
         if isinstance(again, datetime) and again > nxt.due_at:
             nxt = replace(nxt, due_at=again)
-        schedule_timer(session, call, nxt)
-    out.calls.add(call.id)
-    return out
+        schedule_timer(session, f.call, nxt)
+    f.out.calls.add(f.call.id)
 
 
 # --------------------------------------------------------------------------- what a timer does
@@ -198,7 +229,7 @@ async def fire_timer(
 @dataclass(frozen=True)
 class _Firing:
     call: Call
-    timer: Timer
+    timer: esc.PlannedTimer  # the step and repetition firing (from its timer row, or opening)
     worker: str
     ctx: DispatchContext
     batch: Batch

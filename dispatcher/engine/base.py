@@ -59,12 +59,15 @@ class DispatcherState:
     heartbeats: dict[str, float]
 
     async def _announce(self, out: Outcome, *, opened: bool = False) -> None:
-        """After a commit: wake the loops with new work, tell consoles which calls changed."""
-        if opened:
-            self._wake_timers.set()  # a new call's first step (alert the station) is due now
+        """Right after a commit, first thing: tell consoles which calls changed; then wake
+        the outbox for what the transaction queued and, after intake opened calls, the
+        timer loop (a call's opening step fired with it, but a later step may be due at
+        once too: the emergency policies' first page round)."""
         if out.calls:
             await self.bus.publish("calls", {"ids": sorted(out.calls), "by": self.name})
             if self.on_calls_changed is not None:
                 await self.on_calls_changed(out.calls)
         if out.device_notices or out.notifications:
             self._wake_outbox.set()
+        if opened:
+            self._wake_timers.set()

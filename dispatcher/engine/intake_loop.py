@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from device_gateway.models import DeviceEvent
 from dispatcher.audit import service as audit
 from dispatcher.audit.chain import AuditKind
-from dispatcher.calls import failures, intake, outbox
+from dispatcher.calls import bulk, failures, intake, outbox
 from dispatcher.calls.context import Outcome
 from dispatcher.calls.models import EventIntake, FailureKind
 from dispatcher.engine import handling
@@ -40,7 +40,9 @@ class IntakeLoop(DispatcherState):
         try:
             async with self.maker() as session, session.begin():
                 # audit rows are chained at commit: the chain lock is held for the commit
-                # only, not while the batch is routed (see audit.defer)
+                # only, not while the batch is routed (see audit.defer); timers and
+                # outbox rows go in as one INSERT per table (see bulk.defer)
+                bulk.defer(session)  # first: its rows go in before the chain lock is taken
                 audit.defer(session)
                 events = await intake.claim_events(session, limit=limit)
                 # set-based reads: registry rows, then the homes' open calls (locked)
@@ -65,9 +67,10 @@ class IntakeLoop(DispatcherState):
             # these first: one at a time, each event's failure its own
             log.warning("dispatcher.intake_batch_failed", error=failures.describe(exc))
             return retried + await self._intake_one_by_one(limit)
+        # the consoles first: the calls are committed, nothing else should come before
+        await self._announce(out, opened=bool(events))
         self.stats.events += len(events)
         CALLS_OPENED.labels("handled").inc(len(events))
-        await self._announce(out, opened=bool(events))
         return retried + len(events)
 
     async def _intake_one_by_one(self, limit: int) -> int:
@@ -89,6 +92,7 @@ class IntakeLoop(DispatcherState):
         now = self.clock.now()
         try:
             async with self.maker() as session, session.begin():
+                bulk.defer(session)  # first: its rows go in before the chain lock is taken
                 audit.defer(session)
                 ev = await intake.claim_event(session, event_pk=event_pk)
                 if ev is None:
@@ -108,9 +112,9 @@ class IntakeLoop(DispatcherState):
                 return None  # another copy handled it first
             await self._event_failed(event_pk, exc, now)
             return False
+        await self._announce(out, opened=True)
         self.stats.events += 1
         CALLS_OPENED.labels("handled").inc()
-        await self._announce(out, opened=True)
         return True
 
     async def _event_handled(self, event_pk: int) -> bool:

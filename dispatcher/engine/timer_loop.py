@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatcher.audit import service as audit
 from dispatcher.audit.chain import AuditKind
-from dispatcher.calls import failures, outbox, timers
+from dispatcher.calls import bulk, failures, outbox, timers
 from dispatcher.calls.context import Outcome
 from dispatcher.calls.models import Call, FailureKind, Timer
 from dispatcher.engine import handling
@@ -33,7 +33,8 @@ class TimerLoop(DispatcherState):
     async def _timer_loop(self) -> None:
         """Fire due timers; between rounds sleep until the next one is due (at most
         ``timer_poll_s``, which also covers timers other copies scheduled), or until this
-        copy's intake opened calls, whose first step is due at once."""
+        copy's intake opened calls (their opening step fired with them; a later step may
+        be due at once too)."""
         backoff = handling.Backoff()
         poll = self.settings.timer_poll_s
         while True:
@@ -71,8 +72,8 @@ class TimerLoop(DispatcherState):
         return max(0.0, min(cap_s, self.clock.real_seconds(due_in)))
 
     async def _sleep_until_due(self, due_in: float | None, cap_s: float) -> None:
-        """Until the next timer is due, this copy's intake opens a call (its first step is
-        due at once), or ``cap_s`` real seconds pass (timers other copies schedule).
+        """Until the next timer is due, this copy's intake opens a call (a step of it may
+        be due at once), or ``cap_s`` real seconds pass (timers other copies schedule).
 
         The due moment is waited for on the clock itself, not as real seconds computed
         once: the demo's catch-up clock changes its rate (x100 around alarms, x10,000
@@ -101,6 +102,7 @@ class TimerLoop(DispatcherState):
         late_s: list[float] = []
         try:
             async with self.maker() as session, session.begin():
+                bulk.defer(session)  # next timers and outbox rows: one INSERT per table, first
                 audit.defer(session)  # timer rows and calls locked first, the chain at commit
                 due = await timers.claim_due_timers(session, limit=limit, now=now)
                 taken = await timers.take_due_timers(session, timers=due, worker=self.name, now=now)
@@ -118,11 +120,11 @@ class TimerLoop(DispatcherState):
                 raise
             log.warning("dispatcher.timers_batch_failed", error=failures.describe(exc))
             return retried + await self._timers_one_by_one(limit)
+        if fired:
+            await self._announce(out)  # the consoles first, right after the commit
+            TIMERS_FIRED.labels("handled").inc(fired)
         for late in late_s:
             self._timer_fired(late)
-        if fired:
-            TIMERS_FIRED.labels("handled").inc(fired)
-            await self._announce(out)
         return retried + fired
 
     def _timer_fired(self, late_s: float) -> None:
@@ -133,7 +135,9 @@ class TimerLoop(DispatcherState):
 
     async def _timers_one_by_one(self, limit: int) -> int:
         return await handling.one_at_a_time(
-            self.maker, lambda s: timers.due_timer_ids(s, limit=limit, now=self.clock.now()), self._fire_one_timer
+            self.maker,
+            lambda s: timers.due_timer_ids(s, limit=limit, now=self.clock.now()),
+            self._fire_one_timer,
         )
 
     async def _retry_failed_timers(self, limit: int) -> int:
@@ -147,6 +151,7 @@ class TimerLoop(DispatcherState):
         now = self.clock.now()
         try:
             async with self.maker() as session, session.begin():
+                bulk.defer(session)  # first: its rows go in before the chain lock is taken
                 audit.defer(session)
                 timer = await timers.claim_timer(session, timer_id=timer_id, now=now)
                 if timer is None:

@@ -37,7 +37,7 @@ from device_gateway.models import DeviceEvent
 from dispatcher.audit import service as audit
 from dispatcher.audit.chain import AuditKind
 from dispatcher.calls import escalation as esc
-from dispatcher.calls import lifecycle
+from dispatcher.calls import lifecycle, timers
 from dispatcher.calls.actions import close_call, insert_call
 from dispatcher.calls.context import Batch, DispatchContext, Outcome, is_pg
 from dispatcher.calls.dispatch_config import MASS_OFFLINE
@@ -216,6 +216,10 @@ async def _open_incident(
     )
     session.add(row)
     run.areas.rows[call.id] = row
+    # its opening step (alert the area's station) fires with the call, as any call's
+    await timers.open_escalation(
+        session, call, worker=run.actor, ctx=ctx, batch=run.batch, out=run.out, now=run.now
+    )
     await session.flush()  # incident_devices rows refer to it
     run.areas.locked.add(call.id)  # ours until the commit
     inc = mo.OpenIncident(call.id, area_id, decision.cause, decision.outage_id, ev.received_at)

@@ -21,6 +21,7 @@ from dispatcher.calls.escalation import (
     from_snapshot,
     initial_timers,
     on_timer_due,
+    opening,
     paging_of,
     snapshot,
 )
@@ -247,3 +248,72 @@ def test_page_station_repeats_every_paging_timeout_and_checks_its_keys(tmp_path:
                 head + "{action: page_station, after_s: 0, until: acknowledged, paging: {mode: shout}}]}]",
             )
         )
+
+
+# --------------------------------------------------------------------------- opening (issue 15)
+
+
+@pytest.mark.parametrize("event_class", ["emergency", "urgent", "trouble", "mass_offline", "anything"])
+def test_every_policy_fires_its_opening_step_with_the_call_and_stores_the_rest(event_class: str) -> None:
+    """Step 0, due the instant the call opens, fires with the call; every other step's
+    timer is stored (a later step due at once too), exactly as initial_timers plans."""
+    policy = snap(event_class, "P1")
+    plan = opening(policy, T0)
+    fired = [p for p, _ in plan.fire]
+    assert fired == [PlannedTimer(0, "alert_station", T0, 0)]
+    assert sorted(fired + list(plan.timers), key=lambda t: (t.due_at, t.step)) == initial_timers(policy, T0)
+    assert all(t.step != 0 for t in plan.timers)
+    for planned, decision in plan.fire:
+        assert decision == on_timer_due(policy, planned.step, 0, T0, WAITING)
+
+
+def test_an_opening_step_that_repeats_plans_its_next_repetition() -> None:
+    policy = Policy.model_validate(
+        {
+            "name": "nag",
+            "steps": [
+                {
+                    "action": "remind",
+                    "after_s": 0,
+                    "repeat_every_s": 30,
+                    "max_repeats": 2,
+                    "until": "acknowledged",
+                },
+                {"action": "escalate_street", "after_s": 60, "until": "acknowledged"},
+            ],
+        }
+    )
+    plan = opening(policy, T0)
+    assert [(p.step, d.next) for p, d in plan.fire] == [
+        (0, PlannedTimer(0, "remind", T0 + timedelta(seconds=30), 1))
+    ]
+    assert plan.timers == (PlannedTimer(1, "escalate_street", T0 + timedelta(seconds=60), 0),)
+
+
+def test_an_opening_step_that_would_not_fire_is_stored_for_the_timer_loop_to_record() -> None:
+    """A call opened at the street centre (a street's mass offline incident) is already at
+    the level an immediate escalate_street names: stored, so the timer loop records it stale."""
+    policy = Policy.model_validate(
+        {
+            "name": "street",
+            "steps": [
+                {"action": "escalate_street", "after_s": 0, "until": "acknowledged"},
+                {"action": "alert_station", "after_s": 0, "until": "closed"},
+            ],
+        }
+    )
+    at_street = Progress(acknowledged=False, on_scene=False, closed=False, escalation_level=1)
+    plan = opening(policy, T0, at_street)
+    assert plan.fire == ()
+    assert plan.timers == (PlannedTimer(0, "escalate_street", T0, 0), PlannedTimer(1, "alert_station", T0, 0))
+    assert [p.step for p, _ in opening(policy, T0).fire] == [0], "a step 0 that is not an alert fires too"
+
+
+def test_a_policy_whose_first_step_waits_fires_nothing_at_the_opening() -> None:
+    policy = Policy.model_validate(
+        {"name": "later", "steps": [{"action": "alert_station", "after_s": 30, "until": "closed"}]}
+    )
+    plan = opening(policy, T0)
+    assert plan.fire == () and plan.timers == (
+        PlannedTimer(0, "alert_station", T0 + timedelta(seconds=30), 0),
+    )

@@ -150,21 +150,21 @@ async def test_set_aside_timers_are_listed_and_put_back(
     real = timers.fire_timer
 
     async def fire_timer(session: AsyncSession, timer: Timer, **kw: Any) -> Outcome:
-        if timer.action == "alert_station":
+        if timer.action == "remind":
             raise RuntimeError("no route to the station's console")
         return await real(session, timer=timer, **kw)
 
     monkeypatch.setattr(timers, "fire_timer", fire_timer)
     await store_event(maker, "h1-btn", "e1", "sos", T0)
-    await d.intake_once()
-    for _ in range(4):
+    await d.intake_once()  # the opening alert fired with the call; the reminder is due at 20 s
+    for _ in range(5):  # the reminder fails at 20, 30 and 40 s (before the street's 60 s)
         while await d.timers_once():
             pass
         clock.advance(10)
     root = await login(c, "root")
     op2 = await login(c, "op-cm2")
     [t] = (await c.get("/api/v1/intake/failures", headers=root)).json()["timers"]
-    assert t["action"] == "alert_station" and t["attempts"] == 3 and t["station_id"] == "cm1"
+    assert t["action"] == "remind" and t["attempts"] == 3 and t["station_id"] == "cm1"
     assert t["error"] == "RuntimeError: no route to the station's console"
     assert (await c.get("/api/v1/intake/failures", headers=op2)).json()["timers"] == []
     monkeypatch.setattr(timers, "fire_timer", real)

@@ -391,15 +391,16 @@ async def test_timer_loop_does_not_spin_while_a_failed_timer_waits(
     maker: async_sessionmaker[AsyncSession],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    d, _, _ = engine_setup
+    d, clock, _ = engine_setup
 
     async def fire_timer(*a: Any, **kw: Any) -> Outcome:
         raise KeyError("always")
 
     monkeypatch.setattr(timers, "fire_timer", fire_timer)
     await store_event(maker, "h1-btn", "e1", "sos", T0)
-    await d.intake_once()
-    assert await d.timers_once() >= 1  # the alert step failed once
+    await d.intake_once()  # the alert fired with the call; the first reminder is due at 2 s
+    clock.advance(2)
+    assert await d.timers_once() >= 1  # the reminder failed once
     assert await d.timers_once() == 0, "nothing due until its retry"
     wait = await d._until_next_timer(30.0)
     assert wait == pytest.approx(2.0, abs=0.01), "sleeps until the retry is due"

@@ -1,0 +1,88 @@
+"""Rows the dispatcher's loops write and never read back as objects (timers, outbox
+notifications): kept as plain dicts and written with one Core INSERT per table, not as
+ORM objects flushed by the unit of work.
+
+An alarm writes about twenty rows; as ORM objects each costs the identity map, the
+unit of work's sort and a RETURNING of its id, which nobody reads. A loop turns this on
+for its transaction with :func:`defer`; elsewhere (an operator's action) :func:`add`
+hands the row to the session as an ORM object, as before.
+
+Read-your-writes holds as with the ORM's flush: the buffered rows are written before
+any later statement of the transaction that touches their tables (so a cancel in the
+same intake batch finds the timers of the call it closes), and at the latest before the
+commit. A rollback drops them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Table, event, insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.sql import ClauseElement, TableClause
+from sqlalchemy.sql.util import find_tables
+
+from carecall.core.db import Base
+
+__all__ = ["add", "defer"]
+
+_KEY = "carecall.bulk_rows"
+
+
+def defer(session: AsyncSession) -> None:
+    """Buffer this transaction's rows given to :func:`add`; call at its start."""
+    if _KEY not in session.info:
+        session.info[_KEY] = {}
+    sync = session.sync_session
+    if not event.contains(sync, "before_commit", _write_all):
+        event.listen(sync, "before_commit", _write_all)
+        event.listen(sync, "do_orm_execute", _before_statement)
+        event.listen(sync, "after_commit", _drop)
+        event.listen(sync, "after_rollback", _drop)
+
+
+def add(session: AsyncSession, model: type[Base], row: dict[str, Any]) -> None:
+    """A new row of ``model``: buffered for one INSERT per table in a deferring
+    transaction, else added to the session as an object."""
+    pending: dict[Table, list[dict[str, Any]]] | None = session.info.get(_KEY)
+    if pending is None:
+        session.add(model(**row))
+        return
+    table = model.__table__
+    assert isinstance(table, Table)
+    pending.setdefault(table, []).append(row)
+
+
+def _write(session: Session, tables: set[TableClause] | None = None) -> None:
+    pending: dict[Table, list[dict[str, Any]]] | None = session.info.get(_KEY)
+    if not pending:
+        return
+    for table in list(pending):
+        if tables is not None and table not in tables:
+            continue
+        rows = pending.pop(table)
+        session.execute(insert(table), rows)
+
+
+def _write_all(session: Session) -> None:
+    _write(session)
+
+
+def _before_statement(state: ORMExecuteState) -> None:
+    """Before a statement that reads or changes a buffered table: its rows first."""
+    pending = state.session.info.get(_KEY)
+    if not pending:
+        return
+    statement = state.statement
+    if not isinstance(statement, ClauseElement):
+        return
+    touched = set(find_tables(statement, include_crud=True, include_joins=True)) & set(pending)
+    if touched:
+        _write(state.session, touched)
+
+
+def _drop(session: Session, *_: Any) -> None:
+    """After the commit (written) or a rollback (gone): the next transaction of this
+    session adds objects again unless it defers too."""
+    session.info.pop(_KEY, None)

@@ -1,0 +1,220 @@
+"""The alarm lane (issue 15): a new call's opening step (alert the station) fires in the
+transaction that opens the call, the console is told right after that commit, and the
+per-call write path stays a small, fixed number of statements."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import event, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from carecall.core.bus import MemoryBus
+from carecall.shell.fleet_registry import provision_fleet
+from config.settings import load_settings
+from device_gateway.store import EventRow, insert_events
+from dispatcher.audit.models import AuditRow
+from dispatcher.audit.service import verify_log
+from dispatcher.calls.models import Call, Timer
+from dispatcher.engine.process import Dispatcher, load_context
+from dispatcher.notifications.models import Notification
+from dispatcher.notifications.notifiers import LogNotifier
+from tests.dispatcher.engine.support import T0, ManualClock, store_event
+
+# Statements (cursor executions; the commit is not one) to open one call end to end under
+# the short policy: its intake transaction, then a timer pass at the same instant. At the
+# branch point of issue 15: SQLite 23 + 9 = 32, PostgreSQL 17 + 9 = 26 (the alert was the
+# timer pass's, a transaction of its own; SQLite inserted the call's timers one by one).
+# With the opening step in the intake and Core inserts: SQLite 16 + 2 = 18, PostgreSQL
+# 17 + 2 = 19 (docs/performance.md). A change that makes the path longer fails here.
+MAX_STATEMENTS = {"sqlite": 18, "postgresql": 19}
+
+
+@contextmanager
+def counting(engine: AsyncEngine) -> Iterator[list[str]]:
+    seen: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement.split(None, 1)[0].upper())
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        yield seen
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", count)
+
+
+def engine_of(maker: async_sessionmaker[AsyncSession]) -> AsyncEngine:
+    bind = maker.kw["bind"]
+    assert isinstance(bind, AsyncEngine)
+    return bind
+
+
+async def test_the_opening_alert_fires_with_the_call_and_no_timer_pass_is_needed(setup, maker) -> None:  # type: ignore[no-untyped-def]
+    d, _clock, _notifier = setup
+    told: list[dict[str, Any]] = []
+
+    async def consoles(ids: set[int]) -> None:
+        async with maker() as s:  # the call is committed when the consoles are told
+            alerted = await s.scalar(select(AuditRow.id).where(AuditRow.kind == "alerted"))
+        told.append({"ids": ids, "alerted": alerted})
+
+    d.on_calls_changed = consoles
+    await store_event(maker, "h1-btn", "e1", "sos", T0)
+    assert await d.intake_once() == 1
+    assert told and told[0]["alerted"] is not None, "told after the commit that holds the alert"
+    async with maker() as s:
+        call = (await s.scalars(select(Call))).one()
+        rows = (await s.execute(select(AuditRow.kind, AuditRow.detail).order_by(AuditRow.seq))).all()
+        timers = (await s.scalars(select(Timer).order_by(Timer.step, Timer.repeat))).all()
+        station = (await s.scalars(select(Notification).where(Notification.purpose == "alert_station"))).all()
+    assert [k for k, _ in rows] == ["event_received", "call_opened", "assigned", "alerted"]
+    assert rows[-1][1]["step"] == 0 and rows[-1][1]["late_ms"] == 0
+    assert [(n.target, n.body["call_id"]) for n in station] == [("station:cm1", call.id)]
+    step0 = [t for t in timers if t.step == 0]
+    assert [(t.status, t.fired_by, t.fired_at) for t in step0] == [("fired", d.name, T0)]
+    assert all(t.status == "pending" and t.due_at > T0 for t in timers if t.step != 0)
+    # nothing is due: the timer loop has no pass to make for the opening step
+    assert await d.timers_once() == 0
+    async with maker() as s:
+        alerts = await s.scalar(select(AuditRow.id).where(AuditRow.kind == "alerted", AuditRow.seq > 4))
+    assert alerts is None, "the station was alerted once"
+    assert (await verify_log(maker)).ok
+
+
+async def test_a_later_cancel_in_the_same_batch_cancels_the_new_calls_timers(setup, maker) -> None:  # type: ignore[no-untyped-def]
+    """The timers go in as one INSERT at the end of the batch, yet a cancel later in the
+    same batch still finds (and cancels) them."""
+    d, _clock, _notifier = setup
+    await store_event(maker, "h1-btn", "e1", "sos", T0)
+    await store_event(
+        maker, "h1-btn", "e2", "cancel", T0 + timedelta(seconds=1), cls="cancel", data={"ref": "e1"}
+    )
+    assert await d.intake_once() == 2
+    async with maker() as s:
+        call = (await s.scalars(select(Call))).one()
+        statuses = sorted({t.status for t in (await s.scalars(select(Timer))).all()})
+    assert call.status == "cancelled"
+    assert statuses == ["cancelled", "fired"], "the opening step fired; every later one cancelled"
+    assert (await verify_log(maker)).ok
+
+
+async def test_opening_one_call_takes_few_statements(setup, maker, db_backend: str) -> None:  # type: ignore[no-untyped-def]
+    d, _clock, _notifier = setup
+    await store_event(maker, "h1-btn", "e1", "sos", T0)
+    with counting(engine_of(maker)) as intake:
+        assert await d.intake_once() == 1
+    with counting(engine_of(maker)) as timers:
+        await d.timers_once()
+    total = len(intake) + len(timers)
+    print(
+        f"\nopening one call ({db_backend}): intake {len(intake)} {intake}; timer pass {len(timers)} {timers}"
+    )
+    assert total <= MAX_STATEMENTS[db_backend], (intake, timers)
+
+
+async def test_the_projects_policies_fire_the_opening_alert_in_the_intake(setup, maker) -> None:  # type: ignore[no-untyped-def]
+    """config/escalation.yaml: an emergency's step 0 (alert the station) fires in the
+    intake's transaction, once; its first page_station round, also due at once, is the
+    timer loop's (paging would hold back the intake's commit), fired in its next pass."""
+    d, _clock, _notifier = setup
+    policies = load_context(load_settings(database_url="sqlite:///unused.db")).policies
+    d.ctx = replace(d.ctx, policies=policies)
+    await store_event(maker, "h1-btn", "e1", "sos", T0)
+    assert await d.intake_once() == 1
+    async with maker() as s:
+        kinds = list(await s.scalars(select(AuditRow.kind).order_by(AuditRow.seq)))
+        timers = (await s.scalars(select(Timer).order_by(Timer.step, Timer.repeat))).all()
+    assert kinds == ["event_received", "call_opened", "assigned", "alerted"]
+    assert [(t.step, t.action) for t in timers if t.status == "fired"] == [(0, "alert_station")]
+    due_now = [(t.step, t.action) for t in timers if t.status == "pending" and t.due_at == T0]
+    assert due_now == [(6, "page_station")]
+    assert await d.timers_once() == 1, "only the page round is left to the timer loop"
+    async with maker() as s:
+        kinds = list(await s.scalars(select(AuditRow.kind).order_by(AuditRow.seq)))
+    assert kinds.count("alerted") == 1 and kinds.count("paged") == 1, kinds
+    assert (await verify_log(maker)).ok
+
+
+async def test_two_copies_opening_calls_at_once_alert_each_call_once_and_keep_the_chain(
+    setup: tuple[Dispatcher, ManualClock, LogNotifier],
+    maker: async_sessionmaker[AsyncSession],
+    db_backend: str,
+) -> None:
+    """Two dispatcher copies take a storm side by side: each alarm opens one call, its
+    station is alerted exactly once (by whichever copy opened it), nothing of the opening
+    is left to a timer pass, and the audit chain verifies."""
+    d, clock, notifier = setup
+    d2 = Dispatcher(
+        settings=d.settings.model_copy(update={"instance": "b"}),
+        maker=maker,
+        bus=MemoryBus(),
+        clock=clock,
+        mqtt=None,
+        notifier=notifier,
+        ctx=d.ctx,
+    )
+    assert d2.name != d.name
+    fleet = await provision_fleet(maker, 40, prefix="mc", now=T0)
+    async with maker() as s, s.begin():
+        await insert_events(
+            s,
+            [
+                EventRow(
+                    device_id=dev,
+                    event_id="e1",
+                    home_id=home,
+                    type="sos",
+                    event_class="emergency",
+                    sensor=None,
+                    data={},
+                    source="device",
+                    device_ts=T0,
+                    received_at=T0,
+                    clock_skew_s=0.0,
+                    clock_suspect=False,
+                    gateway="test",
+                )
+                for home, dev in zip(fleet.homes, fleet.devices, strict=True)
+            ],
+        )
+
+    async def drain(copy: Dispatcher) -> None:
+        for _ in range(200):
+            try:
+                if not await copy.intake_once(limit=5):
+                    return
+            except OperationalError:  # SQLite: the other copy holds the write lock; again
+                await asyncio.sleep(0.01)
+        raise AssertionError("the copies never finished the storm")
+
+    await asyncio.gather(drain(d), drain(d2))
+    while await d.intake_once():
+        pass
+    assert await d.timers_once() == 0 and await d2.timers_once() == 0
+    async with maker() as s:
+        calls = (await s.scalars(select(Call))).all()
+        alerted = Counter((await s.scalars(select(AuditRow.call_id).where(AuditRow.kind == "alerted"))).all())
+        station_alerts = Counter(
+            (
+                await s.scalars(select(Notification.call_id).where(Notification.purpose == "alert_station"))
+            ).all()
+        )
+        fired = (
+            await s.execute(
+                select(Timer.call_id, Timer.fired_by).where(Timer.step == 0, Timer.status == "fired")
+            )
+        ).all()
+    assert len(calls) == 40
+    assert set(alerted.values()) == {1} and len(alerted) == 40, "each call alerted once"
+    assert set(station_alerts.values()) == {1} and len(station_alerts) == 40
+    assert sorted(c for c, _ in fired) == sorted(c.id for c in calls)
+    print(f"\n{db_backend}: opening alerts by copy {dict(Counter(by for _, by in fired))}")
+    assert (await verify_log(maker)).ok
