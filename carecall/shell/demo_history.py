@@ -19,7 +19,8 @@ would send 5 a second, 25,000 at ×5,000. So while catching up:
   (device-raised inactivity events still open calls);
 - the gateway flushes device state and sweeps for silent devices in simulated minutes,
   not seconds (at ×10,000 two simulated seconds are 0.2 real milliseconds);
-- the dispatcher polls its timers every 10 real ms instead of 250.
+- the dispatcher polls its timers every 10 real ms instead of 250, and generates welfare
+  visits every real second instead of every minute (``history_visit_rules``).
 
 Alarms are never thinned. After the catch-up the gateway and the dispatcher restart
 with the normal settings, and the simulated homes with their registry heartbeats.
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from device_gateway.service import Gateway
     from device_gateway.store import EventRow
     from dispatcher.engine.process import Dispatcher
+    from dispatcher.visits.rules import VisitRules
 
 log = structlog.get_logger("carecall.runtime")
 
@@ -75,6 +77,19 @@ def history_settings(settings: Settings, workdir: Path) -> Settings:
     path = workdir / "history-rules.yaml"
     path.write_text(yaml.safe_dump(rules, allow_unicode=True), encoding="utf-8")
     return settings.model_copy(update={**HISTORY_TUNING, "rules_file": path})
+
+
+HISTORY_VISITS_EVERY_S = 1.0
+
+
+def history_visit_rules() -> VisitRules:
+    """The visits policy while catching up: rounds every HISTORY_VISITS_EVERY_S real
+    seconds (about three simulated hours at ×10,000) instead of config/visits.yaml's
+    minute, which would be a week of history between rounds (weekly visits skipped,
+    follow-ups past their lookback)."""
+    from dispatcher.visits.config_file import load_visit_rules
+
+    return load_visit_rules().model_copy(update={"generate_every_s": HISTORY_VISITS_EVERY_S})
 
 
 def history_heartbeat(registry_s: int) -> int:
