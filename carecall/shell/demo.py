@@ -31,6 +31,7 @@ from carecall.shell.demo_history import (
     count_calls,
     history_begin,
     history_heartbeats,
+    history_order_levels,
     history_progress,
     history_settings,
     history_visit_rules,
@@ -296,6 +297,8 @@ class _Demo:
             )
         if isinstance(core.clock, CatchUpClock):
             phase.tasks.append(asyncio.create_task(back_pressure(core.clock, phase, phase.stop, core.maker)))
+            levels = history_order_levels(core.maker, core.clock, phase.dispatcher.notifier, phase.stop)
+            phase.tasks.append(asyncio.create_task(levels))
         return phase
 
     def prepare_operators(self) -> None:

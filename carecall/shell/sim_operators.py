@@ -16,6 +16,8 @@ Two parts:
 - ``SimulatedOperators`` is the I/O at the edge: it watches the open calls, performs each
   planned step when simulated time reaches it, and asks the clock for fine resolution
   around its steps (``Clock.hold``) so a compressed history keeps human-scale times.
+  With ``services`` (carecall/shell/sim_services.py) the same loop then works the
+  service orders, welfare visits and phone bookings — only while no call waits.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ class _Tracked:
 
 
 class SimulatedServices:
-    POLL_S = 300.0  # simulated seconds between looks at the open orders and visits
+    POLL_S = 1800.0  # simulated seconds between looks at the open orders and visits
     POKE_DELAY_S = 0.05  # real seconds after a device event: its order is booked by then
 
     def __init__(

@@ -49,9 +49,9 @@ app.command("import")(data.import_)
 app.command()(data.export)
 app.command("broker-config")(data.broker_config)
 app.command()(data.schemas)
-app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
-)(data.basemap)
+app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})(
+    data.basemap
+)
 app.command()(simulate)
 
 
