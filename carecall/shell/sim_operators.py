@@ -16,7 +16,7 @@ Two parts:
 - ``SimulatedOperators`` is the I/O at the edge: it watches the open calls, performs each
   planned step when simulated time reaches it, and asks the clock for fine resolution
   around its steps (``Clock.hold``) so a compressed history keeps human-scale times.
-  With ``services`` (carecall/shell/sim_services.py) the same loop then works the
+  With ``services`` (carecall/shell/sim_services.py) a task beside that loop works the
   service orders, welfare visits and phone bookings — only while no call waits.
 """
 
@@ -195,6 +195,7 @@ class SimulatedOperators:
     """Watches the open calls and acts on them when their planned moments come."""
 
     HOLD_BEFORE_S = 1.0
+    URGENT_RETRY_S = 0.05  # real seconds the services wait while a call needs the operators
     HOLD_AFTER_S = 3.0
     # Continuous fine time until an answer due within this (an emergency's reminders come
     # every 20 s); a device-trouble call left for hours is held around its timers only.
@@ -255,6 +256,9 @@ class SimulatedOperators:
             if self.bus is not None and self.services is not None
             else None
         )
+        # the services in a task of their own: a slow write of theirs never keeps the
+        # loop below from seeing a new call (at ×10,000 a 50 ms wait is eight minutes)
+        services = asyncio.create_task(self._run_services(stop)) if self.services is not None else None
         try:
             while not stop.is_set():
                 self._wake.clear()  # before looking: a call opened meanwhile wakes the next wait
@@ -268,7 +272,7 @@ class SimulatedOperators:
                     delay = None
                 await self._wait(stop, delay)
         finally:
-            for task in (listener, events):
+            for task in (listener, events, services):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -296,13 +300,6 @@ class SimulatedOperators:
                 self.clock.sleep(simulated_s) if simulated_s is not None else asyncio.sleep(self.idle_s)
             ),
         ]
-        if self.services is not None:
-            real = self.services.real_wait()
-            if real is not None:
-                waiters.append(asyncio.ensure_future(asyncio.sleep(real)))
-            else:
-                self._svc_wake.clear()
-                waiters.append(asyncio.ensure_future(self._svc_wake.wait()))
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -339,13 +336,38 @@ class SimulatedOperators:
                 now = self.clock.now()
             if tr.next >= len(tr.plan.steps):
                 self._tracked.pop(call_id, None)
-        if self.services is not None and not (stop is not None and stop.is_set()):
-            # orders and visits only once every call step due is done, and never past a
-            # call that needs someone: a new or changed call, or a step falling due
-            later = await self.services.step(self._login, self._urgent)
-            if later is not None:
-                next_in = later if next_in is None else min(next_in, later)
         return None if next_in is None else max(next_in, 0.0)
+
+    async def _run_services(self, stop: asyncio.Event) -> None:
+        """Orders, visits and bookings (carecall/shell/sim_services.py): each step only
+        while no call needs the operators (``_urgent``); waits for its next moment, a
+        device event (``poke``) or a call handled."""
+        assert self.services is not None
+        svc = self.services
+        while not stop.is_set():
+            try:
+                later: float | None = await svc.step(self._login, self._urgent)
+            except Exception:
+                log.exception("sim_services.step_failed")
+                later = None
+            real = svc.real_wait()
+            if self._urgent():
+                real = self.URGENT_RETRY_S  # the calls first; look again shortly
+            self._svc_wake.clear()
+            waiters = [
+                asyncio.ensure_future(stop.wait()),
+                asyncio.ensure_future(self._svc_wake.wait()),
+                asyncio.ensure_future(
+                    self.clock.sleep(later) if later is not None else asyncio.sleep(self.idle_s)
+                ),
+            ]
+            if real is not None:
+                waiters.append(asyncio.ensure_future(asyncio.sleep(max(real, self.min_pause_s))))
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
 
     def _urgent(self) -> bool:
         """A call needs the operators now: one changed (the bus) or a planned step is due."""

@@ -5,9 +5,10 @@ simulated operators (``sim-<station id>``, carecall/shell/sim_operators.py), so 
 step is an audit row like anybody's.
 
 The plans are pure (carecall/shell/sim_services_plan.py); this is the I/O at the edge. It
-runs inside the simulated operators' loop and only when no call is waiting: before each
-step it asks ``urgent`` (a call's step is due, or a call changed) and stops at once if so —
-an order or a visit never delays an emergency.
+runs in a task beside the simulated operators' loop (``SimulatedOperators._run_services``),
+so its writes never keep that loop from a new call, and it acts only when no call is
+waiting: before each step it asks ``urgent`` (a call's step is due, or a call changed) and
+stops at once if so — an order or a visit never delays an emergency.
 
 Orders are seen by polling (every POLL_S simulated seconds) and shortly after a device
 event was stored (``poke``: a service button's order is booked by the dispatcher's intake

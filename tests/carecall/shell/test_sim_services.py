@@ -5,6 +5,7 @@ figures from the audit log."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import Counter
 from dataclasses import replace
@@ -212,14 +213,10 @@ async def _device_orders(maker: async_sessionmaker[AsyncSession], at: datetime, 
             await order_from_event(s, ev=ev, actor="test:intake", now=at)
 
 
-@pytest.mark.usefixtures("cheap_argon2")
-async def test_a_week_of_orders_and_visits_shows_on_the_oversight_figures(
-    maker: async_sessionmaker[AsyncSession], db_url: str
-) -> None:
-    clock = ManualClock(T0)
+async def _one_street(maker: async_sessionmaker[AsyncSession]) -> None:
+    """The demo county's stations, staff and providers, and the homes of one street (a
+    seventh of the county: every write is a commit, and the test stays fast)."""
     county = generate_demo_county()
-    # the county's stations, staff and providers, and the homes of one street (a seventh
-    # of the county: every write is a commit, and the test stays fast)
     homes = [h for h in county.homes if h.station_id.startswith("binhe-")]
     kept = {h.id for h in homes}
     county = replace(
@@ -229,6 +226,43 @@ async def test_a_week_of_orders_and_visits_shows_on_the_oversight_figures(
         devices=[d for d in county.devices if d.home_id in kept],
     )
     await load_demo_county(maker, county, now=T0)
+
+
+@pytest.mark.usefixtures("cheap_argon2")
+async def test_the_operators_run_works_the_orders_in_a_task_of_its_own(
+    maker: async_sessionmaker[AsyncSession], db_url: str
+) -> None:
+    await _one_street(maker)
+    await ensure_demo_services(maker, now=T0)
+    await _device_orders(maker, T0, 3)
+    clock = ManualClock(T0 + timedelta(days=3))  # every step of their plans is due
+    services = SimulatedServices(maker=maker, clock=clock, catalogue=load_catalogue(), bookings=False)
+    ops = SimulatedOperators(
+        maker=maker, clock=clock, ctx=load_context(load_settings(database_url=db_url)), services=services
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(ops.run(stop))
+    try:
+        for _ in range(200):
+            async with maker() as s:
+                left = await s.scalar(
+                    select(func.count()).select_from(Order).where(Order.status.in_(("created", "assigned")))
+                )
+            if not left:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert left == 0 and services.stats.actions["order_accept"] >= 2, services.stats
+
+
+@pytest.mark.usefixtures("cheap_argon2")
+async def test_a_week_of_orders_and_visits_shows_on_the_oversight_figures(
+    maker: async_sessionmaker[AsyncSession], db_url: str
+) -> None:
+    clock = ManualClock(T0)
+    await _one_street(maker)
     providers, groups = await ensure_demo_services(maker, now=T0)
     assert providers == 7 and groups > 10
     assert await ensure_demo_services(maker, now=T0) == (0, 0)  # once
@@ -265,8 +299,10 @@ async def test_a_week_of_orders_and_visits_shows_on_the_oversight_figures(
         if now.minute == 0 and now.hour in (2, 7):  # local 10:00 and 15:00
             await _device_orders(maker, now, 3)
         await ops.step()
+        await services.step(ops._login, ops._urgent)  # what ops.run's services task does
         clock.advance(900)
     await ops.step()
+    await services.step(ops._login, ops._urgent)
 
     async with maker() as s:
         order_states = Counter((await s.scalars(select(Order.status))).all())
