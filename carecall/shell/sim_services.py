@@ -257,12 +257,15 @@ class SimulatedServices:
     # ------------------------------------------------------------------ acting
 
     async def _order_step(self, order_id: int, login_for: LoginFor, now: datetime) -> None:
+        """The order's next step; a busy database raises and the step is tried again."""
         tr = self._orders[order_id]
-        st = tr.steps[tr.next]
+        await self._order_act(order_id, tr.steps[tr.next], login_for, now)
         tr.next += 1
         if tr.next >= len(tr.steps):
             self._orders.pop(order_id, None)
             self._settled.add(order_id)
+
+    async def _order_act(self, order_id: int, st: Step, login_for: LoginFor, now: datetime) -> None:
         async with self.maker() as s:
             order = await s.get(Order, order_id)
             if order is None or order.status in FINISHED:
@@ -327,9 +330,12 @@ class SimulatedServices:
         return rows[salt % len(rows)] if rows else None
 
     async def _visit_step(self, visit_id: int, login_for: LoginFor, now: datetime) -> None:
+        """The visit's next step; a busy database raises and the step is tried again."""
         tr = self._visits[visit_id]
-        st = tr.steps[tr.next]
+        await self._visit_act(visit_id, tr.steps[tr.next], login_for, now)
         tr.next += 1
+
+    async def _visit_act(self, visit_id: int, st: Step, login_for: LoginFor, now: datetime) -> None:
         async with self.maker() as s:
             station = await s.scalar(select(Visit.station_id).where(Visit.id == visit_id))
         login = await login_for(station)
