@@ -1,5 +1,5 @@
 """The demo's service orders and welfare visits: the demo county's providers and groups,
-the simulated providers' and visitors' plans (pure), and a week of them worked on the
+the simulated providers' and visitors' plans (pure), and two days of them worked on one street of the
 demo county through the service functions, on hand-moved time, counted by the oversight
 figures from the audit log."""
 
@@ -185,7 +185,7 @@ def test_phone_bookings_come_by_day_and_are_the_same_each_time() -> None:
     assert plan_bookings(day, [], TZ, 1) == []
 
 
-# --------------------------------------------------------------------------- a week, on the database
+# --------------------------------------------------------------------------- two days, on the database
 
 
 async def _device_orders(maker: async_sessionmaker[AsyncSession], at: datetime, n: int) -> None:
@@ -258,7 +258,7 @@ async def test_the_operators_run_works_the_orders_in_a_task_of_its_own(
 
 
 @pytest.mark.usefixtures("cheap_argon2")
-async def test_a_week_of_orders_and_visits_shows_on_the_oversight_figures(
+async def test_two_days_of_orders_and_visits_show_on_the_oversight_figures(
     maker: async_sessionmaker[AsyncSession], db_url: str
 ) -> None:
     clock = ManualClock(T0)
