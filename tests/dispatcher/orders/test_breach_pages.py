@@ -24,12 +24,12 @@ from dispatcher.calls.models import Call, Timer
 from dispatcher.engine.process import Dispatcher
 from dispatcher.notifications import service_pages
 from dispatcher.notifications.models import Notification
-from dispatcher.notifications.notifiers import LogNotifier, Message, Notifier, NotifyError
+from dispatcher.notifications.notifiers import LogNotifier
 from dispatcher.orders import breaches
 from dispatcher.orders.catalogue import BreachPages
 from dispatcher.orders.catalogue_file import load_catalogue
 from dispatcher.orders.lifecycle import OrderAction
-from dispatcher.orders.models import Order, Provider
+from dispatcher.orders.models import Order
 from dispatcher.orders.schemas import BookingIn
 from dispatcher.orders.service import act, create_order
 from dispatcher.registry.models import Staff
@@ -37,29 +37,13 @@ from tests.conftest import add_small_registry
 from tests.support.clock import ManualClock
 from tests.support.events import store_event
 from tests.support.registry import staff_row
+from tests.support.services import FailingFirst, provider_row
 
 T0 = datetime(2026, 12, 7, 2, 0, tzinfo=UTC)  # 10:00 in Shanghai
 MEAL_ACCEPT_S = 900  # config/services.yaml: meal, accept_within_s
 CHAT_ACCEPT_S = 1800  # chat (a station's own), accept_within_s
 AFTER = BreachPages(station_after_s=600)
 Maker = async_sessionmaker[AsyncSession]
-
-
-class Flaky(Notifier):
-    """Fails the first ``failures`` sends, then delivers; keeps what it delivered."""
-
-    name = "flaky"
-
-    def __init__(self, failures: int) -> None:
-        self.failures = failures
-        self.sent: list[Message] = []
-
-    async def send(self, message: Message) -> str:
-        if self.failures > 0:
-            self.failures -= 1
-            raise NotifyError("gateway down")
-        self.sent.append(message)
-        return "ok"
 
 
 @pytest.fixture
@@ -70,21 +54,7 @@ async def world(maker: Maker) -> AsyncIterator[tuple[Dispatcher, ManualClock]]:
             [
                 staff_row("cm1-r1"),  # on duty at cm1
                 Staff(id="cm1-m1", station_id="cm1", name="王站长", role="manager", phone="13800000011"),
-                Provider(
-                    id="p-meals",
-                    name="幸福食堂",
-                    lat=32.693,
-                    lon=112.853,
-                    radius_km=3.0,
-                    stations=[],
-                    hours="07:00-19:00",
-                    kinds=["meal"],
-                    capacity=5,
-                    manager_name="孙经理",
-                    manager_phone="13900000001",
-                    active=True,
-                    created_at=T0,
-                ),
+                provider_row(created_at=T0),
             ]
         )
     clock = ManualClock(T0)
@@ -167,7 +137,7 @@ async def test_a_failing_channel_is_retried_until_the_page_gets_through(
 ) -> None:
     d, clock = world
     oid = await book(maker, "meal")
-    flaky = Flaky(failures=2)
+    flaky = FailingFirst(failures=2)
     d.notifier = flaky
     clock.advance(MEAL_ACCEPT_S + 1)
     await d.order_levels_once()

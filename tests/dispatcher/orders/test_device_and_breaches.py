@@ -25,6 +25,7 @@ from tests.support.api import api_world
 from tests.support.api import bearer as login
 from tests.support.events import store_event
 from tests.support.registry import add_logins, staff_row
+from tests.support.services import provider_row
 
 T0 = datetime(2026, 12, 7, 2, 0, tzinfo=UTC)  # 10:00 in Shanghai
 
@@ -37,23 +38,7 @@ async def world(maker: async_sessionmaker[AsyncSession]) -> AsyncIterator[dict[s
     async with maker() as s, s.begin():
         s.add(staff_row("cm1-r1"))  # someone on duty: the call stays at the community
         await add_logins(s, [("op-cm1", "operator", "cm1")], now=T0)
-        s.add(
-            Provider(
-                id="p-meals",
-                name="幸福食堂",
-                lat=32.693,
-                lon=112.853,
-                radius_km=3.0,
-                stations=[],
-                hours="07:00-19:00",
-                kinds=["meal"],
-                capacity=5,
-                manager_name="孙经理",
-                manager_phone="13900000001",
-                active=True,
-                created_at=T0,
-            )
-        )
+        s.add(provider_row(created_at=T0))
     async with api_world(maker, T0) as w:
         yield {"client": w.client, "dispatcher": w.dispatcher, "clock": w.clock}
 

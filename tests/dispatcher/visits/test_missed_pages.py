@@ -18,13 +18,13 @@ from dispatcher.auth.models import User
 from dispatcher.calls.models import Call, Timer
 from dispatcher.engine.process import Dispatcher
 from dispatcher.notifications.models import Notification
-from dispatcher.notifications.notifiers import Message, Notifier, NotifyError
 from dispatcher.registry.models import Staff
 from dispatcher.visits import generation
 from dispatcher.visits.config_file import load_visit_rules
 from dispatcher.visits.models import Visit
 from tests.dispatcher.visits.conftest import add_visit_county
 from tests.support.clock import ManualClock
+from tests.support.services import FailingFirst
 
 Maker = async_sessionmaker[AsyncSession]
 T0 = datetime(2026, 12, 6, 3, 0, tzinfo=UTC)  # Sunday 11:00 in Shanghai, ISO week 49
@@ -104,25 +104,10 @@ async def test_a_station_without_a_manager_pages_its_on_duty_staff(maker: Maker)
     assert [n.target for n in await pages(maker)] == ["staff:cm1-n1", "staff:cm1-r1"]
 
 
-class Flaky(Notifier):
-    name = "flaky"
-
-    def __init__(self, failures: int) -> None:
-        self.failures = failures
-        self.sent: list[Message] = []
-
-    async def send(self, message: Message) -> str:
-        if self.failures > 0:
-            self.failures -= 1
-            raise NotifyError("gateway down")
-        self.sent.append(message)
-        return "ok"
-
-
 async def test_the_dispatcher_delivers_the_page_and_retries_a_failing_channel(maker: Maker) -> None:
     await county(maker)
     clock = ManualClock(T0)
-    flaky = Flaky(failures=1)
+    flaky = FailingFirst(failures=1)
     d = Dispatcher(
         settings=load_settings(database_url="sqlite:///unused.db"),
         maker=maker,
