@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from device_gateway.models import Device
 from dispatcher.registry.models import Home, Resident, Staff, Station
+from tests.integration.own_mosquitto import find_mosquitto
 from tests.support.ports import free_port
 
 ROOT = "carecall/v1/devices"
@@ -65,18 +66,6 @@ def stop(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
 
 
 # --------------------------------------------------------------------------- Mosquitto
-
-
-def find_mosquitto() -> str:
-    binary = shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)),
-        None,
-    )
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("mosquitto binary not found; CI must provide Mosquitto 2.0")
-        pytest.skip("mosquitto binary not found (apt-get install mosquitto); CI=1 makes this a failure")
-    return binary
 
 
 @dataclass

@@ -28,6 +28,7 @@ from device_gateway.broker_config import BrokerConfigFiles, write_broker_config
 from device_gateway.credentials import hash_secret
 from device_gateway.models import Device
 from dispatcher.registry.models import Home, Station
+from tests.integration.own_mosquitto import find_mosquitto
 from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -38,18 +39,6 @@ ADMIN_USER = "carecall-broker-admin"
 ADMIN_PASSWORD = "admin-pw-for-tests"
 SECRETS = {"dev-a": "secret-a", "dev-b": "secret-b", "dev-off": "secret-off", "gen-1": "secret-gen"}
 WAIT_S = 3.0
-
-
-def find_mosquitto() -> str:
-    binary = shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)),
-        None,
-    )
-    if binary:
-        return binary
-    if os.environ.get("CI"):
-        pytest.fail("mosquitto binary not found; CI must provide Mosquitto 2.0")
-    pytest.skip("mosquitto binary not found (apt-get install mosquitto); CI=1 makes this a failure")
 
 
 async def provision(db: Path, out_dir: Path, port: int) -> BrokerConfigFiles:
