@@ -348,40 +348,42 @@ class LoadRun:
         last_resend = t0
         self.stopped_by = "duration"
         hold = self.offline.__contains__
-        # A device that will drop announces itself first, as it did when it connected: the
-        # platform only takes a will (an ``offline`` status) from a device it knows online.
-        # Only these few: 95,000 retained statuses would be a broker's worth of litter.
-        for index in sorted({a.device for a in self.plan if a.what == "drop"}):
-            device = self.specs[index].device_id
-            self.status_touched.add(device)
-            gen.status(device, "online")
-        while True:
-            now = time.monotonic()
-            if now >= real_end:
-                break
-            if self.stop.is_set():
-                self.stopped_by = "stopped"
-                break
-            if self.messages >= self.max_messages:
-                self.stopped_by = "max_messages"
-                break
-            sim_s = (now - t0) * self.speed
-            while next_act < len(self.plan) and self.plan[next_act].at_s <= sim_s:
-                self._do(self.plan[next_act])
-                next_act += 1
-            self._heartbeats(sent, sim_s, qos)
-            self._copy_forever(now)
-            if now - last_resend >= 0.1:
-                gen.resend_due(now, hold=hold)
-                last_resend = now
-            time.sleep(0.005)
-        self.real_s = time.monotonic() - t0
-        self._drain(hold)
-        # The retained statuses would otherwise stay on the broker for good, and every
-        # gateway subscribing later (on a shared broker: someone else's) would get them.
-        for device in sorted(self.status_touched):
-            gen.clear_status(device)
-        self.status_cleared = len(self.status_touched)
+        try:
+            # A device that will drop announces itself first, as it did when it connected:
+            # the platform only takes a will (an ``offline`` status) from a device it knows
+            # online. Only these few: 95,000 retained statuses would be a broker's worth of
+            # litter.
+            for index in sorted({a.device for a in self.plan if a.what == "drop"}):
+                device = self.specs[index].device_id
+                self.status_touched.add(device)
+                gen.status(device, "online")
+            while True:
+                now = time.monotonic()
+                if now >= real_end:
+                    break
+                if self.stop.is_set():
+                    self.stopped_by = "stopped"
+                    break
+                if self.messages >= self.max_messages:
+                    self.stopped_by = "max_messages"
+                    break
+                sim_s = (now - t0) * self.speed
+                while next_act < len(self.plan) and self.plan[next_act].at_s <= sim_s:
+                    self._do(self.plan[next_act])
+                    next_act += 1
+                self._heartbeats(sent, sim_s, qos)
+                self._copy_forever(now)
+                if now - last_resend >= 0.1:
+                    gen.resend_due(now, hold=hold)
+                    last_resend = now
+                time.sleep(0.005)
+            self.real_s = time.monotonic() - t0
+            self._drain(hold)
+        finally:
+            # The retained statuses would otherwise stay on the broker for good, and every
+            # gateway subscribing later (on a shared broker: someone else's) would be
+            # replayed them; also when the run ends early on an error.
+            self.status_cleared = gen.clear_statuses(sorted(self.status_touched))
 
     def _heartbeats(self, sent: list[int], sim_s: float, qos: int) -> None:
         """Telemetry due by ``sim_s``, round-robin per heartbeat group, within the budget."""
