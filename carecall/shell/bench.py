@@ -24,7 +24,9 @@ payload size:
 
 Targets are goals, not asserts: a miss is marked in the table and in the JSON.
 Load goes to 127.0.0.1 only; every phase is bounded in count and time; every process the
-bench starts is stopped (SIGTERM, then SIGKILL) and every database it creates is dropped.
+bench starts is stopped (SIGTERM, then SIGKILL), every database it creates is dropped, and
+on the real target every retained message under the run's device ids is cleared from the
+shared broker (carecall/shell/bench_retained.py).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@ processes it starts (carecall/shell/bench_worker.py) on the embedded target (amq
 SQLite + in-memory bus, one process) or the real one (Mosquitto + PostgreSQL + Redis on
 127.0.0.1, gateways and dispatchers in separate processes), the fleet registered for them,
 and the CPU and memory they use. Every process started is stopped (SIGTERM, then
-SIGKILL) and every database created is dropped.
+SIGKILL), every database created is dropped, and the real target's retained messages are
+cleared from the broker.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 import psutil
 
+from carecall.shell.bench_retained import clear_run_retained, run_device_ids
 from carecall.shell.fleet_registry import Fleet, provision_fleet
 from simulators.loadgen import paho_client
 
@@ -516,6 +518,7 @@ def real_target(cfg: BenchConfig, workdir: Path, say: Progress) -> Iterator[Targ
     db_url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     workers: list[Worker] = []
     instances: list[str] = []
+    run_ids: list[str] = []
     console: RedisConsole | None = None
     try:
         upgrade(db_url)
@@ -527,6 +530,7 @@ def real_target(cfg: BenchConfig, workdir: Path, say: Progress) -> Iterator[Targ
         run = secrets.token_hex(2)
         fleet = _provision(db_url, cfg.homes, make_engine, make_sessionmaker, prefix=f"bench{run}")
         fleets = _phase_fleets(db_url, cfg, make_engine, make_sessionmaker, run)
+        run_ids = run_device_ids(fleet, fleets)
         group = f"bench-{secrets.token_hex(3)}"
         base_env = {
             "CARECALL_DATABASE_URL": db_url,
@@ -583,3 +587,5 @@ def real_target(cfg: BenchConfig, workdir: Path, say: Progress) -> Iterator[Targ
         _forget_sessions(instances)
         with contextlib.suppress(Exception):
             _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if run_ids:  # last, the gateways gone: none answers a status with a config any more
+            clear_run_retained(MOSQUITTO[0], MOSQUITTO[1], run_ids, say)

@@ -117,3 +117,35 @@ async def test_load_mode_leaves_no_retained_status_of_its_power_cut(mosquitto: t
         with contextlib.suppress(Exception):
             gen.close()
         await asyncio.to_thread(clear_topics, host, port, retained_topics(s.device_id for s in specs))
+
+
+async def test_the_real_bench_clean_up_clears_what_its_run_left(mosquitto: tuple[str, int]) -> None:
+    """What ``carecall bench --target real`` runs in its clean-up, on a run's fleets: a
+    gateway's retained config and a status left under the run's ids are gone afterwards,
+    another run's are not, and the progress lines say how many."""
+    from carecall.shell.bench_retained import clear_run_retained, run_device_ids
+    from carecall.shell.fleet_registry import Fleet
+
+    host, port = mosquitto
+    run = f"rb{uuid.uuid4().hex[:6]}"
+
+    def fleet(prefix: str, n: int) -> Fleet:
+        devices = [f"{prefix}-d{i:06d}" for i in range(n)]
+        return Fleet(prefix, [], devices, f"{prefix}-carecall-loadgen", "", {})
+
+    main, flood = fleet(run, 200), fleet(f"{run}f", 20)
+    ids = run_device_ids(main, {"flood": flood})
+    left_by_run = retained_topics(main.devices[:50] + flood.devices[:5] + [main.loadgen_id])
+    other = retained_topics([f"{run}x-d000000"])
+    said: list[str] = []
+    try:
+        await asyncio.to_thread(publish_retained, host, port, left_by_run + other)
+        report = await asyncio.to_thread(clear_run_retained, host, port, ids, said.append)
+        print("\n" + "\n".join(said))
+        assert report is not None and report.found == report.cleared == len(left_by_run) == 112
+        assert said[-1].startswith(
+            f"retained messages of the run's {len(ids)} devices: 112 found, 112 cleared"
+        )
+        assert await retained_on_broker(host, port, run) == set(other)
+    finally:
+        await asyncio.to_thread(clear_topics, host, port, left_by_run + other)
