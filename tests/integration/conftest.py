@@ -48,6 +48,21 @@ def mosquitto() -> tuple[str, int]:
 
 
 @pytest.fixture
+def leave_no_retained(mosquitto: tuple[str, int]) -> Iterator[set[str]]:
+    """Device ids whose retained ``status`` and ``config`` the test leaves on the machine's
+    Mosquitto (a device's online and will, the gateway's config answer): swept at teardown,
+    also when the test failed (simulators/retained.py). Kept, they stay for good and every
+    later gateway is replayed them; thousands made a will test miss its 15 s."""
+    from simulators.retained import sweep
+
+    ids: set[str] = set()
+    yield ids
+    if ids:
+        report = sweep(*mosquitto, ids, timeout_s=30)
+        print(f"\n{report.line()}")
+
+
+@pytest.fixture
 def redis_url() -> str:
     require("Redis", REDIS)
     return "redis://127.0.0.1:6379/0"

@@ -64,10 +64,12 @@ async def test_sos_after_offline_and_online_opens_a_call_and_is_assigned(
     redis_url: str,
     mosquitto: tuple[str, int],
     tmp_path: Path,
+    leave_no_retained: set[str],
 ) -> None:
     prefix = uniq("rst")
     county = await register_county(pg_maker, prefix, homes=1)
     dev_id = county.devices[0]
+    leave_no_retained.add(dev_id)  # its retained status, and the gateway's config answer
     env = platform_env(pg_url=pg_url, redis_url=redis_url, mqtt_port=mosquitto[1], group=f"grp-{prefix}")
     gw_log, dsp_log = tmp_path / "gateway.log", tmp_path / "dispatcher.log"
     gw = start("gateway", env, f"gw-{prefix}", gw_log)

@@ -48,12 +48,19 @@ SCENARIO = Scenario.model_validate(
 
 
 async def test_forty_thousand_devices_in_load_mode_are_stored_and_acked(
-    mosquitto: tuple[str, int], pg_maker: async_sessionmaker[AsyncSession], pg_url: str, tmp_path: Path
+    mosquitto: tuple[str, int],
+    pg_maker: async_sessionmaker[AsyncSession],
+    pg_url: str,
+    tmp_path: Path,
+    leave_no_retained: set[str],
 ) -> None:
     host, port = mosquitto
     tag = uuid.uuid4().hex[:8]
     prefix = f"it{tag[:4]}"
     prepared = await ensure_fleet(pg_maker, 40_000, prefix=prefix, secrets_path=tmp_path / "s.json")
+    # load mode clears the power cut's statuses itself; the gateway's config answer to each
+    # "online" (800 a run) is the platform's, which the load generator may not publish
+    leave_no_retained.update(s.device_id for s in prepared.specs)
     settings = load_settings(database_url=pg_url, instance=f"sim-it-{tag}", mqtt_shared_group=f"sim-it-{tag}")
     gw = Gateway(
         settings=settings,
