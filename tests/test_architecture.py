@@ -61,6 +61,7 @@ DECISIONS = (
     "dispatcher.oversight.orders_figures",
     "dispatcher.oversight.visits_figures",
     "carecall.shell.bench_copykill_figures",
+    "carecall.shell.bench_verdicts",
 )
 IO_LIBRARIES = (
     "sqlalchemy",

@@ -10,10 +10,11 @@ from typing import Any
 
 PHASES = ("quiet", "contended", "flood", "copy-kill")
 """quiet: alarm path, storm, timers as before; contended: the alarm path and storm again
-while a helper process keeps one core busy; flood: one device sends junk while others
-send alarms; copy-kill (real target only): one of two gateway copies, then one of two
-dispatcher copies, SIGKILLed mid-stream. The baseline always runs; the ingest ramp runs
-unless copy-kill is the only phase (copy-kill compares with its own pre-kill window)."""
+while a helper process keeps one core busy, and the timers of its calls due meanwhile;
+flood: one device sends junk while others send alarms; copy-kill (real target only): one
+of two gateway copies, then one of two dispatcher copies, SIGKILLed mid-stream. The
+baseline always runs; the ingest ramp runs unless copy-kill is the only phase (copy-kill
+compares with its own pre-kill window)."""
 
 DEFAULT_PHASES = ("quiet", "contended", "flood")
 """What ``--phases`` selects when not given: copy-kill needs the real target."""
@@ -74,7 +75,8 @@ def ratio(value: Any, reference: Any) -> float | None:
 CONTENDED_ROWS: tuple[tuple[str, str, str], ...] = (
     ("event→'received' ack p50 (ms)", "alarm_ack_p50_ms", "contended_alarm_ack_p50_ms"),
     ("event→'received' ack p99 (ms)", "alarm_ack_p99_ms", "contended_alarm_ack_p99_ms"),
-    ("event→call on a console p99 (ms)", "console_p99_ms", "contended_console_p99_ms"),
+    ("event→call on a console (SSE) p99 (ms)", "console_p99_ms", "contended_console_p99_ms"),
+    ("escalation timer fired−due p99 (ms)", "timer_late_p99_ms", "contended_timer_late_p99_ms"),
     ("storm ack p50 (ms)", "storm_ack_p50_ms", "contended_storm_ack_p50_ms"),
     ("storm ack p99 (ms)", "storm_ack_p99_ms", "contended_storm_ack_p99_ms"),
     ("storm: not stored + not acked + not routed", "storm_lost", "contended_storm_lost"),

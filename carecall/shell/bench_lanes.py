@@ -1,7 +1,8 @@
 """``carecall bench``'s lane phases (issue 15; carecall/shell/bench.py drives them):
 
 - **contended**: the alarm path and the storm again, on homes of their own, while a
-  bounded helper process (carecall/shell/bench_hog.py) keeps one core busy;
+  bounded helper process (carecall/shell/bench_hog.py) keeps one core busy; and the
+  escalation timers of those homes' calls that came due meanwhile (fired − due);
 - **flood**: one device sends malformed messages (1,000 a second) while other devices
   send alarms; the other devices' SOS ack latency is measured in a quiet leg and then
   during the flood, in the same run, at the same alarm rate. The flooding device also
@@ -16,12 +17,13 @@ import dataclasses
 import secrets
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as paho
 
 from carecall.shell.bench_hog import CpuHog
-from carecall.shell.bench_phases import alarm_path, make_loadgen, storm
+from carecall.shell.bench_phases import alarm_path, make_loadgen, phase_timers, storm
 from carecall.shell.bench_targets import BenchConfig, Progress, Target, Worker
 from simulators.loadgen import ROOT, latency_summary, paho_client
 
@@ -67,15 +69,25 @@ def contended(t: Target, cfg: BenchConfig, sustained: float, say: Progress) -> d
         say(
             f"contended: CPU hog pid {hog.pid} keeps one core busy (stops itself after {cfg.hog_limit_s:g} s)"
         )
+        held_from = datetime.now(UTC)
         alarm = alarm_path(tc, cfg, sustained, say, cfg.lane_wait_s, cfg.lane_alarm_s)
         st = storm(tc, cfg, say, cfg.lane_wait_s, cfg.lane_storm)
+        held_to = datetime.now(UTC)
     rep = hog.report()
     if rep["exit_code"] == 0:
         say("contended: WARNING the CPU hog reached its own time limit before the phase ended")
     say(
         f"contended: CPU hog pid {rep['pid']} stopped (exit {rep['exit_code']}), {rep['cpu_pct']} % of a core"
     )
-    return {"hog": rep, "alarm": alarm, "storm": st}
+    # the timers of this phase's calls that came due while the core was held (a timer due
+    # then but fired later counts with its whole lateness)
+    timers = phase_timers(t.db_url, fleet.prefix, held_from, held_to, cfg.lane_wait_s or 30)
+    say(
+        f"contended: escalation timers due while the core was held: {timers['due']}, fired "
+        f"{timers['fired']} (late p50 {timers['late_ms']['p50']} ms, p99 {timers['late_ms']['p99']} ms), "
+        f"not fired {timers['unfired']}"
+    )
+    return {"hog": rep, "alarm": alarm, "storm": st, "timers": timers}
 
 
 class JunkFlood:

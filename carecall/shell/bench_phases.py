@@ -13,6 +13,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -299,6 +301,49 @@ def timer_lateness(db_url: str) -> list[float]:
     return asyncio.run(go())
 
 
+def phase_timers(
+    db_url: str, home_prefix: str, start: datetime, end: datetime, wait_s: float
+) -> dict[str, Any]:
+    """Escalation timers of the calls at the homes under ``home_prefix`` (a phase's own
+    fleet) that came due between ``start`` and ``end``: fired − due, and how many had not
+    fired after waiting (bounded by ``wait_s``) for the last of them."""
+    from sqlalchemy import select
+
+    from carecall.core.db import make_engine, make_sessionmaker
+    from carecall.shell.bench_verdicts import window_timers
+    from dispatcher.calls.models import Call, Timer, TimerStatus
+
+    done = (TimerStatus.fired.value, TimerStatus.stale.value)
+
+    async def rows() -> list[tuple[float, float | None]]:
+        engine = make_engine(db_url)
+        try:
+            async with make_sessionmaker(engine)() as s:
+                got = (
+                    await s.execute(
+                        select(Timer.due_at, Timer.fired_at, Timer.status)
+                        .join(Call, Call.id == Timer.call_id)
+                        .where(
+                            Call.home_id.startswith(f"{home_prefix}-h", autoescape=True),
+                            Timer.status != TimerStatus.cancelled.value,
+                            Timer.due_at >= start,
+                            Timer.due_at <= end,
+                        )
+                    )
+                ).all()
+        finally:
+            await engine.dispose()
+        return [(r[0].timestamp(), r[1].timestamp() if r[2] in done and r[1] else None) for r in got]
+
+    deadline = time.monotonic() + wait_s
+    a, b = start.timestamp(), end.timestamp()
+    late, due, unfired = window_timers(asyncio.run(rows()), a, b)
+    while unfired and time.monotonic() < deadline:
+        time.sleep(0.5)
+        late, due, unfired = window_timers(asyncio.run(rows()), a, b)
+    return {"due": due, "fired": len(late), "unfired": unfired, "late_ms": latency_summary(late)}
+
+
 def wait_routed(
     db_url: str, prefix: str, n: int, timeout_s: float
 ) -> list[tuple[str, str, str | None, int | None]]:
@@ -356,26 +401,54 @@ def alarm_path(
         f"alarm path: {len(keys)} events at 100/s + {behind:,.0f} telemetry/s: ack p50 {summary['p50']} ms, p99 {summary['p99']} ms"
     )
     rows = wait_routed(t.db_url, prefix, len(keys), wait_s or (10 if cfg.quick else 30))
-    console = t.console()
     opened = [(r[0], r[1], r[3]) for r in rows if r[2] == "opened" and r[3] is not None]
-    console_ms = [
-        (console[cid] - sent_at[(d, e)]) * 1000
-        for d, e, cid in opened
-        if cid in console and (d, e) in sent_at
-    ]
+    # the console may still be catching up (a stream reopening): wait for it, bounded
+    console = wait_seen(t.console, {cid for _d, _e, cid in opened}, wait_s or 10)
+    console_ms, console_missing = sighting_ms(opened, sent_at, console)
     csum = latency_summary(console_ms)
-    say(f"event → call on a console: p50 {csum['p50']} ms, p99 {csum['p99']} ms ({csum['count']} calls)")
-    return {
+    say(
+        f"event → call on a console ({t.console_via}): p50 {csum['p50']} ms, p99 {csum['p99']} ms "
+        f"({csum['count']} calls, {console_missing} never shown)"
+    )
+    out: dict[str, Any] = {
         "events": len(keys),
         "telemetry_behind_msg_s": behind,
         "acked": len(lat),
+        "unacked": len(keys) - len(lat),
         "all_acked": acked_all,
         "resends": resends,
         "ack_ms": summary,
         "routed": sum(1 for r in rows if r[2] is not None),
+        "opened": len(opened),
+        "console_via": t.console_via,
         "console_ms": csum,
-        "console_missing": len(opened) - len(console_ms),
+        "console_missing": console_missing,
     }
+    if t.bus is not None:
+        bus_ms, bus_missing = sighting_ms(opened, sent_at, t.bus())
+        out.update({"bus_via": t.bus_via, "bus_ms": latency_summary(bus_ms), "bus_missing": bus_missing})
+        say(f"event → call on the bus ({t.bus_via}): p99 {out['bus_ms']['p99']} ms")
+    return out
+
+
+def wait_seen(seen: Callable[[], dict[int, float]], ids: set[int], timeout_s: float) -> dict[int, float]:
+    """The console's sightings once every id in ``ids`` is among them, or at the timeout."""
+    deadline = time.monotonic() + timeout_s
+    got = seen()
+    while not ids <= got.keys() and time.monotonic() < deadline:
+        time.sleep(0.1)
+        got = seen()
+    return got
+
+
+def sighting_ms(
+    opened: list[tuple[str, str, int]],
+    sent_at: dict[tuple[str, str], float],
+    seen: dict[int, float],
+) -> tuple[list[float], int]:
+    """(event sent → its call first seen, in ms, per call it opened; calls never seen)."""
+    ms = [(seen[cid] - sent_at[(d, e)]) * 1000 for d, e, cid in opened if cid in seen and (d, e) in sent_at]
+    return ms, sum(1 for _d, _e, cid in opened if cid not in seen)
 
 
 def storm(

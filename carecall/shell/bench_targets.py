@@ -27,6 +27,7 @@ from typing import Any
 
 import psutil
 
+from carecall.shell.bench_console import BusConsole, Consoles, WebConsole
 from carecall.shell.bench_retained import clear_run_retained, run_device_ids
 from carecall.shell.fleet_registry import Fleet, provision_fleet
 from simulators.loadgen import paho_client
@@ -209,7 +210,9 @@ class Worker:
                 self.proc.wait(5)
 
 
-def start_worker(role: str, name: str, env: dict[str, str], workdir: Path) -> Worker:
+def start_worker(
+    role: str, name: str, env: dict[str, str], workdir: Path, args: tuple[str, ...] = ()
+) -> Worker:
     stats_path = workdir / f"{name}.stats.json"
     log_path = workdir / f"{name}.log"
     full_env = dict(os.environ)
@@ -227,6 +230,7 @@ def start_worker(role: str, name: str, env: dict[str, str], workdir: Path) -> Wo
                 str(stats_path),
                 "--parent",
                 str(os.getpid()),
+                *args,
             ],
             env=full_env,
             stdout=fh,
@@ -337,6 +341,12 @@ class Target:
     # fresh homes for the phases that follow the quiet one (issue 15), so their alarms open
     # calls of their own instead of joining the quiet phase's still-open ones
     fleets: dict[str, Fleet] = field(default_factory=dict)
+    # ``console`` is a real SSE client of the web app (carecall/shell/bench_console.py);
+    # ``bus`` the first sight of a call id on the push it relays (the older figure)
+    console_via: str = ""
+    bus: Callable[[], dict[int, float]] | None = None
+    bus_via: str = ""
+    console_stats: Callable[[], dict[str, Any]] | None = None  # streams opened, errors …
 
 
 # --------------------------------------------------------------------------- targets
@@ -352,6 +362,7 @@ def embedded_target(cfg: BenchConfig, workdir: Path, say: Progress) -> Iterator[
     upgrade(db_url)
     fleet = _provision(db_url, cfg.homes, make_engine, make_sessionmaker)
     fleets = _phase_fleets(db_url, cfg, make_engine, make_sessionmaker)
+    web = WebConsole.for_fleet(db_url, fleet)
     port = free_port()
     password = secrets.token_urlsafe(18)
     env = {
@@ -359,14 +370,21 @@ def embedded_target(cfg: BenchConfig, workdir: Path, say: Progress) -> Iterator[
         "CARECALL_EMBEDDED_MQTT_PORT": str(port),
         "CARECALL_BENCH_PLATFORM_PASSWORD": password,
         "CARECALL_INSTANCE": "bench-embedded",
+        **web.env,
     }
     env.pop("CARECALL_MQTT_URL", None)
-    worker = start_worker("embedded", "embedded", env, workdir)
+    # --http: the embedded process serves the web app too, as `carecall demo` does
+    worker = start_worker("embedded", "embedded", env, workdir, ("--http",))
+    consoles = Consoles()
     try:
         wait_ready([worker])
-        say(f"embedded target up: amqtt on 127.0.0.1:{port}, SQLite, in-memory bus (pid {worker.proc.pid})")
+        consoles.sse = sse = web.connect()
+        say(
+            f"embedded target up: amqtt on 127.0.0.1:{port}, SQLite, in-memory bus, web app on "
+            f"{web.url} (pid {worker.proc.pid}); console: {web.via}"
+        )
 
-        def console() -> dict[int, float]:
+        def bus() -> dict[int, float]:
             seen = worker.stats().get("console", {}).get("first_seen", {})
             return {int(k): float(v) for k, v in seen.items()}
 
@@ -379,11 +397,16 @@ def embedded_target(cfg: BenchConfig, workdir: Path, say: Progress) -> Iterator[
             db_url=db_url,
             gateways=[worker],
             workers=[worker],
-            console=console,
+            console=sse.snapshot,
             fleet=fleet,
             fleets=fleets,
+            console_via=web.via,
+            console_stats=sse.stats,
+            bus=bus,
+            bus_via="in-process bus subscriber",
         )
     finally:
+        consoles.close()
         worker.stop()
 
 
@@ -438,43 +461,6 @@ def _phase_fleets(
     }
 
 
-class RedisConsole:
-    """A console client on the real bus: Redis ``carecall:calls``, first sight per call id."""
-
-    def __init__(self, url: str) -> None:
-        import redis
-
-        self._r = redis.Redis.from_url(url)
-        self._ps = self._r.pubsub(ignore_subscribe_messages=True)
-        self._ps.subscribe("carecall:calls")
-        self.first_seen: dict[int, float] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="redis-console")
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            msg = self._ps.get_message(timeout=0.2)
-            if msg is None or msg.get("type") != "message":
-                continue
-            now = time.monotonic()
-            with contextlib.suppress(ValueError, TypeError):
-                for cid in json.loads(msg["data"]).get("ids", []):
-                    with self._lock:
-                        self.first_seen.setdefault(int(cid), now)
-
-    def snapshot(self) -> dict[int, float]:
-        with self._lock:
-            return dict(self.first_seen)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self._ps.close()
-        self._r.close()
-
-
 def _admin(sql: str) -> None:
     import asyncpg  # type: ignore[import-untyped]
 
@@ -519,7 +505,7 @@ def real_target(cfg: BenchConfig, workdir: Path, say: Progress) -> Iterator[Targ
     workers: list[Worker] = []
     instances: list[str] = []
     run_ids: list[str] = []
-    console: RedisConsole | None = None
+    console: Consoles | None = None
     try:
         upgrade(db_url)
         # Device ids of this run only: the broker is shared, and every real target's
@@ -531,12 +517,14 @@ def real_target(cfg: BenchConfig, workdir: Path, say: Progress) -> Iterator[Targ
         fleet = _provision(db_url, cfg.homes, make_engine, make_sessionmaker, prefix=f"bench{run}")
         fleets = _phase_fleets(db_url, cfg, make_engine, make_sessionmaker, run)
         run_ids = run_device_ids(fleet, fleets)
+        web = WebConsole.for_fleet(db_url, fleet)
         group = f"bench-{secrets.token_hex(3)}"
         base_env = {
             "CARECALL_DATABASE_URL": db_url,
             "CARECALL_REDIS_URL": REDIS_URL,
             "CARECALL_MQTT_URL": f"mqtt://{MOSQUITTO[0]}:{MOSQUITTO[1]}",
             "CARECALL_MQTT_SHARED_GROUP": group,
+            "CARECALL_SECRET_KEY": web.env["CARECALL_SECRET_KEY"],  # one key for every copy
         }
         gws = []
         lanes = ("events", "readings") if cfg.gateway_lanes == "split" else ("all",)
@@ -557,13 +545,17 @@ def real_target(cfg: BenchConfig, workdir: Path, say: Progress) -> Iterator[Targ
             )
             for i in range(cfg.real_dispatchers)
         ]
-        workers = gws + dsps
+        # the web app alone, as `carecall serve` runs it: the console's SSE feed comes from it
+        env = {**base_env, **web.env, "CARECALL_INSTANCE": f"bench-web-{secrets.token_hex(2)}"}
+        workers = [*gws, *dsps, start_worker("serve", "web", env, workdir)]
         wait_ready(workers)
-        console = RedisConsole(REDIS_URL)
+        console = Consoles(bus=BusConsole(REDIS_URL))
+        console.sse = sse = web.connect()
         say(
             f"real target up: Mosquitto {MOSQUITTO[0]}:{MOSQUITTO[1]}, PostgreSQL {name}, Redis; "
             f"{cfg.real_gateways} gateway(s) ({cfg.gateway_lanes} lanes), {cfg.real_dispatchers} "
-            f"dispatcher(s) (pids {', '.join(str(w.proc.pid) for w in workers)})"
+            f"dispatcher(s), 1 web server on {web.url} (pids {', '.join(str(w.proc.pid) for w in workers)}); "
+            f"console: {web.via}"
         )
         split = ", split lanes" if cfg.gateway_lanes == "split" else ""
         yield Target(
@@ -575,9 +567,13 @@ def real_target(cfg: BenchConfig, workdir: Path, say: Progress) -> Iterator[Targ
             db_url=db_url,
             gateways=gws,
             workers=workers,
-            console=console.snapshot,
+            console=sse.snapshot,
             fleet=fleet,
             fleets=fleets,
+            console_via=web.via,
+            console_stats=sse.stats,
+            bus=console.bus.snapshot if console.bus is not None else None,
+            bus_via="Redis carecall:calls subscriber",
         )
     finally:
         if console is not None:

@@ -7,10 +7,17 @@ Why not measure the CLI processes from outside? Telemetry leaves no row per mess
 target the console push is an in-process MemoryBus, so only a subscriber inside the same
 process sees it. The stats file (JSON, replaced atomically every 0.2 s and once more at
 exit) carries the gateway's counters, and for the embedded target the monotonic time each
-call id first reached a console subscriber (CLOCK_MONOTONIC is system-wide on Linux, so
-the benchmark can subtract its own publish times).
+call id first reached a bus subscriber in the process (the bench's secondary "bus" figure;
+CLOCK_MONOTONIC is system-wide on Linux, so the benchmark can subtract its own publish
+times). The console figure itself comes from a real SSE client of the web app.
 
-    python -m carecall.shell.bench_worker {embedded|gateway|dispatcher} --stats FILE [...]
+    python -m carecall.shell.bench_worker {embedded|gateway|dispatcher|serve} --stats FILE [...]
+
+``serve`` is the web app alone, as ``carecall serve`` runs it (``run_serve``), on
+CARECALL_HTTP_HOST:CARECALL_HTTP_PORT: the real target's console clients read its live
+feed (carecall/shell/bench_console.py). ``embedded --http`` also serves the web app in the
+embedded process, as ``carecall demo`` does (with the demo's stall monitor), so a console
+client there is served by the same event loop as the broker, gateway and dispatcher.
 
 Settings come from CARECALL_* like every other process. SIGTERM stops it after draining;
 with ``--parent PID`` it also stops by itself once that process (the bench) is gone, so a
@@ -34,14 +41,20 @@ from carecall.shell.runtime import (
     Core,
     Parts,
     embedded_broker,
+    full_app,
     install_signal_handlers,
     open_core,
+    run_serve,
+    serve_http,
+    stall_monitor,
     start_parts,
+    watch,
 )
-from config.settings import load_settings
+from config.settings import Settings, load_settings
 from device_gateway.lanes import Lane
 from device_gateway.mqtt import MqttTarget
 from device_gateway.service import Gateway
+from dispatcher.health.state import DispatchHealth
 
 
 class _Stats:
@@ -120,7 +133,11 @@ async def watch_parent(parent: int, stop: asyncio.Event, every_s: float = 0.5) -
 
 
 async def main_async(
-    role: str, stats_path: Path, platform_password: str | None, parent: int | None = None
+    role: str,
+    stats_path: Path,
+    platform_password: str | None,
+    parent: int | None = None,
+    http: bool = False,
 ) -> None:
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -128,6 +145,13 @@ async def main_async(
     install_signal_handlers(stop)
     orphan = asyncio.create_task(watch_parent(parent, stop)) if parent is not None else None
     stats = _Stats(stats_path, role)
+    if role == "serve":
+        try:
+            await _web_alone(settings, stats, stop)
+        finally:
+            if orphan is not None:
+                orphan.cancel()
+        return
     core = await open_core(settings)
     try:
         if role == "embedded":
@@ -135,7 +159,7 @@ async def main_async(
                 raise SystemExit("embedded role needs --platform-password")
             host, port = settings.embedded_mqtt_host, settings.embedded_mqtt_port
             async with embedded_broker(core, host=host, port=port, password=platform_password) as target:
-                await _serve(core, role, target, None, stats, stop)
+                await _serve(core, role, target, None, stats, stop, http)
         else:
             if settings.mqtt_url is None:
                 raise SystemExit("gateway/dispatcher roles need CARECALL_MQTT_URL")
@@ -147,14 +171,71 @@ async def main_async(
         await core.close()
 
 
+async def listening(host: str, port: int, server: asyncio.Task[None], timeout_s: float = 60.0) -> None:
+    """Return once ``host:port`` takes connections; raise if ``server`` ended first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.done():
+            await server  # its exception, or: it stopped before it ever listened
+            raise RuntimeError(f"the web server stopped before listening on {host}:{port}")
+        try:
+            _reader, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return
+    raise TimeoutError(f"the web server did not listen on {host}:{port} within {timeout_s:g} s")
+
+
+async def _web_alone(settings: Settings, stats: _Stats, stop: asyncio.Event) -> None:
+    """``carecall serve``: the web app as ``run_serve`` runs it, ready once it listens."""
+    writer = asyncio.create_task(stats.loop())
+    server = asyncio.create_task(run_serve(settings, stop, settings.http_host, settings.http_port))
+    try:
+        await listening(settings.http_host, settings.http_port, server)
+        stats.ready = True
+        await server
+    finally:
+        stop.set()
+        writer.cancel()
+        await asyncio.gather(server, writer, return_exceptions=True)
+        stats.write()
+
+
+def _web_in_process(core: Core, parts: Parts, stop: asyncio.Event) -> list[asyncio.Task[None]]:
+    """The web app and the stall monitor in this process, wired as ``carecall demo``."""
+    health = DispatchHealth(ready=True)
+    gw, dsp = parts.gateway, parts.dispatcher
+    app = full_app(core, mqtt_connected=gw.connected.is_set if gw is not None else None, health=health)
+    st = core.settings
+    monitor = stall_monitor(
+        core, f"bench-{st.instance}", health, (lambda: dsp.heartbeats) if dsp is not None else None
+    )
+    return [
+        asyncio.create_task(serve_http(app, st.http_host, st.http_port, stop), name="bench-http"),
+        asyncio.create_task(watch(monitor, stop), name="bench-stall-monitor"),
+    ]
+
+
 async def _serve(
-    core: Core, role: str, target: MqttTarget, shared: str | None, stats: _Stats, stop: asyncio.Event
+    core: Core,
+    role: str,
+    target: MqttTarget,
+    shared: str | None,
+    stats: _Stats,
+    stop: asyncio.Event,
+    http: bool = False,
 ) -> None:
     """The role's parts, wired as the demo and ``carecall gateway``/``dispatcher`` wire
-    them (``start_parts``), until SIGTERM; the stats file is written to the end."""
+    them (``start_parts``), until SIGTERM; the stats file is written to the end. With
+    ``http`` (embedded) the web app too, ready once it listens."""
     writer = asyncio.create_task(stats.loop())
     console: asyncio.Task[None] | None = None
     parts: Parts | None = None
+    web: list[asyncio.Task[None]] = []
     try:
         parts = await start_parts(
             core,
@@ -168,12 +249,18 @@ async def _serve(
         stats.gateway = parts.gateway
         stats.dispatcher_stats = parts.dispatcher.stats if parts.dispatcher is not None else None
         console = asyncio.create_task(_console(core, stats)) if role == "embedded" else None
+        if http:
+            web = _web_in_process(core, parts, stop)
+            await listening(core.settings.http_host, core.settings.http_port, web[0])
         await asyncio.sleep(0.3)  # subscriptions settle before anyone is told we are ready
         stats.ready = True
         await stop.wait()
         if console is not None:
             console.cancel()
         failures = await parts.close()
+        failures += [
+            r for r in await asyncio.gather(*web, return_exceptions=True) if isinstance(r, Exception)
+        ]
         writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await writer
@@ -181,22 +268,24 @@ async def _serve(
             raise failures[0]
     finally:
         stop.set()
-        for t in (writer, console, *(parts.tasks if parts is not None else ())):
+        for t in (writer, console, *web, *(parts.tasks if parts is not None else ())):
             if t is not None:
                 t.cancel()
-        if parts is not None:
-            await asyncio.gather(*parts.tasks, return_exceptions=True)
+        await asyncio.gather(*web, *(parts.tasks if parts is not None else ()), return_exceptions=True)
         stats.write()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("role", choices=["embedded", "gateway", "dispatcher"])
+    parser.add_argument("role", choices=["embedded", "gateway", "dispatcher", "serve"])
     parser.add_argument("--stats", type=Path, required=True)
     parser.add_argument("--platform-password", default=os.environ.get("CARECALL_BENCH_PLATFORM_PASSWORD"))
     parser.add_argument("--parent", type=int, default=None, help="stop once this process is gone")
+    parser.add_argument(
+        "--http", action="store_true", help="embedded: serve the web app on CARECALL_HTTP_HOST:PORT too"
+    )
     args = parser.parse_args()
-    asyncio.run(main_async(args.role, args.stats, args.platform_password, args.parent))
+    asyncio.run(main_async(args.role, args.stats, args.platform_password, args.parent, args.http))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,10 @@ def _terminate(signum: int, _frame: FrameType | None) -> None:
 def bench_command(
     quick: Annotated[
         bool,
-        typer.Option("--quick", help="Shorter phases: a crash and correctness check, not figures to quote."),
+        typer.Option(
+            "--quick",
+            help="Shorter phases: a crash and correctness check, not figures to quote (no target is judged).",
+        ),
     ] = False,
     target: Annotated[
         str,
@@ -46,12 +49,15 @@ def bench_command(
             "events process and a readings process: carecall gateway --lane)."
         ),
     ] = "all",
-    json_file: Annotated[Path | None, typer.Option("--json", help="Write every figure as JSON here.")] = None,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Write every figure and verdict as JSON here.")
+    ] = None,
     phases: Annotated[
         str,
         typer.Option(
-            help="Comma-separated: quiet (alarm path, storm, timers), contended (the same "
-            "with one core held by a CPU loop), flood (other devices' alarms during one "
+            help="Comma-separated: quiet (alarm path, storm, timers), contended (the alarm "
+            "path and storm with one core held by a CPU loop, and the timers of those calls "
+            "due meanwhile), flood (other devices' alarms during one "
             "device's 1,000 malformed messages/s), copy-kill (real target only: SIGKILL of one "
             "of two dispatcher copies, then of one of two gateway copies, mid-stream; the "
             "longest alarm wait and the dead copy's timers, before vs after). The baseline "
@@ -60,8 +66,10 @@ def bench_command(
     ] = ",".join(DEFAULT_PHASES),
 ) -> None:
     """Measure throughput and latency on this machine against a same-run baseline (raw
-    paho → broker → paho): ingest, alarm acks, storm, console push, timers, CPU/memory.
-    Targets only 127.0.0.1; bounded; prints a table marking missed targets."""
+    paho → broker → paho): ingest, alarm acks, storm, event → call on a console (a real
+    SSE client of the web app, signed in as a county operator), timers, CPU/memory.
+    Targets only 127.0.0.1; bounded; prints issue 15's targets with each figure, its ratio
+    to the baseline and met / MISSED / not judged (a --quick run judges none)."""
     if target not in ("embedded", "real", "all"):
         raise typer.BadParameter("--target must be embedded, real or all")
     targets = ("embedded", "real") if target == "all" else (target,)

@@ -39,6 +39,8 @@ def test_lane_rows_set_each_phase_beside_its_quiet_figure() -> None:
     rows = lane_rows(figures, ("quiet", "contended", "flood"))
     by = {(section, label): (q, v, r) for section, label, q, v, r in rows}
     assert by[("contended", "event→'received' ack p99 (ms)")] == (100.0, 450.0, 4.5)
+    assert ("contended", "escalation timer fired−due p99 (ms)") in by
+    assert ("contended", "event→call on a console (SSE) p99 (ms)") in by
     assert by[("flood", "other devices' SOS ack p99 (ms)")] == (8.0, 12.0, 1.5)
     # a figure missing on either side gives no ratio, never a made-up one
     assert by[("contended", "storm ack p99 (ms)")] == (None, None, None)
@@ -54,16 +56,6 @@ def test_lane_rows_only_for_the_phases_that_ran() -> None:
 def test_storm_lost_counts_not_stored_not_acked_not_routed() -> None:
     assert storm_lost({"events": 100, "lost": 2, "acked": 95, "routed_into_calls": 97}) == 2 + 5 + 3
     assert storm_lost({"events": 10, "lost": 0, "acked": 10, "routed_into_calls": 10}) == 0
-
-
-def test_issue6_targets_are_judged_only_on_the_phases_that_ran() -> None:
-    from carecall.shell.bench import missed
-
-    slow = {"ingest_ratio": 0.9, "alarm_ack_p99_ms": 900.0}
-    assert "alarm_ack_p99_ms" in missed(slow, ("quiet",))
-    # without the quiet phase its figures are absent, which is not a miss
-    assert missed(slow, ("contended", "flood")) == []
-    assert missed({"ingest_ratio": 0.2}, ("flood",)) == ["ingest_ratio"]
 
 
 def test_copy_kill_is_a_phase_but_not_a_default_one() -> None:
@@ -94,28 +86,6 @@ def test_ingest_is_skipped_only_when_copy_kill_runs_alone() -> None:
     assert not runs_ingest(("copy-kill",))
     assert runs_ingest(("quiet", "copy-kill"))
     assert runs_ingest(("flood",))
-
-
-def test_copy_kill_targets_are_judged_when_it_ran() -> None:
-    from carecall.shell.bench import missed
-
-    good = {
-        "copykill_gateway_longest_ms": 2100.0,
-        "copykill_gateway_lost": 0,
-        "copykill_dispatcher_longest_ms": 900.0,
-        "copykill_dispatcher_lost": 0,
-        "copykill_timers_late_max_ms": 40.0,
-        "copykill_timers_missed": 0,
-    }
-    # copy-kill alone: no ingest ratio, no quiet figures to judge
-    assert missed(good, ("copy-kill",)) == []
-    slow = {**good, "copykill_gateway_longest_ms": 5200.0, "copykill_timers_missed": 1}
-    assert missed(slow, ("copy-kill",)) == ["copykill_gateway_longest_ms", "copykill_timers_missed"]
-    # a figure the phase could not measure is a miss, not a pass
-    assert missed({**good, "copykill_timers_late_max_ms": None}, ("copy-kill",)) == [
-        "copykill_timers_late_max_ms"
-    ]
-    assert missed({"ingest_ratio": 0.9}, ("flood",)) == []
 
 
 def test_bench_refuses_copy_kill_on_the_embedded_target() -> None:
