@@ -179,8 +179,12 @@ class LoadGenerator:
         resend_factor: float = 1.0,
         resend_max_s: float | None = None,
         max_inflight: int = 500,
+        pub_client_id: str | None = None,
     ) -> None:
         check_host(host, allow_remote=allow_remote)
+        # the publishing connection's client id; by default the username, as a broker that
+        # checks device keys wants (a platform account may use any)
+        self._pub_client_id = pub_client_id
         self.host, self.port = host, port
         self._creds = (username, password)
         self._ack_creds = (ack_username, ack_password) if ack_username else (username, password)
@@ -212,7 +216,9 @@ class LoadGenerator:
         self._pub = paho_client(
             self.host,
             self.port,
-            user or self._client_id,  # brokers that check keys want client id = device id
+            self._pub_client_id
+            or user
+            or self._client_id,  # brokers that check keys want client id = device id
             username=user,
             password=pwd,
             max_inflight=self._max_inflight,

@@ -19,6 +19,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
+from carecall.shell.bench_readings import readings_behind
 from carecall.shell.bench_targets import BenchConfig, Progress, Target, gateway_messages
 from simulators.loadgen import LoadGenerator, latency_summary, paho_client
 
@@ -393,16 +394,19 @@ def alarm_path(
     gen = make_loadgen(t, "alarm")
     prefix = f"al{secrets.token_hex(3)}"
     try:
-        keys = gen.run_paced(
-            telemetry_per_s=behind,
-            events_per_s=100,
-            duration_s=duration_s or cfg.alarm_s,
-            devices=t.fleet.devices,
-            event_devices=t.fleet.devices,
-            event_prefix=prefix,
-            tick_s=0.002,
-            on_tick=lambda f: None,
-        )
+        secs = duration_s or cfg.alarm_s
+        # the readings come from a process of their own (carecall/shell/bench_readings.py)
+        with readings_behind(t, t.fleet.devices, behind, secs) as readings:
+            keys = gen.run_paced(
+                telemetry_per_s=0,
+                events_per_s=100,
+                duration_s=secs,
+                devices=t.fleet.devices,
+                event_devices=t.fleet.devices,
+                event_prefix=prefix,
+                tick_s=0.002,
+                on_tick=lambda f: None,
+            )
         acked_all = gen.wait_acked(wait_s or (10 if cfg.quick else 30))
         lat = gen.ack_latencies_ms(keys)
         sent_at = {k: gen.events[k].first_sent for k in keys}
@@ -411,7 +415,9 @@ def alarm_path(
         gen.close()
     summary = latency_summary(lat)
     say(
-        f"alarm path: {len(keys)} events at 100/s + {behind:,.0f} telemetry/s: ack p50 {summary['p50']} ms, p99 {summary['p99']} ms"
+        f"alarm path: {len(keys)} events at 100/s + {behind:,.0f} telemetry/s "
+        f"({readings['sent']:,} readings sent by their own process): "
+        f"ack p50 {summary['p50']} ms, p99 {summary['p99']} ms"
     )
     rows = wait_routed(t.db_url, prefix, len(keys), wait_s or (10 if cfg.quick else 30))
     opened = [(r[0], r[1], r[3]) for r in rows if r[2] == "opened" and r[3] is not None]
@@ -426,6 +432,7 @@ def alarm_path(
     out: dict[str, Any] = {
         "events": len(keys),
         "telemetry_behind_msg_s": behind,
+        "readings_sent": readings["sent"],
         "acked": len(lat),
         "unacked": len(keys) - len(lat),
         "all_acked": acked_all,

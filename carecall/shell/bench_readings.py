@@ -1,0 +1,111 @@
+"""The readings behind the alarm path, sent by a process of their own (issue 15).
+
+The alarm path measures event → ``received`` ack with thousands of readings a second
+behind the alarms. Sent from the bench process, those readings cost the load generator
+a whole core of Python (JSON, paho's publish and PUBACK handling, under one GIL): a
+py-spy profile of the bench at 100 alarms/s + 2,300 readings/s (2026-12-06) showed the
+readings' sender and the ack reader's thread each holding about half of it, so the
+alarms' sends and the acks' reading waited for the GIL, and the figure measured the load
+generator's queue, not the platform. Real devices are separate machines: one device's
+readings never delay another's alarm inside the sender. The readings now come from a
+child process, on a connection of their own, for a bounded time; the alarms and their
+acks stay in the bench process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import secrets
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from carecall.shell.bench_targets import Target
+from simulators.loadgen import LoadGenerator
+
+# the child leaves by itself this long after its sending time, whatever happens
+_GRACE_S = 5.0
+
+
+def _readings_main(
+    host: str,
+    port: int,
+    creds: tuple[str | None, str | None],
+    client_id: str,
+    devices: Sequence[str],
+    per_s: float,
+    duration_s: float,
+    ready: Any,
+    sent: Any,
+) -> None:
+    gen = LoadGenerator(
+        host,
+        port,
+        username=creds[0],
+        password=creds[1],
+        client_id=client_id,
+        pub_client_id=client_id,
+        max_inflight=1000,
+    )
+    gen.start(track_acks=False)
+    ready.set()
+    try:
+        gen.run_paced(
+            telemetry_per_s=per_s, events_per_s=0, duration_s=duration_s, devices=devices, tick_s=0.002
+        )
+    finally:
+        sent.value = gen.stats.telemetry_sent
+        gen.close()
+
+
+def readings_creds(t: Target) -> tuple[str | None, str | None]:
+    """Who sends the readings: on a broker that checks device keys (embedded) a device
+    login must use its own id as client id, and the bench's one loadgen device is already
+    connected, so the platform account sends them; on the open test broker, nobody."""
+    return t.observer_creds if t.loadgen_creds[0] else (None, None)
+
+
+@contextlib.contextmanager
+def readings_behind(
+    t: Target, devices: Sequence[str], per_s: float, duration_s: float
+) -> Iterator[dict[str, int]]:
+    """``per_s`` readings a second from ``devices`` for ``duration_s`` (plus a second), from
+    a child process; it is connected when the block starts and stopped (terminate, then
+    kill) when the block ends. The dict yielded gets ``sent`` (readings sent) at the end."""
+    out = {"sent": 0}
+    if per_s <= 0:
+        yield out
+        return
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    sent = ctx.Value("q", 0)
+    proc = ctx.Process(
+        target=_readings_main,
+        args=(
+            t.host,
+            t.port,
+            readings_creds(t),
+            f"bench-readings-{secrets.token_hex(3)}",
+            list(devices),
+            per_s,
+            duration_s + 1.0,
+            ready,
+            sent,
+        ),
+        daemon=True,
+        name="bench-readings",
+    )
+    proc.start()
+    try:
+        if not ready.wait(30):
+            raise RuntimeError("the readings sender did not connect within 30 s")
+        yield out
+    finally:
+        proc.join(_GRACE_S if proc.is_alive() else 0)
+        out["sent"] = int(sent.value)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
