@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+import pytest_asyncio
 
 from tests.support.ports import free_port
 
@@ -58,17 +59,60 @@ def chromium_path() -> str:
     return CHROMIUM
 
 
-@pytest.fixture
-async def browser(chromium_path: str) -> AsyncIterator[Any]:
-    """Debian's Chromium through Playwright (never a downloaded browser), one per test."""
+class _Chromium:
+    """One Chromium for the run (for each xdist worker), launched again should it have
+    died: launching it costs a second or more of CPU, paid once instead of per test."""
+
+    def __init__(self, pw: Any, path: str) -> None:
+        self._pw = pw
+        self._path = path
+        self._browser: Any = None
+
+    async def get(self) -> Any:
+        if self._browser is None or not self._browser.is_connected():
+            self._browser = await self._pw.chromium.launch(executable_path=self._path, args=CHROMIUM_ARGS)
+        return self._browser
+
+    async def close(self) -> None:
+        if self._browser is not None and self._browser.is_connected():
+            await self._browser.close()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def _chromium(chromium_path: str) -> AsyncIterator[_Chromium]:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+        chromium = _Chromium(pw, chromium_path)
         try:
-            yield b
+            yield chromium
         finally:
-            await b.close()
+            await chromium.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def browser(_chromium: _Chromium) -> AsyncIterator[Any]:
+    """Debian's Chromium through Playwright (never a downloaded browser), with no context
+    open: a test opens its own contexts (each a fresh profile: no cookies, storage, cache
+    or permissions of another), and every context it left open is closed after it."""
+    b = await _chromium.get()
+    for ctx in list(b.contexts):  # a test that failed in its teardown may have left one
+        await ctx.close()
+    try:
+        yield b
+    finally:
+        if b.is_connected():
+            for ctx in list(b.contexts):
+                await ctx.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The browser tests run on the session's event loop, the one the shared Chromium's
+    Playwright connection lives on (a Playwright object works on its own loop only)."""
+    here = Path(__file__).parent
+    for item in items:
+        if item.get_closest_marker("asyncio") is not None and here in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.asyncio(loop_scope="session"), append=False)
 
 
 @dataclass

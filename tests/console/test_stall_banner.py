@@ -195,5 +195,6 @@ async def test_banner_shows_while_alarms_are_not_dispatched_and_clears(browser: 
     await take(serve.db_url, pk)  # a dispatcher is back and takes it
     await page.wait_for_selector("#stall-banner", state="hidden", timeout=20000)
     async with httpx.AsyncClient(base_url=serve.url, timeout=5) as http:
-        assert (await http.get("/healthz")).status_code == 200
+        r = await http.get("/healthz")
+        assert r.status_code == 200, r.text  # the body names what is not ok
     await ctx.close()
