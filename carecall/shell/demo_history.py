@@ -19,7 +19,9 @@ would send 5 a second, 25,000 at ×5,000. So while catching up:
   (device-raised inactivity events still open calls);
 - the gateway flushes device state and sweeps for silent devices in simulated minutes,
   not seconds (at ×10,000 two simulated seconds are 0.2 real milliseconds);
-- the dispatcher polls its timers every 10 real ms instead of 250.
+- the dispatcher polls its timers every 10 real ms instead of 250, and generates welfare
+  visits every two real seconds instead of every minute (``history_visit_rules``), and
+  the service orders' levels are checked every real second (``history_order_levels``).
 
 Alarms are never thinned. After the catch-up the gateway and the dispatcher restart
 with the normal settings, and the simulated homes with their registry heartbeats.
@@ -49,6 +51,8 @@ if TYPE_CHECKING:
     from device_gateway.service import Gateway
     from device_gateway.store import EventRow
     from dispatcher.engine.process import Dispatcher
+    from dispatcher.notifications.notifiers import Notifier
+    from dispatcher.visits.rules import VisitRules
 
 log = structlog.get_logger("carecall.runtime")
 
@@ -75,6 +79,46 @@ def history_settings(settings: Settings, workdir: Path) -> Settings:
     path = workdir / "history-rules.yaml"
     path.write_text(yaml.safe_dump(rules, allow_unicode=True), encoding="utf-8")
     return settings.model_copy(update={**HISTORY_TUNING, "rules_file": path})
+
+
+HISTORY_VISITS_EVERY_S = 2.0
+
+
+def history_visit_rules() -> VisitRules:
+    """The visits policy while catching up: rounds every HISTORY_VISITS_EVERY_S real
+    seconds (about five simulated hours at ×10,000) instead of config/visits.yaml's
+    minute, which would be a week of history between rounds (weekly visits skipped,
+    follow-ups past their lookback)."""
+    from dispatcher.visits.config_file import load_visit_rules
+
+    return load_visit_rules().model_copy(update={"generate_every_s": HISTORY_VISITS_EVERY_S})
+
+
+HISTORY_LEVELS_EVERY_S = 1.0
+
+
+async def history_order_levels(
+    maker: async_sessionmaker[AsyncSession],
+    clock: CatchUpClock,
+    notifier: Notifier | None,
+    stop: asyncio.Event,
+) -> None:
+    """The service orders' level watch while catching up, every HISTORY_LEVELS_EVERY_S real
+    seconds: the dispatcher's own round every 30 real seconds would be days of history,
+    and an order late and then done in between would never be recorded as breached. The
+    same check (dispatcher.orders.breaches.check_once; each level recorded once, whichever
+    copy sees it first), paging through the dispatcher's notifier."""
+    from sqlalchemy.exc import DBAPIError
+
+    from dispatcher.orders.breaches import check_once
+
+    while not stop.is_set():
+        try:
+            await check_once(maker, now=clock.now(), notifier=notifier)
+        except DBAPIError as exc:  # a busy database (or a copy racing us): next round
+            log.warning("demo.order_levels_failed", error=str(exc)[:200])
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), HISTORY_LEVELS_EVERY_S)
 
 
 def history_heartbeat(registry_s: int) -> int:
