@@ -297,7 +297,7 @@ class _Demo:
             )
         if isinstance(core.clock, CatchUpClock):
             phase.tasks.append(asyncio.create_task(back_pressure(core.clock, phase, phase.stop, core.maker)))
-            levels = history_order_levels(core.maker, core.clock, phase.dispatcher.notifier, phase.stop)
+            levels = history_order_levels(phase.dispatcher.order_levels_once, phase.stop)
             phase.tasks.append(asyncio.create_task(levels))
         return phase
 

@@ -51,7 +51,6 @@ if TYPE_CHECKING:
     from device_gateway.service import Gateway
     from device_gateway.store import EventRow
     from dispatcher.engine.process import Dispatcher
-    from dispatcher.notifications.notifiers import Notifier
     from dispatcher.visits.rules import VisitRules
 
 log = structlog.get_logger("carecall.runtime")
@@ -97,24 +96,17 @@ def history_visit_rules() -> VisitRules:
 HISTORY_LEVELS_EVERY_S = 1.0
 
 
-async def history_order_levels(
-    maker: async_sessionmaker[AsyncSession],
-    clock: CatchUpClock,
-    notifier: Notifier | None,
-    stop: asyncio.Event,
-) -> None:
+async def history_order_levels(once: Callable[[], Awaitable[int]], stop: asyncio.Event) -> None:
     """The service orders' level watch while catching up, every HISTORY_LEVELS_EVERY_S real
     seconds: the dispatcher's own round every 30 real seconds would be days of history,
-    and an order late and then done in between would never be recorded as breached. The
-    same check (dispatcher.orders.breaches.check_once; each level recorded once, whichever
-    copy sees it first), paging through the dispatcher's notifier."""
+    and an order late and then done in between would never be recorded as breached.
+    ``once`` is the dispatcher's own round (``Dispatcher.order_levels_once``: each step
+    recorded once, whichever copy sees it first; pages queued in the outbox)."""
     from sqlalchemy.exc import DBAPIError
-
-    from dispatcher.orders.breaches import check_once
 
     while not stop.is_set():
         try:
-            await check_once(maker, now=clock.now(), notifier=notifier)
+            await once()
         except DBAPIError as exc:  # a busy database (or a copy racing us): next round
             log.warning("demo.order_levels_failed", error=str(exc)[:200])
         with contextlib.suppress(TimeoutError):

@@ -355,7 +355,15 @@ class SimulatedServices:
                     )
                 else:
                     form = visits.VisitForm(**{**body, "seen": Seen(body["seen"])})
-                    await visits.complete(s, visit_id=visit_id, actor=actor, now=now, form=form)
+                    await visits.complete(
+                        s,
+                        visit_id=visit_id,
+                        actor=actor,
+                        now=now,
+                        form=form,
+                        catalogue=self.catalogue,
+                        order_actor=actor,
+                    )
         except visits.VisitError as exc:
             self.stats.conflicts += 1
             log.debug("sim_services.visit_conflict", visit_id=visit_id, action=st.action, error=str(exc))
