@@ -345,14 +345,19 @@ class SimulatedOperators:
         assert self.services is not None
         svc = self.services
         while not stop.is_set():
+            if self._urgent():
+                # The calls first: not even a look at the services until none waits. (Looking
+                # anyway, with a step of theirs due that it may not do, made this loop spin:
+                # hundreds of looks a real second, the CPU the operators' writes needed.)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.URGENT_RETRY_S)
+                continue
             try:
                 later: float | None = await svc.step(self._login, self._urgent)
             except Exception:
                 log.exception("sim_services.step_failed")
                 later = None
             real = svc.real_wait()
-            if self._urgent():
-                real = self.URGENT_RETRY_S  # the calls first; look again shortly
             self._svc_wake.clear()
             waiters = [
                 asyncio.ensure_future(stop.wait()),
@@ -368,6 +373,9 @@ class SimulatedOperators:
             finally:
                 for w in waiters:
                     w.cancel()
+            # a step due now but not done (the database was busy) is due again at once:
+            # never two looks closer than this
+            await asyncio.sleep(self.min_pause_s)
 
     def _urgent(self) -> bool:
         """A call needs the operators now: one changed (the bus) or a planned step is due."""

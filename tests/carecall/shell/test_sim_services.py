@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 from collections import Counter
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from carecall.shell.demo import ensure_demo_services
@@ -255,6 +258,51 @@ async def test_the_operators_run_works_the_orders_in_a_task_of_its_own(
         stop.set()
         await asyncio.wait_for(task, 10)
     assert left == 0 and services.stats.actions["order_accept"] >= 2, services.stats
+
+
+@pytest.mark.usefixtures("cheap_argon2")
+@pytest.mark.parametrize("why", ["a_call_waits", "the_database_is_busy"])
+async def test_the_services_task_never_spins(
+    maker: async_sessionmaker[AsyncSession], db_url: str, why: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a step of theirs due that they may not do (a call needs the operators) or
+    cannot (SQLite busy), the services look again after a real pause, not at once: the
+    loop spun hundreds of times a real second in the demo history, and the CPU it ate
+    was the operators' (answers hours late at x10,000)."""
+    await _one_street(maker)
+    await ensure_demo_services(maker, now=T0)
+    await _device_orders(maker, T0, 3)
+    clock = ManualClock(T0 + timedelta(days=3))  # every step of their plans is due
+    services = SimulatedServices(maker=maker, clock=clock, catalogue=load_catalogue(), bookings=False)
+    ops = SimulatedOperators(
+        maker=maker, clock=clock, ctx=load_context(load_settings(database_url=db_url)), services=services
+    )
+    if why == "a_call_waits":
+        monkeypatch.setattr(ops, "_urgent", lambda: True)
+    else:
+
+        async def busy(*_: object, **__: object) -> None:
+            raise OperationalError("UPDATE orders", {}, sqlite3.OperationalError("database is locked"))
+
+        monkeypatch.setattr(services, "_order_act", busy)
+    looks = 0
+    real_step = services.step
+
+    async def counted(*args: Any, **kwargs: Any) -> float | None:
+        nonlocal looks
+        looks += 1
+        return await real_step(*args, **kwargs)
+
+    monkeypatch.setattr(services, "step", counted)
+    stop = asyncio.Event()
+    task = asyncio.create_task(ops._run_services(stop))
+    await asyncio.sleep(1.0)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    # at most one look per pause (URGENT_RETRY_S waiting for the calls, min_pause_s after a failure)
+    pause = ops.URGENT_RETRY_S if why == "a_call_waits" else ops.min_pause_s
+    assert looks <= 1.0 / pause + 2, looks
+    assert sum(services.stats.actions.values()) == 0
 
 
 @pytest.mark.usefixtures("cheap_argon2")
