@@ -274,6 +274,8 @@ class _Demo:
             visit_rules=history_visit_rules() if catching_up else None,
         )
         phase = Phase(parts)
+        if catching_up and self.sim_ops is not None:
+            phase.staff_busy = self.sim_ops.busy
         if self.simulate:
 
             def seen(st: SimStats) -> None:

@@ -247,9 +247,9 @@ async def back_pressure(
     clock: CatchUpClock, phase: Phase, stop: asyncio.Event, maker: async_sessionmaker[AsyncSession]
 ) -> None:
     """The history never runs ahead of the platform: while work is in flight (devices
-    still connecting, a device waiting for its "received", a stored event not yet a call)
-    or the event loop lags,
-    the clock runs at the fine rate. At ×10,000 a 50 ms stall would otherwise be eight
+    still connecting, a device waiting for its "received", a stored event not yet a call,
+    a call the simulated staff have not seen yet or a step of theirs that is due and not
+    done) or the event loop lags, the clock runs at the fine rate. At ×10,000 a 50 ms stall would otherwise be eight
     simulated minutes in which devices resend, timers fire and nobody could answer."""
     started = time.monotonic()
     while clock.paused and not stop.is_set():
@@ -281,7 +281,7 @@ async def back_pressure(
         t = time.monotonic()
         await asyncio.sleep(BACK_PRESSURE_EVERY_S)
         lag = time.monotonic() - t - BACK_PRESSURE_EVERY_S
-        if lag > BACK_PRESSURE_LAG_S or phase.backlog() > 0:
+        if lag > BACK_PRESSURE_LAG_S or phase.backlog() > 0 or phase.staff_busy():
             now = clock.now()
             clock.hold(now, now + timedelta(seconds=BACK_PRESSURE_HOLD_S))
 
@@ -298,6 +298,10 @@ class Phase:
 
     intake_offset: int = 0
     _pending_seen: tuple[int, float] = (0, 0.0)
+    # the simulated staff have work due (a call they have not looked at, a step of theirs
+    # past its moment): their holds around each step end at fixed simulated moments, and
+    # a step still waiting for the database (or the CPU) then would see the clock race on
+    staff_busy: Callable[[], bool] = lambda: False
 
     def backlog(self) -> int:
         """Work in flight: events the devices still wait to hear "received" for, and

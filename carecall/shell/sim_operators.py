@@ -227,6 +227,7 @@ class SimulatedOperators:
         self._held_timers: set[int] = set()
         self._logins: dict[str, _Login] = {}
         self._wake = asyncio.Event()
+        self._reading = False  # a look woken by a change on the bus is under way
         # service orders and welfare visits, worked in the same loop once no call waits
         self.services = services
         self._svc_wake = asyncio.Event()
@@ -261,6 +262,9 @@ class SimulatedOperators:
         services = asyncio.create_task(self._run_services(stop)) if self.services is not None else None
         try:
             while not stop.is_set():
+                # a call changed (the bus woke us): busy() until this look has read it, or a
+                # new call's answer would not be held yet while its first read waits
+                self._reading = self._wake.is_set()
                 self._wake.clear()  # before looking: a call opened meanwhile wakes the next wait
                 try:
                     delay = await self.step(stop)
@@ -270,6 +274,8 @@ class SimulatedOperators:
                 except Exception:
                     log.exception("sim_operators.step_failed")
                     delay = None
+                finally:
+                    self._reading = False
                 await self._wait(stop, delay)
         finally:
             for task in (listener, events, services):
@@ -377,12 +383,23 @@ class SimulatedOperators:
             # never two looks closer than this
             await asyncio.sleep(self.min_pause_s)
 
+    def busy(self) -> bool:
+        """A call needs the operators now (the demo history's clock keeps fine time until
+        they are done: carecall/shell/demo_history.py, ``back_pressure``)."""
+        return self._urgent()
+
     def _urgent(self) -> bool:
-        """A call needs the operators now: one changed (the bus) or a planned step is due."""
+        """A call needs the operators now: one changed (the bus) and they have not read it
+        yet, or a planned step is due."""
         now = self.clock.now()
-        return self._wake.is_set() or any(
-            tr.next < len(tr.plan.steps) and tr.start + timedelta(seconds=tr.plan.steps[tr.next].at_s) <= now
-            for tr in self._tracked.values()
+        return (
+            self._wake.is_set()
+            or self._reading
+            or any(
+                tr.next < len(tr.plan.steps)
+                and tr.start + timedelta(seconds=tr.plan.steps[tr.next].at_s) <= now
+                for tr in self._tracked.values()
+            )
         )
 
     def _hold(self, tr: _Tracked, due: datetime) -> None:
