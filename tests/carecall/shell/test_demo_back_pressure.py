@@ -91,3 +91,23 @@ async def test_the_operators_are_busy_from_a_change_on_the_bus_until_they_have_r
         stop.set()
         await asyncio.wait_for(task, 5)
     assert seen[:2] == [(False, False), (True, True)], seen
+
+
+def test_an_intake_correction_made_mid_batch_does_not_hide_later_events() -> None:
+    """settle_intake believes the database when the counters say events wait and it says
+    none do. Read while a dispatcher batch was committed but not yet counted (its count
+    comes after the bus announcement), that added the batch to the offset a second time:
+    from then on as many newly stored events were never "in flight", the clock ran on at
+    x10,000 while they waited to become calls (calls opened two hours after the alarm)."""
+    phase = _idle_phase()
+    gateway, dispatcher = cast(Any, phase.gateway), cast(Any, phase.dispatcher)
+    gateway.stats.events_stored = 5
+    dispatcher.stats.events = 3  # two more are committed, not counted yet
+    assert phase.backlog() == 2
+    phase.intake_offset += 2  # settle_intake in that moment: the database has none waiting
+    dispatcher.stats.events = 5  # the batch is counted
+    assert phase.backlog() == 0
+    gateway.stats.events_stored = 6  # a new alarm is stored
+    assert phase.backlog() == 1  # work in flight: the clock keeps fine time
+    dispatcher.stats.events = 6
+    assert phase.backlog() == 0
