@@ -31,6 +31,20 @@ BATTERY_DRAIN_PER_DAY: dict[str, float] = {
 
 Metric = int | float | str | bool
 
+# What a resident asks for with the service button (docs/protocol.md service_request),
+# by weight: meals most, then cleaning, shopping and medical escorts.
+SERVICE_KIND_WEIGHTS: dict[str, float] = {
+    "meal": 30.0,
+    "cleaning": 16.0,
+    "medical": 10.0,
+    "shopping": 10.0,
+    "repair": 8.0,
+    "bathing": 8.0,
+    "chat": 8.0,
+    "mobility": 6.0,
+    "other": 4.0,
+}
+
 
 class Body:
     """The resident and the device's physical state; ``rng`` shapes readings, ``event_rng``
@@ -72,6 +86,9 @@ class Body:
             }
         if event_type == "inactivity":
             return {"minutes": self._event_rng.randint(120, 480)}
+        if event_type == "service_request":
+            kinds = sorted(SERVICE_KIND_WEIGHTS)
+            return {"kind": self._event_rng.choices(kinds, [SERVICE_KIND_WEIGHTS[k] for k in kinds])[0]}
         if event_type == "bed_exit":
             night = self.is_night(now)
             returned = not (night and self._event_rng.random() < self._scenario.bed_exit_not_returned)

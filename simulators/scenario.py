@@ -49,6 +49,8 @@ EMITTERS: dict[str, tuple[DeviceKind, ...]] = {
     "tamper": (DeviceKind.hub, DeviceKind.door),
     "power_loss": (DeviceKind.hub,),
     "power_restored": (DeviceKind.hub,),
+    # the service button (服务键) of a hub's panel or a one-key button: everyday help
+    "service_request": (DeviceKind.hub, DeviceKind.button),
 }
 
 NonNegative = Annotated[float, Field(ge=0)]

@@ -15,6 +15,7 @@ whatever the rate does meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import math
@@ -65,6 +66,7 @@ def make_clock(speed: float) -> Clock:
 
 
 _LATEST = datetime(9999, 1, 1, tzinfo=UTC).timestamp()
+WAIT_REAIM_S = 0.25  # real seconds: CatchUpClock.wait_caught_up looks again at least this often
 
 
 class CatchUpClock(Clock):
@@ -234,11 +236,19 @@ class CatchUpClock(Clock):
         self._reschedule()
 
     async def wait_caught_up(self) -> None:
-        """Until the hand-over to the wall clock (sleeping towards the meeting point, which
-        moves later whenever a hold slows the clock down)."""
+        """Until the hand-over to the wall clock. The meeting point moves later while a
+        hold slows the clock down and earlier again when the hold ends, so the wait is
+        aimed at it anew at least every WAIT_REAIM_S real seconds: a sleep aimed at where
+        it lay during a hold would run on past the hand-over, at ×1, for as long as the
+        hold had pushed it (minutes in the demo's history)."""
         while not self.caught_up.is_set():
-            ahead = self._until - self._advance(self._monotonic())
-            await self.sleep(min(max(ahead, 0.001), 86400.0) if ahead < math.inf else 60.0)
+            real = self._monotonic()
+            ahead = self._until - self._advance(real)  # (advancing past the point hands over)
+            if self.caught_up.is_set():
+                break
+            wait = ahead / self._rate if ahead < math.inf and not self.paused else WAIT_REAIM_S
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.caught_up.wait(), min(max(wait, 0.001), WAIT_REAIM_S))
 
     # ------------------------------------------------------------------ sleeping
 

@@ -6,8 +6,9 @@ through the same engine so one URL serves both.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any
 
@@ -67,10 +68,32 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+class RollbackOnClose(sqlite3.Connection):
+    """sqlite3's connection, rolled back before it closes.
+
+    Closing a connection while one of its statements is still active (a write's RETURNING
+    or a read whose rows nobody fetched) does not end its transaction: ``sqlite3_close_v2``
+    keeps it as a "zombie", holding the database's write lock, until that statement is
+    finalized, which is when the garbage collector frees its cursor (perhaps never).
+    aiosqlite makes exactly that of a cancelled task: the statement was handed to the
+    connection's thread and runs anyway once the lock is free, unread; SQLAlchemy then
+    invalidates the connection and closes it, and the cursor lives on in the
+    cancellation's traceback. Every other writer then got "database is locked" for good
+    (the demo history's freeze, tests/carecall/core/test_db_cancel.py). ROLLBACK aborts
+    the active statements and releases the lock, so a close always rolls back first."""
+
+    def close(self) -> None:
+        with suppress(sqlite3.Error):  # closed already, or nothing left to undo
+            if self.in_transaction:
+                self.rollback()
+        super().close()
+
+
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     aurl = async_url(url)
     if is_sqlite(aurl):
-        engine = create_async_engine(aurl, connect_args={"timeout": 30}, **kwargs)
+        connect_args = {"timeout": 30, "factory": RollbackOnClose}
+        engine = create_async_engine(aurl, connect_args=connect_args, **kwargs)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

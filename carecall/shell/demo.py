@@ -31,8 +31,10 @@ from carecall.shell.demo_history import (
     count_calls,
     history_begin,
     history_heartbeats,
+    history_order_levels,
     history_progress,
     history_settings,
+    history_visit_rules,
     hold_after_derived,
     restore_heartbeats,
 )
@@ -85,7 +87,23 @@ async def ensure_demo_county(
         known.update(await rekey_devices(core.maker, missing, now=now))
     if issued or missing:
         save_secrets(secrets_path, known)
+    await ensure_demo_services(core.maker, now=now)
     return {d: known[d] for d in device_ids}
+
+
+async def ensure_demo_services(maker: async_sessionmaker[AsyncSession], *, now: datetime) -> tuple[int, int]:
+    """The demo county's providers and residents' special-difficulty groups (so orders
+    route and visit plans exist), added once to the demo county only (also to a demo
+    database made before they existed). Returns (providers, category rows) added."""
+    from dispatcher.orders.demo_providers import load_demo_providers
+    from dispatcher.registry.demo_county import COUNTY_ID
+    from dispatcher.registry.models import Station
+    from dispatcher.visits.demo_categories import load_demo_categories
+
+    async with maker() as session:
+        if await session.get(Station, COUNTY_ID) is None:
+            return 0, 0  # not the demo county: its groups and providers are its own
+    return await load_demo_providers(maker, now=now), await load_demo_categories(maker)
 
 
 def _say_stderr(line: str) -> None:
@@ -253,8 +271,11 @@ class _Demo:
             self.target,
             settings=s,
             on_stored=hold_after_derived(core.clock) if isinstance(core.clock, CatchUpClock) else None,
+            visit_rules=history_visit_rules() if catching_up else None,
         )
         phase = Phase(parts)
+        if catching_up and self.sim_ops is not None:
+            phase.staff_busy = self.sim_ops.busy
         if self.simulate:
 
             def seen(st: SimStats) -> None:
@@ -278,14 +299,29 @@ class _Demo:
             )
         if isinstance(core.clock, CatchUpClock):
             phase.tasks.append(asyncio.create_task(back_pressure(core.clock, phase, phase.stop, core.maker)))
+            levels = history_order_levels(phase.dispatcher.order_levels_once, phase.stop)
+            phase.tasks.append(asyncio.create_task(levels))
         return phase
 
     def prepare_operators(self) -> None:
         from carecall.shell.sim_operators import SimulatedOperators
+        from carecall.shell.sim_services import SimulatedServices
+        from dispatcher.orders.device_intake import catalogue
+        from dispatcher.visits.config_file import load_visit_rules
 
         core = self.core
+        services = SimulatedServices(
+            maker=core.maker,
+            clock=core.clock,
+            catalogue=catalogue(),
+            missed_after_h=load_visit_rules().missed_after_h,
+        )
         self.sim_ops = SimulatedOperators(
-            maker=core.maker, clock=core.clock, ctx=load_context(self.settings), bus=core.bus
+            maker=core.maker,
+            clock=core.clock,
+            ctx=load_context(self.settings),
+            bus=core.bus,
+            services=services,
         )
         # their logins are hashed while the devices connect (the clock waits for both)
         self.preparing = asyncio.create_task(self.sim_ops.prepare())
@@ -301,6 +337,8 @@ class _Demo:
         self.clock = self.core.clock = clock
         if self.sim_ops is not None:
             self.sim_ops.clock = clock
+            if self.sim_ops.services is not None:
+                self.sim_ops.services.clock = clock
         return (real_now - begin).total_seconds() / 86400
 
     async def start(self, stop: asyncio.Event) -> None:

@@ -19,7 +19,9 @@ would send 5 a second, 25,000 at ×5,000. So while catching up:
   (device-raised inactivity events still open calls);
 - the gateway flushes device state and sweeps for silent devices in simulated minutes,
   not seconds (at ×10,000 two simulated seconds are 0.2 real milliseconds);
-- the dispatcher polls its timers every 10 real ms instead of 250.
+- the dispatcher polls its timers every 10 real ms instead of 250, and generates welfare
+  visits every two real seconds instead of every minute (``history_visit_rules``), and
+  the service orders' levels are checked every real second (``history_order_levels``).
 
 Alarms are never thinned. After the catch-up the gateway and the dispatcher restart
 with the normal settings, and the simulated homes with their registry heartbeats.
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     from device_gateway.service import Gateway
     from device_gateway.store import EventRow
     from dispatcher.engine.process import Dispatcher
+    from dispatcher.visits.rules import VisitRules
 
 log = structlog.get_logger("carecall.runtime")
 
@@ -75,6 +78,39 @@ def history_settings(settings: Settings, workdir: Path) -> Settings:
     path = workdir / "history-rules.yaml"
     path.write_text(yaml.safe_dump(rules, allow_unicode=True), encoding="utf-8")
     return settings.model_copy(update={**HISTORY_TUNING, "rules_file": path})
+
+
+HISTORY_VISITS_EVERY_S = 2.0
+
+
+def history_visit_rules() -> VisitRules:
+    """The visits policy while catching up: rounds every HISTORY_VISITS_EVERY_S real
+    seconds (about five simulated hours at ×10,000) instead of config/visits.yaml's
+    minute, which would be a week of history between rounds (weekly visits skipped,
+    follow-ups past their lookback)."""
+    from dispatcher.visits.config_file import load_visit_rules
+
+    return load_visit_rules().model_copy(update={"generate_every_s": HISTORY_VISITS_EVERY_S})
+
+
+HISTORY_LEVELS_EVERY_S = 1.0
+
+
+async def history_order_levels(once: Callable[[], Awaitable[int]], stop: asyncio.Event) -> None:
+    """The service orders' level watch while catching up, every HISTORY_LEVELS_EVERY_S real
+    seconds: the dispatcher's own round every 30 real seconds would be days of history,
+    and an order late and then done in between would never be recorded as breached.
+    ``once`` is the dispatcher's own round (``Dispatcher.order_levels_once``: each step
+    recorded once, whichever copy sees it first; pages queued in the outbox)."""
+    from sqlalchemy.exc import DBAPIError
+
+    while not stop.is_set():
+        try:
+            await once()
+        except DBAPIError as exc:  # a busy database (or a copy racing us): next round
+            log.warning("demo.order_levels_failed", error=str(exc)[:200])
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), HISTORY_LEVELS_EVERY_S)
 
 
 def history_heartbeat(registry_s: int) -> int:
@@ -211,9 +247,9 @@ async def back_pressure(
     clock: CatchUpClock, phase: Phase, stop: asyncio.Event, maker: async_sessionmaker[AsyncSession]
 ) -> None:
     """The history never runs ahead of the platform: while work is in flight (devices
-    still connecting, a device waiting for its "received", a stored event not yet a call)
-    or the event loop lags,
-    the clock runs at the fine rate. At ×10,000 a 50 ms stall would otherwise be eight
+    still connecting, a device waiting for its "received", a stored event not yet a call,
+    a call the simulated staff have not seen yet or a step of theirs that is due and not
+    done) or the event loop lags, the clock runs at the fine rate. At ×10,000 a 50 ms stall would otherwise be eight
     simulated minutes in which devices resend, timers fire and nobody could answer."""
     started = time.monotonic()
     while clock.paused and not stop.is_set():
@@ -245,7 +281,7 @@ async def back_pressure(
         t = time.monotonic()
         await asyncio.sleep(BACK_PRESSURE_EVERY_S)
         lag = time.monotonic() - t - BACK_PRESSURE_EVERY_S
-        if lag > BACK_PRESSURE_LAG_S or phase.backlog() > 0:
+        if lag > BACK_PRESSURE_LAG_S or phase.backlog() > 0 or phase.staff_busy():
             now = clock.now()
             clock.hold(now, now + timedelta(seconds=BACK_PRESSURE_HOLD_S))
 
@@ -262,12 +298,22 @@ class Phase:
 
     intake_offset: int = 0
     _pending_seen: tuple[int, float] = (0, 0.0)
+    # the simulated staff have work due (a call they have not looked at, a step of theirs
+    # past its moment): their holds around each step end at fixed simulated moments, and
+    # a step still waiting for the database (or the CPU) then would see the clock race on
+    staff_busy: Callable[[], bool] = lambda: False
 
     def backlog(self) -> int:
         """Work in flight: events the devices still wait to hear "received" for, and
         stored events the dispatcher has not turned into calls yet (by the counters; an
         event handled off the counted path is corrected by ``settle_intake``)."""
         intake = self.gateway.stats.events_stored - self.dispatcher.stats.events - self.intake_offset
+        if intake < 0:
+            # More handled than stored and not yet handled: an offset taken while a batch
+            # was committed but not yet counted, or events stored off the counted path.
+            # Left standing, that surplus would hide as many new events from the clock.
+            self.intake_offset += intake
+            intake = 0
         pending = self.devices_pending
         # a device gone silent keeps its events pending until it is back (simulated
         # minutes to hours): that is no work the platform can do, so a count that has

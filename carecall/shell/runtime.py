@@ -41,6 +41,7 @@ from dispatcher.registry.service import resident_vitals
 
 if TYPE_CHECKING:
     from device_gateway.store import EventRow
+    from dispatcher.visits.rules import VisitRules
 
 log = structlog.get_logger("carecall.runtime")
 
@@ -336,10 +337,13 @@ async def start_parts(
     lane: Lane = Lane.all,
     on_stored: Callable[[list[EventRow]], Awaitable[None]] | None = None,
     connect_timeout_s: float = 30.0,
+    visit_rules: VisitRules | None = None,
 ) -> Parts:
     """Start the gateway and/or the dispatcher on ``mqtt`` with ``settings`` (default the
     core's) and return once the gateway is subscribed. ``on_stored`` sees every batch of
-    events the gateway commits (the demo's history clock slows down around them)."""
+    events the gateway commits (the demo's history clock slows down around them);
+    ``visit_rules`` replaces config/visits.yaml for this dispatcher (the demo's history
+    generates visits more often in real time)."""
     parts = Parts(None, None, asyncio.Event())
     if gateway:
         gw = make_gateway(
@@ -350,6 +354,8 @@ async def start_parts(
         parts.tasks.append(asyncio.create_task(gw.run(parts.stop)))
     if dispatcher:
         dsp = make_dispatcher(core, mqtt, settings)
+        if visit_rules is not None:
+            dsp.visit_rules = visit_rules  # before its first round reads config/visits.yaml
         parts.dispatcher = dsp
         parts.tasks.append(asyncio.create_task(dsp.run(parts.stop)))
     if parts.gateway is not None:

@@ -16,6 +16,8 @@ Two parts:
 - ``SimulatedOperators`` is the I/O at the edge: it watches the open calls, performs each
   planned step when simulated time reaches it, and asks the clock for fine resolution
   around its steps (``Clock.hold``) so a compressed history keeps human-scale times.
+  With ``services`` (carecall/shell/sim_services.py) a task beside that loop works the
+  service orders, welfare visits and phone bookings — only while no call waits.
 """
 
 from __future__ import annotations
@@ -25,10 +27,9 @@ import contextlib
 import random
 import secrets
 from collections import Counter
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 from sqlalchemy import func, select
@@ -37,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from carecall.core.bus import MemoryBus, RedisBus
 from carecall.core.clock import Clock
+from carecall.shell.sim_call_facts import CallFacts, facts_from_policy, pick_responders
 from device_gateway.models import DeviceEvent
 from dispatcher.audit.chain import AuditKind
 from dispatcher.audit.models import AuditRow
@@ -46,6 +48,9 @@ from dispatcher.calls.context import Actor, CallError, DispatchContext
 from dispatcher.calls.models import OPEN_STATUSES, Assignment, Call, CallEvent, Timer
 from dispatcher.calls.outbox import queue_device_notices
 from dispatcher.registry.models import Home, Staff, Station
+
+if TYPE_CHECKING:
+    from carecall.shell.sim_services import SimulatedServices
 
 log = structlog.get_logger("carecall.sim.operators")
 
@@ -66,19 +71,6 @@ USER_PREFIX = "sim-"
 
 
 # --------------------------------------------------------------------------- the plan
-
-
-@dataclass(frozen=True)
-class CallFacts:
-    """What the operator knows when the call rings."""
-
-    call_id: int
-    event_class: str  # emergency, urgent, trouble, …
-    event_type: str  # sos, fall, offline, …
-    area: str  # urban or rural: the arrival limit
-    travel_limit_s: float  # the call's service circle (15 min urban / 30 rural by default)
-    county_after_s: float | None  # when the call's policy hands it to the county unanswered
-    street_after_s: float | None
 
 
 @dataclass(frozen=True)
@@ -171,46 +163,6 @@ def plan_call(facts: CallFacts, rng: random.Random, b: Behaviour = DEFAULT_BEHAV
     return Plan(answer, tuple(steps))
 
 
-def facts_from_policy(
-    call_id: int, event_class: str, event_type: str, area: str, policy: Mapping[str, Any]
-) -> CallFacts:
-    """Read the escalation times the call was opened with (its frozen policy snapshot)."""
-    county = street = None
-    for step in policy.get("steps") or ():
-        if not isinstance(step, Mapping):
-            continue
-        after = step.get("after_s")
-        if not isinstance(after, int | float):
-            continue
-        if step.get("action") == "escalate_county":
-            county = float(after)
-        elif step.get("action") == "escalate_street":
-            street = float(after)
-    limit = policy.get("travel_limit_s")
-    return CallFacts(
-        call_id=call_id,
-        event_class=event_class,
-        event_type=event_type,
-        area=area if area in ("urban", "rural") else "urban",
-        travel_limit_s=float(limit) if isinstance(limit, int | float) else 0.0,
-        county_after_s=county,
-        street_after_s=street,
-    )
-
-
-def pick_responders(
-    candidates: Sequence[tuple[str, str]], prefer: Sequence[str], scope: frozenset[str] | None
-) -> list[str]:
-    """One free responder: (staff id, station id) pairs, preferring the stations in
-    ``prefer`` order, limited to the acting operator's scope (None: the whole county)."""
-    allowed = [c for c in candidates if scope is None or c[1] in scope]
-    for station in prefer:
-        for staff_id, st in allowed:
-            if st == station:
-                return [staff_id]
-    return [allowed[0][0]] if allowed else []
-
-
 # --------------------------------------------------------------------------- the shell
 
 
@@ -235,6 +187,7 @@ class _Tracked:
 class _Login:
     user_id: int
     username: str
+    display_name: str
     scope: frozenset[str] | None
 
 
@@ -242,6 +195,7 @@ class SimulatedOperators:
     """Watches the open calls and acts on them when their planned moments come."""
 
     HOLD_BEFORE_S = 1.0
+    URGENT_RETRY_S = 0.05  # real seconds the services wait while a call needs the operators
     HOLD_AFTER_S = 3.0
     # Continuous fine time until an answer due within this (an emergency's reminders come
     # every 20 s); a device-trouble call left for hours is held around its timers only.
@@ -258,6 +212,7 @@ class SimulatedOperators:
         behaviour: Behaviour = DEFAULT_BEHAVIOUR,
         idle_s: float = 1.0,
         min_pause_s: float = 0.01,
+        services: SimulatedServices | None = None,
     ) -> None:
         self.maker = maker
         self.clock = clock
@@ -272,6 +227,10 @@ class SimulatedOperators:
         self._held_timers: set[int] = set()
         self._logins: dict[str, _Login] = {}
         self._wake = asyncio.Event()
+        self._reading = False  # a look woken by a change on the bus is under way
+        # service orders and welfare visits, worked in the same loop once no call waits
+        self.services = services
+        self._svc_wake = asyncio.Event()
 
     async def prepare(self) -> int:
         """Create the simulated operator of every station now, before simulated time runs:
@@ -293,8 +252,19 @@ class SimulatedOperators:
 
     async def run(self, stop: asyncio.Event) -> None:
         listener = asyncio.create_task(self._listen()) if self.bus is not None else None
+        events = (
+            asyncio.create_task(self._listen_events())
+            if self.bus is not None and self.services is not None
+            else None
+        )
+        # the services in a task of their own: a slow write of theirs never keeps the
+        # loop below from seeing a new call (at ×10,000 a 50 ms wait is eight minutes)
+        services = asyncio.create_task(self._run_services(stop)) if self.services is not None else None
         try:
             while not stop.is_set():
+                # a call changed (the bus woke us): busy() until this look has read it, or a
+                # new call's answer would not be held yet while its first read waits
+                self._reading = self._wake.is_set()
                 self._wake.clear()  # before looking: a call opened meanwhile wakes the next wait
                 try:
                     delay = await self.step(stop)
@@ -304,17 +274,27 @@ class SimulatedOperators:
                 except Exception:
                     log.exception("sim_operators.step_failed")
                     delay = None
+                finally:
+                    self._reading = False
                 await self._wait(stop, delay)
         finally:
-            if listener is not None:
-                listener.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await listener
+            for task in (listener, events, services):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     async def _listen(self) -> None:
         assert self.bus is not None
         async for _ in self.bus.subscribe("calls"):
             self._wake.set()
+
+    async def _listen_events(self) -> None:
+        """Stored device events: a service button's order is booked a moment later."""
+        assert self.bus is not None and self.services is not None
+        async for _ in self.bus.subscribe("events"):
+            self.services.poke()
+            self._svc_wake.set()
 
     async def _wait(self, stop: asyncio.Event, simulated_s: float | None) -> None:
         """Until the next planned step (simulated time), a new call (the bus), or — with
@@ -363,6 +343,64 @@ class SimulatedOperators:
             if tr.next >= len(tr.plan.steps):
                 self._tracked.pop(call_id, None)
         return None if next_in is None else max(next_in, 0.0)
+
+    async def _run_services(self, stop: asyncio.Event) -> None:
+        """Orders, visits and bookings (carecall/shell/sim_services.py): each step only
+        while no call needs the operators (``_urgent``); waits for its next moment, a
+        device event (``poke``) or a call handled."""
+        assert self.services is not None
+        svc = self.services
+        while not stop.is_set():
+            if self._urgent():
+                # The calls first: not even a look at the services until none waits. (Looking
+                # anyway, with a step of theirs due that it may not do, made this loop spin:
+                # hundreds of looks a real second, the CPU the operators' writes needed.)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.URGENT_RETRY_S)
+                continue
+            try:
+                later: float | None = await svc.step(self._login, self._urgent)
+            except Exception:
+                log.exception("sim_services.step_failed")
+                later = None
+            real = svc.real_wait()
+            self._svc_wake.clear()
+            waiters = [
+                asyncio.ensure_future(stop.wait()),
+                asyncio.ensure_future(self._svc_wake.wait()),
+                asyncio.ensure_future(
+                    self.clock.sleep(later) if later is not None else asyncio.sleep(self.idle_s)
+                ),
+            ]
+            if real is not None:
+                waiters.append(asyncio.ensure_future(asyncio.sleep(max(real, self.min_pause_s))))
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
+            # a step due now but not done (the database was busy) is due again at once:
+            # never two looks closer than this
+            await asyncio.sleep(self.min_pause_s)
+
+    def busy(self) -> bool:
+        """A call needs the operators now (the demo history's clock keeps fine time until
+        they are done: carecall/shell/demo_history.py, ``back_pressure``)."""
+        return self._urgent()
+
+    def _urgent(self) -> bool:
+        """A call needs the operators now: one changed (the bus) and they have not read it
+        yet, or a planned step is due."""
+        now = self.clock.now()
+        return (
+            self._wake.is_set()
+            or self._reading
+            or any(
+                tr.next < len(tr.plan.steps)
+                and tr.start + timedelta(seconds=tr.plan.steps[tr.next].at_s) <= now
+                for tr in self._tracked.values()
+            )
+        )
 
     def _hold(self, tr: _Tracked, due: datetime) -> None:
         """Fine time from the start until the answer, then around each next step (the
@@ -490,7 +528,7 @@ class SimulatedOperators:
                     scope = (
                         None if station.tier == "county" else await station_subtree(s, station_id=station_id)
                     )
-                    login = _Login(user.id, user.username, scope)
+                    login = _Login(user.id, user.username, user.display_name, scope)
             except (DuplicateUsername, IntegrityError, OperationalError):
                 # another copy created it meanwhile, or SQLite's writer was busy: again
                 await asyncio.sleep(0.05 * (attempt + 1))

@@ -9,7 +9,8 @@ The pages are outbox rows (dispatcher/notifications/service_pages.py) written in
 transaction that records the breach, so a crash cannot lose one; the dispatchers
 deliver and retry them like every notification, after any call notification waiting at
 the same time. ``check_once`` is the timer hook (one pass, its own transaction; the open
-orders are locked, so dispatcher copies take turns and record each step once); ``run``
+orders are locked, so dispatcher copies take turns and record each step once; on SQLite,
+whose lock is the whole database's, only after a plain read found a step due); ``run``
 repeats it until stopped.
 """
 
@@ -25,7 +26,7 @@ from carecall.core.clock import Clock
 from dispatcher.audit import service as audit
 from dispatcher.notifications.service_pages import ORDER_BREACH, queue_service_page
 from dispatcher.orders.catalogue import BreachPages
-from dispatcher.orders.service import record_breaches
+from dispatcher.orders.service import breaches_due, record_breaches
 
 __all__ = ["PURPOSE", "BreachPage", "check_once", "run"]
 
@@ -50,6 +51,13 @@ async def check_once(
     """Record every step due at ``now`` and queue its pages, in one transaction."""
     after_s = (settings or BreachPages()).station_after_s
     pages: list[BreachPage] = []
+    async with maker() as s:
+        # SQLite has one writer: look first, without its lock, and take it only when a
+        # step is due (most rounds find none; one falling due meanwhile is the next round's)
+        if s.get_bind().dialect.name == "sqlite" and not await breaches_due(
+            s, now=now, station_after_s=after_s
+        ):
+            return pages
     async with maker() as s, s.begin():
         if s.get_bind().dialect.name == "sqlite":
             # one writer: hold the write lock before reading, so another copy's commit

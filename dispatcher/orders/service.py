@@ -4,7 +4,7 @@ the pure modules (routing, lifecycle, levels); every step is an audit row."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -17,7 +17,7 @@ from dispatcher.audit import service as audit
 from dispatcher.audit.models import AuditRow
 from dispatcher.orders.catalogue import Catalogue
 from dispatcher.orders.hours import ALWAYS, OpeningHours, parse_hours
-from dispatcher.orders.levels import BreachStep, OrderClock, breach_targets, breaches, station_steps
+from dispatcher.orders.levels import Breach, BreachStep, OrderClock, breach_targets, breaches, station_steps
 from dispatcher.orders.lifecycle import (
     BUSY_STATUSES,
     OPEN_STATUSES,
@@ -367,6 +367,36 @@ async def _targets(session: AsyncSession, order: Order, step: BreachStep) -> tup
     return breach_targets(step, manager_phone=phone, holder=people)
 
 
+def _due_steps(
+    rows: Iterable[Order], *, now: datetime, station_after_s: int
+) -> list[tuple[Breach, BreachStep]]:
+    """The breach steps due at ``now`` for these open orders: second pages first."""
+    clocks = [
+        OrderClock(
+            o.id,
+            o.status,
+            o.created_at,
+            o.levels,
+            o.booked_for,
+            o.started_at,
+            frozenset(o.breached),
+            frozenset(o.breach_escalated or ()),
+        )
+        for o in rows
+    ]
+    steps = [(b, BreachStep.station) for b in station_steps(clocks, now, station_after_s)]
+    return steps + [(b, BreachStep.manager) for b in breaches(clocks, now)]
+
+
+async def breaches_due(session: AsyncSession, *, now: datetime, station_after_s: int) -> bool:
+    """Whether :func:`record_breaches` would record a step at ``now``: a plain read, no
+    lock, so a round with nothing due costs no writer its turn (SQLite's one writer)."""
+    rows = (
+        await session.scalars(select(Order).where(Order.status.in_([s.value for s in OPEN_STATUSES])))
+    ).all()
+    return bool(_due_steps(rows, now=now, station_after_s=station_after_s))
+
+
 async def record_breaches(session: AsyncSession, *, now: datetime, station_after_s: int) -> list[BreachPage]:
     """Record each service level newly missed at ``now`` (step ``manager``) and each
     missed level still not met ``station_after_s`` after it fell due (step ``station``):
@@ -383,23 +413,8 @@ async def record_breaches(session: AsyncSession, *, now: datetime, station_after
         )
     ).all()
     by_id = {o.id: o for o in rows}
-    clocks = [
-        OrderClock(
-            o.id,
-            o.status,
-            o.created_at,
-            o.levels,
-            o.booked_for,
-            o.started_at,
-            frozenset(o.breached),
-            frozenset(o.breach_escalated or ()),
-        )
-        for o in rows
-    ]
     out: list[BreachPage] = []
-    steps = [(b, BreachStep.station) for b in station_steps(clocks, now, station_after_s)]
-    steps += [(b, BreachStep.manager) for b in breaches(clocks, now)]
-    for b, step in steps:
+    for b, step in _due_steps(rows, now=now, station_after_s=station_after_s):
         order = by_id[b.order_id]
         if step is BreachStep.manager:
             order.breached = [*order.breached, b.level]

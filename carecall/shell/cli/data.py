@@ -38,7 +38,8 @@ def seed_demo(
     ] = Path("carecall-demo-secrets.json"),
 ) -> None:
     """Load the bundled demo county (Tanghe-like: 1 county, 6 street, 78 community stations,
-    210 family beds) into the configured database."""
+    210 family beds, 7 service providers, residents' special-difficulty groups) into the
+    configured database."""
     from carecall.shell.demo import ensure_demo_county
     from carecall.shell.runtime import open_core
 

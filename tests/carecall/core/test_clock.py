@@ -218,6 +218,22 @@ async def test_waiting_for_the_hand_over_ends_at_the_wall_clock() -> None:
     await asyncio.wait_for(clock.sleep(0.05), timeout=2)  # ×1 sleeping after the hand-over
 
 
+async def test_waiting_for_the_hand_over_begun_inside_a_hold_ends_when_the_hold_is_over() -> None:
+    """The meeting point moves later while a hold slows the clock, and earlier again when
+    the hold ends. A wait aimed at where it was while held (200 s past the wall clock here)
+    slept on after the hand-over until the wall clock got there: the demo history's
+    catch-up then seemed to hang at "1.5 of 1.5 days" for minutes."""
+    clock = CatchUpClock(start=datetime.now(UTC) - timedelta(seconds=200), fast=2_000, fine=2)
+    now = clock.now()
+    clock.hold(now, now + timedelta(seconds=0.4))  # ×2 for 0.2 real s: meeting point 200 s on
+    assert clock.until.timestamp() > time.time() + 150
+    started = time.monotonic()
+    await asyncio.wait_for(clock.wait_caught_up(), timeout=5)
+    assert clock.caught_up.is_set()
+    assert time.monotonic() - started < 2.0  # 0.2 s held, then 0.1 s at ×2,000
+    assert abs(clock.now().timestamp() - time.time()) < 0.01
+
+
 def test_chasing_the_real_time_needs_a_rate_above_one() -> None:
     with pytest.raises(ValueError):
         CatchUpClock(start=datetime.now(UTC) - timedelta(days=1), fast=1, fine=1)

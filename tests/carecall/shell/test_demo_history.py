@@ -1,6 +1,7 @@
 """End to end: ``carecall demo --history-days`` (the embedded runtime, SQLite, a temp dir)
 fills simulated days in which the simulated staff answered, dispatched, arrived and closed
-calls through the audit log, and the oversight figures for those days are not empty."""
+calls through the audit log, worked the service orders (service buttons and phone
+bookings) and the welfare visits, and the oversight figures for those days are not empty."""
 
 from __future__ import annotations
 
@@ -23,9 +24,12 @@ from dispatcher.audit.models import AuditRow
 from dispatcher.audit.service import verify_log
 from dispatcher.auth.models import User
 from dispatcher.calls.models import Call
+from dispatcher.orders.models import Order
 from dispatcher.oversight.figures import Period
 from dispatcher.oversight.reports import ReportScope, summary_report
+from dispatcher.oversight.services_reports import orders_data, visits_data
 from dispatcher.oversight.targets import Targets
+from dispatcher.visits.models import Visit
 from tests.support.ports import free_port
 
 # SQLite only: `carecall demo` runs its embedded runtime on a SQLite file of its own.
@@ -121,5 +125,33 @@ async def test_history_fills_days_the_dashboard_can_show(
         assert summary["answer_median_s"] is not None and summary["answer_p90_s"] is not None
         # the simulated staff answer at human scale, not after minutes of compressed lag
         assert summary["answer_median_s"] < 180
+
+        # service orders and welfare visits: booked by service buttons and by phone,
+        # worked by the simulated providers and visitors, counted from the audit log
+        async with maker() as s:
+            order_states = dict(
+                (await s.execute(select(Order.status, func.count()).group_by(Order.status))).all()
+            )
+            sources = set(await s.scalars(select(Order.source).distinct()))
+            visit_states = dict(
+                (await s.execute(select(Visit.status, func.count()).group_by(Visit.status))).all()
+            )
+        assert sum(order_states.values()) >= 5 and len(order_states) >= 3, order_states
+        assert {"device", "operator"} <= sources, sources
+        assert visit_states.get("done", 0) > 0, visit_states
+        months = sorted({f"{d:%Y-%m}" for d in (period.start, period.end)})
+        figures = []
+        for month in months:
+            async with maker() as s:
+                figures.append(
+                    (
+                        await orders_data(s, scope=None, station_id=None, month=month, now=datetime.now(UTC)),
+                        await visits_data(s, scope=None, station_id=None, month=month, now=datetime.now(UTC)),
+                    )
+                )
+        assert sum(o["summary"]["orders"] for o, _ in figures) == sum(order_states.values())
+        assert sum(o["summary"]["accept_n"] for o, _ in figures) > 0
+        assert sum(v["totals"]["due"] for _, v in figures) > 0
+        assert sum(v["totals"]["done_on_time"] + v["totals"]["late"] for _, v in figures) > 0
     finally:
         await engine.dispose()

@@ -8,6 +8,8 @@ notification waiting at the same time goes first."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -256,3 +258,27 @@ async def test_no_call_no_timer_no_ladder_and_a_waiting_call_notification_goes_f
     delivered = [m.call_id is not None for m in notifier.sent]
     assert delivered == sorted(delivered, reverse=True), "every call notification before any order page"
     assert delivered.count(False) == len(notes)
+
+
+@pytest.mark.sqlite_only
+async def test_on_sqlite_a_round_with_nothing_due_leaves_the_writers_alone(
+    world: tuple[Dispatcher, ManualClock], maker: Maker, sqlite_url: str
+) -> None:
+    """SQLite's write lock is the whole database's: a round that finds nothing due does
+    not take it (the demo history runs the watch every real second beside the simulated
+    staff's writes), a round with a step due still records it."""
+    oid = await book(maker, "meal")
+    writer = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # somebody else is writing
+        started = time.monotonic()
+        assert (
+            await breaches.check_once(maker, now=at(MEAL_ACCEPT_S - 1), channel="log", settings=AFTER) == []
+        )
+        assert time.monotonic() - started < 5.0  # not a wait for the lock (30 s busy timeout)
+        writer.execute("COMMIT")
+    finally:
+        writer.close()
+    [page] = await breaches.check_once(maker, now=at(MEAL_ACCEPT_S), channel="log", settings=AFTER)
+    assert (page.order_id, page.level, page.step) == (oid, "accept", "manager")
+    assert len(await breached_rows(maker)) == 1
