@@ -29,7 +29,7 @@ import secrets
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import func, select
@@ -38,7 +38,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from carecall.core.bus import MemoryBus, RedisBus
 from carecall.core.clock import Clock
-from carecall.shell.sim_call_facts import CallFacts, facts_from_policy, pick_responders
+from carecall.shell.sim_call_facts import facts_from_policy, pick_responders
+from carecall.shell.sim_call_plan import DEFAULT_BEHAVIOUR, Behaviour, Plan, Step, plan_call
 from device_gateway.models import DeviceEvent
 from dispatcher.audit.chain import AuditKind
 from dispatcher.audit.models import AuditRow
@@ -54,9 +55,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("carecall.sim.operators")
 
-Action = Literal["acknowledge", "dispatch", "en-route", "arrive", "resolve", "cancel"]
-Answer = Literal["fast", "slow", "unanswered"]
-
 DISPATCHABLE_ROLES = ("responder", "nurse", "doctor")
 # Escalation timer actions and the operator step that makes them pointless (the ``until``
 # of config/escalation.yaml): a timer due before that step will fire.
@@ -68,99 +66,6 @@ STOPPED_BY: dict[str, str] = {
     "alert_supervisor": "arrive",
 }
 USER_PREFIX = "sim-"
-
-
-# --------------------------------------------------------------------------- the plan
-
-
-@dataclass(frozen=True)
-class Step:
-    at_s: float  # seconds after the call's start (its first event_received)
-    action: Action
-    outcome: str | None = None
-
-
-@dataclass(frozen=True)
-class Plan:
-    answer: Answer
-    steps: tuple[Step, ...]
-
-    @property
-    def outcome(self) -> str | None:
-        return self.steps[-1].outcome if self.steps else None
-
-
-@dataclass(frozen=True)
-class Behaviour:
-    """The shares and ranges of the simulated staff. Defaults: a well-run county that still
-    misses now and then, so the compliance figures are not trivially 100 %."""
-
-    answer_fast: float = 0.88  # answered within 60 s
-    answer_slow: float = 0.08  # answered in 60–180 s; the rest are left to escalate
-    false_alarm_on_phone: float = 0.12  # closed after talking to the resident, nobody sent
-    late_arrival: float = 0.07  # responder arrives after the service circle
-    no_access: float = 0.04  # responder cannot get in
-    false_alarm_on_site: float = 0.08
-    hospital: float = 0.15
-    trouble_dispatch: float = 0.3  # device trouble: someone goes to fix it, else closed by phone
-
-
-DEFAULT_BEHAVIOUR = Behaviour()
-
-
-def plan_call(facts: CallFacts, rng: random.Random, b: Behaviour = DEFAULT_BEHAVIOUR) -> Plan:
-    """When and how the simulated staff handle one call. Pure: same facts and stream, same plan."""
-    r = rng.random()
-    if r < b.answer_fast:
-        answer: Answer = "fast"
-        t = rng.triangular(4.0, 59.0, 14.0)
-    elif r < b.answer_fast + b.answer_slow:
-        answer = "slow"
-        t = rng.uniform(61.0, 178.0)
-    else:
-        answer = "unanswered"  # nobody at the station: the timers escalate it; the county answers
-        up = facts.county_after_s or facts.street_after_s or 180.0
-        t = max(up, 181.0) + rng.uniform(15.0, 240.0)
-    steps: list[Step] = [Step(round(t, 3), "acknowledge")]
-
-    send = rng.random() >= b.false_alarm_on_phone
-    if facts.event_class == "trouble":
-        send = rng.random() < b.trouble_dispatch
-    if not send:
-        t += rng.uniform(30.0, 300.0)
-        if facts.event_class == "trouble":
-            steps.append(Step(round(t, 3), "resolve", "other"))
-        else:
-            steps.append(Step(round(t, 3), "cancel", "false_alarm"))
-        return Plan(answer, tuple(steps))
-
-    t += rng.triangular(15.0, 180.0, 40.0)
-    steps.append(Step(round(t, 3), "dispatch"))
-    t += rng.uniform(20.0, 120.0)
-    steps.append(Step(round(t, 3), "en-route"))
-    limit = facts.travel_limit_s if facts.travel_limit_s > 0 else (1800.0 if facts.area == "rural" else 900.0)
-    # travel counted from the call's start, as the arrival target is
-    if rng.random() < b.late_arrival:
-        arrive_at = limit * rng.uniform(1.03, 1.8)
-    else:
-        arrive_at = limit * rng.triangular(0.3, 0.97, 0.55)
-    t = max(t + 60.0, arrive_at)
-    steps.append(Step(round(t, 3), "arrive"))
-
-    o = rng.random()
-    if facts.event_class == "trouble":
-        outcome = "other"
-    elif o < b.no_access:
-        outcome = "no_access"
-    elif o < b.no_access + b.false_alarm_on_site:
-        outcome = "false_alarm"
-    elif o < b.no_access + b.false_alarm_on_site + b.hospital:
-        outcome = "taken_to_hospital"
-    else:
-        outcome = "helped_on_site"
-    t += rng.triangular(120.0, 2700.0, 600.0) if outcome != "no_access" else rng.uniform(300.0, 1200.0)
-    steps.append(Step(round(t, 3), "resolve", outcome))
-    return Plan(answer, tuple(steps))
 
 
 # --------------------------------------------------------------------------- the shell

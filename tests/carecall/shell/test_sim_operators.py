@@ -7,15 +7,9 @@ from collections import Counter
 
 import pytest
 
-from carecall.shell.sim_operators import (
-    STOPPED_BY,
-    Behaviour,
-    CallFacts,
-    Plan,
-    facts_from_policy,
-    pick_responders,
-    plan_call,
-)
+from carecall.shell.sim_call_facts import CallFacts, facts_from_policy, pick_responders
+from carecall.shell.sim_call_plan import Behaviour, Plan, plan_call
+from carecall.shell.sim_operators import STOPPED_BY
 
 
 def facts(
