@@ -96,50 +96,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = keep
 
 
-# ------------------------------------------------------------------ parallel runs
-
-# Tests that measure time on the machine or drive its real services (Mosquitto, PostgreSQL,
-# Redis; chaos restarts them): a run that selects any of them runs in one process.
-SERIAL_MARKERS = ("integration", "demo_history", "bench")
-
-
-def _selects_serial_tests(markexpr: str) -> bool:
-    if not markexpr.strip():
-        return True  # no -m: every test, these included
-    from _pytest.mark.expression import Expression
-
-    expression = Expression.compile(markexpr)
-    extras: tuple[frozenset[str], ...] = (
-        frozenset(),
-        frozenset({"slow"}),
-        frozenset({"chaos"}),
-        frozenset({"slow", "chaos"}),
-    )
-    return any(
-        expression.evaluate(_marked_with(frozenset({marker}) | extra))
-        for marker in SERIAL_MARKERS
-        for extra in extras
-    )
-
-
-def _marked_with(marks: frozenset[str]) -> Any:
-    """A -m matcher for a test carrying exactly ``marks``."""
-    return lambda name, /, **_kw: name in marks
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
-    """``-n auto`` (pyproject's addopts): one worker process per core (xdist's count) for a
-    run that leaves out the integration, demo-history and bench tests, as the default
-    ``-m`` does; none (every test in this process, as without xdist) for a run that selects
-    any of them. An explicit ``-n N`` is taken as given."""
-    try:
-        serial = _selects_serial_tests(str(config.getoption("markexpr") or ""))
-    except Exception:  # an expression pytest itself will report; never guess parallel
-        serial = True
-    return 0 if serial else None
-
-
 # ------------------------------------------------------------------ databases
 
 

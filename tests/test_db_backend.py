@@ -116,8 +116,6 @@ def _inner_run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
             "pytest",
             "-p",
             "no:cacheprovider",
-            "-n",
-            "0",  # one test: no worker processes
             f"{Path(__file__).relative_to(ROOT)}::test_the_database_is_the_backend_asked_for",
             *args,
         ],
