@@ -231,10 +231,10 @@ async def _one_street(maker: async_sessionmaker[AsyncSession]) -> None:
     await load_demo_county(maker, county, now=T0)
 
 
-@pytest.mark.usefixtures("cheap_argon2")
-async def test_the_operators_run_works_the_orders_in_a_task_of_its_own(
+async def _operators_with_due_orders(
     maker: async_sessionmaker[AsyncSession], db_url: str
-) -> None:
+) -> tuple[SimulatedServices, SimulatedOperators]:
+    """One street with demo services and three device orders, every step of their plans due."""
     await _one_street(maker)
     await ensure_demo_services(maker, now=T0)
     await _device_orders(maker, T0, 3)
@@ -243,6 +243,14 @@ async def test_the_operators_run_works_the_orders_in_a_task_of_its_own(
     ops = SimulatedOperators(
         maker=maker, clock=clock, ctx=load_context(load_settings(database_url=db_url)), services=services
     )
+    return services, ops
+
+
+@pytest.mark.usefixtures("cheap_argon2")
+async def test_the_operators_run_works_the_orders_in_a_task_of_its_own(
+    maker: async_sessionmaker[AsyncSession], db_url: str
+) -> None:
+    services, ops = await _operators_with_due_orders(maker, db_url)
     stop = asyncio.Event()
     task = asyncio.create_task(ops.run(stop))
     try:
@@ -269,14 +277,7 @@ async def test_the_services_task_never_spins(
     cannot (SQLite busy), the services look again after a real pause, not at once: the
     loop spun hundreds of times a real second in the demo history, and the CPU it ate
     was the operators' (answers hours late at x10,000)."""
-    await _one_street(maker)
-    await ensure_demo_services(maker, now=T0)
-    await _device_orders(maker, T0, 3)
-    clock = ManualClock(T0 + timedelta(days=3))  # every step of their plans is due
-    services = SimulatedServices(maker=maker, clock=clock, catalogue=load_catalogue(), bookings=False)
-    ops = SimulatedOperators(
-        maker=maker, clock=clock, ctx=load_context(load_settings(database_url=db_url)), services=services
-    )
+    services, ops = await _operators_with_due_orders(maker, db_url)
     if why == "a_call_waits":
         monkeypatch.setattr(ops, "_urgent", lambda: True)
     else:
