@@ -46,9 +46,10 @@ class Clock:
     def real_seconds(self, simulated_seconds: float) -> float:
         return simulated_seconds / self.speed
 
-    def hold(self, start: datetime, end: datetime) -> None:
-        """Ask for fine time resolution between ``start`` and ``end`` (simulated). Only a
-        CatchUpClock acts on it; at a constant speed there is nothing to slow down."""
+    def hold(self, start: datetime, end: datetime, rate: float | None = None) -> None:
+        """Ask for fine time resolution (or ``rate``) between ``start`` and ``end``
+        (simulated). Only a CatchUpClock acts on it; at a constant speed there is nothing
+        to slow down."""
 
 
 class SystemClock(Clock):
@@ -110,8 +111,8 @@ class CatchUpClock(Clock):
         self._until = math.inf  # where the catch-up ends at the rate in force (_recompute)
         self._r0 = self._real0
         self._s0 = start.timestamp()
-        self._holds: list[tuple[float, float]] = []  # (start, end), heap by start
-        self._hold_end: float | None = None
+        self._holds: list[tuple[float, float, float]] = []  # (start, end, rate), heap by start
+        self._active: list[tuple[float, float]] = []  # (end, rate) of the holds in force
         self._rate = self.fast
         self._next = math.inf
         self._live = False  # handed over: the wall clock from now on
@@ -162,22 +163,26 @@ class CatchUpClock(Clock):
             self._hand_over()
             return
         while self._holds and self._holds[0][0] <= t:
-            _, end = heapq.heappop(self._holds)
+            _, end, rate = heapq.heappop(self._holds)
             if end > t:
-                self._hold_end = end if self._hold_end is None else max(self._hold_end, end)
-        if self._hold_end is not None and self._hold_end > t:
-            self._rate = self.fine
+                self._active.append((end, rate))
+        self._active = [(end, rate) for end, rate in self._active if end > t]
+        upcoming = self._holds[0][0] if self._holds else math.inf
+        if self._active:
+            # the slowest hold in force sets the rate; the next boundary is where one ends
+            # or a later one (perhaps slower) begins
+            self._rate = min(rate for _, rate in self._active)
             self._until = self._end_at(self._rate)
-            self._next = min(self._hold_end, self._until)
+            self._next = min(min(end for end, _ in self._active), upcoming, self._until)
         else:
-            self._hold_end = None
             self._rate = self.fast
             self._until = self._end_at(self._rate)
-            self._next = min(self._holds[0][0] if self._holds else math.inf, self._until)
+            self._next = min(upcoming, self._until)
 
     def _hand_over(self) -> None:
-        self._rate, self._next, self._hold_end = 1.0, math.inf, None
+        self._rate, self._next = 1.0, math.inf
         self._holds.clear()
+        self._active.clear()
         self.real_catch_up_s = self._r0 - self._real0
         if self._fixed_until is None:
             # from here on the wall clock itself: the anchor is "now" on both clocks
@@ -225,13 +230,31 @@ class CatchUpClock(Clock):
     def real_seconds(self, simulated_seconds: float) -> float:
         return simulated_seconds / self.rate
 
-    def hold(self, start: datetime, end: datetime) -> None:
+    def hold(self, start: datetime, end: datetime, rate: float | None = None) -> None:
+        """Run at ``rate`` (default: the fine rate; never faster than ``fast``) from
+        ``start`` to ``end`` in simulated time; where holds overlap, the slowest rules."""
+        if rate is not None and rate <= 0:
+            raise ValueError("a hold's rate must be positive")
         s = self._reanchor()
         a, b = max(start.timestamp(), s), end.timestamp()
         fixed = self._fixed_until
         if b <= a or self.caught_up.is_set() or (fixed is not None and a >= fixed):
             return
-        heapq.heappush(self._holds, (a, b))
+        heapq.heappush(self._holds, (a, b, self.fine if rate is None else min(rate, self.fast)))
+        self._recompute()
+        self._reschedule()
+
+    def hold_for(self, real_s: float, rate: float) -> None:
+        """Run at ``rate`` from this very moment for ``real_s`` real seconds. (A hold
+        from ``now()`` computed by the caller starts a few microseconds late, which at
+        ×10,000 already spans a short hold's whole length.)"""
+        if rate <= 0:
+            raise ValueError("a hold's rate must be positive")
+        if self.caught_up.is_set():
+            return
+        s = self._reanchor()
+        r = min(rate, self.fast)
+        heapq.heappush(self._holds, (s, s + r * real_s, r))
         self._recompute()
         self._reschedule()
 

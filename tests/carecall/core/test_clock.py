@@ -72,6 +72,34 @@ def test_hold_runs_at_the_fine_rate_then_fast_again() -> None:
     assert (clock.now() - t0).total_seconds() == pytest.approx(3.0 + 300.0)
 
 
+def test_a_slower_hold_inside_a_fine_one_rules_while_it_lasts() -> None:
+    """The demo history crawls (×1) while its simulated staff are busy, inside the fine
+    holds around their steps: the slowest hold in force sets the rate."""
+    t = FakeTime()
+    clock = fake_catch_up(t)
+    t0 = clock.now()
+    clock.hold(t0, t0 + timedelta(seconds=10))  # fine, x100
+    clock.hold(t0 + timedelta(seconds=1), t0 + timedelta(seconds=1.5), rate=1)
+    assert clock.rate == 100
+    t.mono += 0.01  # 1 s at x100: the crawl begins
+    assert clock.rate == 1
+    t.mono += 0.5  # its 0.5 s at x1
+    assert (clock.now() - t0).total_seconds() == pytest.approx(1.5)
+    assert clock.rate == 100
+    t.mono += 0.085  # the fine hold's other 8.5 s
+    assert clock.rate == 10_000
+    assert (clock.now() - t0).total_seconds() == pytest.approx(10.0)
+    with pytest.raises(ValueError):
+        clock.hold(t0, t0 + timedelta(hours=1), rate=0)
+    clock.hold(clock.now(), clock.now() + timedelta(seconds=1), rate=1e9)  # never above fast
+    assert clock.rate == 10_000
+    start = clock.now()
+    clock.hold_for(0.2, rate=1)  # from this very moment, 0.2 s real
+    assert clock.rate == 1
+    t.mono += 0.3
+    assert (clock.now() - start).total_seconds() == pytest.approx(0.2 + 0.1 * 10_000)
+
+
 def test_a_hold_started_by_real_time_on_a_busy_machine() -> None:
     """The same hold on the real clocks: however long the pause before it, the clock never
     runs backwards and ends up fast again (the exact figures are the test above's)."""

@@ -124,6 +124,10 @@ async def test_history_fills_days_the_dashboard_can_show(
         assert summary["answer_n"] > 0
         assert summary["answer_median_s"] is not None and summary["answer_p90_s"] is not None
         # the simulated staff answer at human scale, not after minutes of compressed lag
+        print(
+            f"\n{calls} calls; answer median {summary['answer_median_s']} s, "
+            f"p90 {summary['answer_p90_s']} s (n {summary['answer_n']})"
+        )
         assert summary["answer_median_s"] < 180
 
         # service orders and welfare visits: booked by service buttons and by phone,
