@@ -19,6 +19,10 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from config.types import TimeZoneName
 
+# The dispatcher's loops (dispatcher/engine/process.py; the stall monitor watches each:
+# dispatcher/health/stall.py LOOPS is this tuple).
+DISPATCHER_LOOPS = ("intake", "timers", "outbox", "watchdog", "visits", "order_levels")
+
 CONFIG_DIR = Path(__file__).resolve().parent
 
 
@@ -108,9 +112,19 @@ class Settings(BaseSettings):
     # links in family contacts' messages (/f/…). Unset: the links are paths only.
     public_url: str | None = Field(default=None, description="https://… base of family links")
     timer_poll_s: float = Field(default=0.25, gt=0, le=10)
+    # Which of the dispatcher's loops this copy runs. "all" (default), or some of them, so
+    # that the alarm lane (intake: stored event → call → consoles) has a process of its
+    # own and never waits for an event-loop turn behind a storm's timers or the outbox.
+    # Every loop must run in at least one copy (docs/operations.md).
+    dispatcher_loops: str = Field(
+        default="all",
+        description="all, or a comma list of " + ", ".join(DISPATCHER_LOOPS) + " (a copy per lane)",
+    )
 
     # --- stall alarm (dead man's switch over dispatch; docs/operations.md) ----------------
-    stall_check_s: float = Field(default=2.0, gt=0, le=60, description="how often each process checks for a stall")
+    stall_check_s: float = Field(
+        default=2.0, gt=0, le=60, description="how often each process checks for a stall"
+    )
     stall_intake_s: float = Field(
         default=15.0, gt=0, description="a stored event not taken into a call for this long is a stall"
     )
@@ -181,6 +195,26 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError("has a bad port") from exc
         return value
+
+    @field_validator("dispatcher_loops")
+    @classmethod
+    def _known_loops(cls, v: str) -> str:
+        names = [n.strip() for n in v.split(",") if n.strip()]
+        if names == ["all"]:
+            return "all"
+        unknown = [n for n in names if n not in DISPATCHER_LOOPS]
+        if not names or unknown:
+            raise ValueError(
+                f"all, or some of {', '.join(DISPATCHER_LOOPS)}; not {', '.join(unknown) or 'nothing'}"
+            )
+        return ",".join(n for n in DISPATCHER_LOOPS if n in names)
+
+    @property
+    def dispatcher_loop_set(self) -> frozenset[str]:
+        """The loops this dispatcher copy runs."""
+        if self.dispatcher_loops == "all":
+            return frozenset(DISPATCHER_LOOPS)
+        return frozenset(self.dispatcher_loops.split(","))
 
     @field_validator("database_url")
     @classmethod

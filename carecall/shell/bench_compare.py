@@ -50,6 +50,25 @@ def check_phases_for_targets(targets: tuple[str, ...], phases: tuple[str, ...]) 
         )
 
 
+# --dispatcher-lanes split: the first copy runs the alarm lane (intake: event → call →
+# consoles) alone, the others every other loop (carecall dispatcher --loops)
+INTAKE_LANE = "intake"
+OTHER_LANES = "timers,outbox,watchdog,visits,order_levels"
+
+
+def dispatcher_loops_of(lanes: str, copies: int, phases: tuple[str, ...]) -> list[str]:
+    """Each real-target dispatcher copy's CARECALL_DISPATCHER_LOOPS for --dispatcher-lanes."""
+    if lanes == "all":
+        return ["all"] * copies
+    if lanes != "split":
+        raise ValueError("--dispatcher-lanes must be all or split")
+    if copies < 2:
+        raise ValueError("--dispatcher-lanes split needs --dispatchers 2 or more (one intake copy, the rest)")
+    if "copy-kill" in phases:
+        raise ValueError("copy-kill kills one of two whole dispatcher copies: use --dispatcher-lanes all")
+    return [INTAKE_LANE] + [OTHER_LANES] * (copies - 1)
+
+
 def parse_phases(text: str) -> tuple[str, ...]:
     """``"quiet,contended"`` → ``("quiet", "contended")`` in the bench's own order;
     raises ValueError naming the unknown or missing phase."""

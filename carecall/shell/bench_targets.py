@@ -27,6 +27,7 @@ from typing import Any
 
 import psutil
 
+from carecall.shell.bench_compare import dispatcher_loops_of
 from carecall.shell.bench_console import BusConsole, Consoles, WebConsole
 from carecall.shell.bench_retained import clear_run_retained, run_device_ids
 from carecall.shell.fleet_registry import Fleet, provision_fleet
@@ -48,6 +49,8 @@ class BenchConfig:
     # real target: "all" (one gateway process per copy) or "split" (an events and a
     # readings process per copy, carecall gateway --lane; device_gateway/lanes.py)
     gateway_lanes: str = "all"
+    # real target: "all" (every copy runs every loop) or "split" (bench_compare.dispatcher_loops_of)
+    dispatcher_lanes: str = "all"
     homes: int = 2_000
     phases: tuple[str, ...] = ("quiet", "contended", "flood")
 
@@ -535,15 +538,20 @@ def real_target(cfg: BenchConfig, workdir: Path, say: Progress) -> Iterator[Targ
                 instances.append(f"carecall-gateway-{inst}{suffix}")
                 env = {**base_env, "CARECALL_INSTANCE": inst, "CARECALL_GATEWAY_LANE": lane}
                 gws.append(start_worker("gateway", f"gateway{i}{suffix}", env, workdir))
+        loops = dispatcher_loops_of(cfg.dispatcher_lanes, cfg.real_dispatchers, cfg.phases)
         dsps = [
             # unique per run: a dispatcher's broker client id is made from it
             start_worker(
                 "dispatcher",
                 f"dispatcher{i}",
-                {**base_env, "CARECALL_INSTANCE": f"bench-d{i}-{secrets.token_hex(2)}"},
+                {
+                    **base_env,
+                    "CARECALL_INSTANCE": f"bench-d{i}-{secrets.token_hex(2)}",
+                    "CARECALL_DISPATCHER_LOOPS": lp,
+                },
                 workdir,
             )
-            for i in range(cfg.real_dispatchers)
+            for i, lp in enumerate(loops)
         ]
         # the web app alone, as `carecall serve` runs it: the console's SSE feed comes from it
         env = {**base_env, **web.env, "CARECALL_INSTANCE": f"bench-web-{secrets.token_hex(2)}"}
@@ -554,10 +562,12 @@ def real_target(cfg: BenchConfig, workdir: Path, say: Progress) -> Iterator[Targ
         say(
             f"real target up: Mosquitto {MOSQUITTO[0]}:{MOSQUITTO[1]}, PostgreSQL {name}, Redis; "
             f"{cfg.real_gateways} gateway(s) ({cfg.gateway_lanes} lanes), {cfg.real_dispatchers} "
-            f"dispatcher(s), 1 web server on {web.url} (pids {', '.join(str(w.proc.pid) for w in workers)}); "
+            f"dispatcher(s) ({', '.join(loops)}), 1 web server on {web.url} (pids {', '.join(str(w.proc.pid) for w in workers)}); "
             f"console: {web.via}"
         )
-        split = ", split lanes" if cfg.gateway_lanes == "split" else ""
+        split = (", split lanes" if cfg.gateway_lanes == "split" else "") + (
+            ", intake apart" if cfg.dispatcher_lanes == "split" else ""
+        )
         yield Target(
             name=f"real ({cfg.real_gateways} gw{split}, {cfg.real_dispatchers} dsp)",
             host=MOSQUITTO[0],

@@ -57,6 +57,7 @@ class DispatcherState:
     # loop name -> time.monotonic() of its last completed round (read by the stall monitor,
     # dispatcher.health.monitor)
     heartbeats: dict[str, float]
+    loops: frozenset[str]  # the loops this copy runs (settings.dispatcher_loops)
 
     async def _announce(self, out: Outcome, *, opened: bool = False) -> None:
         """Right after a commit, first thing: tell consoles which calls changed; then wake
@@ -69,5 +70,9 @@ class DispatcherState:
                 await self.on_calls_changed(out.calls)
         if out.device_notices or out.notifications:
             self._wake_outbox.set()
+            if "outbox" not in self.loops:  # another copy sends them: a hint on the bus
+                await self.bus.publish("outbox", {"count": len(out.device_notices)})
         if opened:
             self._wake_timers.set()
+            if "timers" not in self.loops:
+                await self.bus.publish("timers", {"calls": len(out.calls)})

@@ -98,25 +98,44 @@ class Dispatcher(IntakeLoop, TimerLoop, OutboxLoop, VisitsLoop):
         self.max_handling_attempts = handling.MAX_HANDLING_ATTEMPTS
         self.handling_retry_s = handling.HANDLING_RETRY_S
         self.heartbeats = {}
+        self.loops = settings.dispatcher_loop_set
 
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self, stop: asyncio.Event) -> None:
-        tasks = [
-            asyncio.create_task(self._loop(self.intake_once, self._wake_intake, 1.0), name="dsp-intake"),
-            asyncio.create_task(self._timer_loop(), name="dsp-timers"),
-            asyncio.create_task(self._loop(self.outbox_once, self._wake_outbox, 1.0), name="dsp-outbox"),
-            asyncio.create_task(self._loop(self.watchdog_once, None, 30.0), name="dsp-watchdog"),
-            asyncio.create_task(
-                self._loop(self.visits_once, None, self._rules().generate_every_s), name="dsp-visits"
-            ),
-            asyncio.create_task(self._loop(self.order_levels_once, None, 30.0), name="dsp-order-levels"),
-            asyncio.create_task(self._listen("events", self._wake_intake), name="dsp-hint-events"),
-            asyncio.create_task(self._listen("outbox", self._wake_outbox), name="dsp-hint-outbox"),
-        ]
-        if self.mqtt is not None:
+        loops = self.loops
+        tasks = []
+        if "intake" in loops:
+            tasks += [
+                asyncio.create_task(self._loop(self.intake_once, self._wake_intake, 1.0), name="dsp-intake"),
+                asyncio.create_task(self._listen("events", self._wake_intake), name="dsp-hint-events"),
+            ]
+        if "timers" in loops:
+            tasks.append(asyncio.create_task(self._timer_loop(), name="dsp-timers"))
+            if "intake" not in loops:  # calls opened by an intake copy: a step may be due at once
+                tasks.append(
+                    asyncio.create_task(self._listen("timers", self._wake_timers), name="dsp-hint-timers")
+                )
+        if "outbox" in loops:
+            tasks += [
+                asyncio.create_task(self._loop(self.outbox_once, self._wake_outbox, 1.0), name="dsp-outbox"),
+                asyncio.create_task(self._listen("outbox", self._wake_outbox), name="dsp-hint-outbox"),
+            ]
+        if "watchdog" in loops:
+            tasks.append(asyncio.create_task(self._loop(self.watchdog_once, None, 30.0), name="dsp-watchdog"))
+        if "visits" in loops:
+            tasks.append(
+                asyncio.create_task(
+                    self._loop(self.visits_once, None, self._rules().generate_every_s), name="dsp-visits"
+                )
+            )
+        if "order_levels" in loops:
+            tasks.append(
+                asyncio.create_task(self._loop(self.order_levels_once, None, 30.0), name="dsp-order-levels")
+            )
+        if self.mqtt is not None and "outbox" in loops:  # device acks go out from the outbox
             tasks.append(asyncio.create_task(self._mqtt_loop(), name="dsp-mqtt"))
-        log.info("dispatcher.started", name=self.name)
+        log.info("dispatcher.started", name=self.name, loops=self.settings.dispatcher_loops)
         try:
             await stop.wait()
         finally:

@@ -128,6 +128,7 @@ class StallMonitor:
         self.name = name
         self.notifier = notifier
         self.heartbeats = heartbeats
+        self.loops = settings.dispatcher_loop_set  # the loops of its own dispatcher to watch
         self.health = health or DispatchHealth()
         self.limits = thresholds(settings)
         self.interval_s = settings.stall_check_s
@@ -239,6 +240,8 @@ class StallMonitor:
         now = self._mono()
         out: dict[str, float] = {}
         for loop in st.LOOPS:
+            if loop not in self.loops:
+                continue  # another copy runs it (settings.dispatcher_loops)
             seen = beats.get(loop)
             if seen is None:  # not started yet (or a new dispatcher): count from when we noticed
                 seen = self._missing_since.setdefault(loop, now)

@@ -24,13 +24,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from config.settings import DISPATCHER_LOOPS
+
 INTAKE = "intake"
 TIMERS = "timers"
 ACKS = "acks"
 NOTIFICATIONS = "notifications"
 DATABASE = "database"
 MONITOR = "monitor"
-LOOPS = ("intake", "timers", "outbox", "watchdog", "visits", "order_levels")
+LOOPS = DISPATCHER_LOOPS  # config/settings.py: which of them a copy runs is a setting
 # loops that wait long between rounds by design (watchdog 30 s, visits up to 60 s)
 SLOW_LOOPS = ("watchdog", "visits", "order_levels")
 LOOP_PREFIX = "loop:"

@@ -13,7 +13,12 @@ from typing import Annotated
 import typer
 
 from carecall.shell.bench import render, run_bench
-from carecall.shell.bench_compare import DEFAULT_PHASES, check_phases_for_targets, parse_phases
+from carecall.shell.bench_compare import (
+    DEFAULT_PHASES,
+    check_phases_for_targets,
+    dispatcher_loops_of,
+    parse_phases,
+)
 from carecall.shell.bench_targets import BenchConfig
 
 
@@ -49,6 +54,14 @@ def bench_command(
             "events process and a readings process: carecall gateway --lane)."
         ),
     ] = "all",
+    dispatcher_lanes: Annotated[
+        str,
+        typer.Option(
+            help="Real target: all (every dispatcher copy runs every loop) or split (with "
+            "--dispatchers 2 or more: the first copy runs the intake alone, the alarm lane, "
+            "the others the timers, outbox and the rest: carecall dispatcher --loops)."
+        ),
+    ] = "all",
     json_file: Annotated[
         Path | None, typer.Option("--json", help="Write every figure and verdict as JSON here.")
     ] = None,
@@ -80,6 +93,10 @@ def bench_command(
         check_phases_for_targets(targets, selected)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--phases") from exc
+    try:
+        dispatcher_loops_of(dispatcher_lanes, dispatchers, selected)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--dispatcher-lanes") from exc
     cfg = BenchConfig(
         quick=quick,
         targets=targets,
@@ -87,6 +104,7 @@ def bench_command(
         dispatchers=dispatchers,
         phases=selected,
         gateway_lanes=gateway_lanes,
+        dispatcher_lanes=dispatcher_lanes,
     )
     t0 = time.monotonic()
 

@@ -106,10 +106,21 @@ def dispatcher_cmd(
     instance: Annotated[
         str | None, typer.Option(help="Name of this copy; default CARECALL_INSTANCE or 1.")
     ] = None,
+    loops: Annotated[
+        str | None,
+        typer.Option(
+            help="Which loops this copy runs: all, or a comma list of intake, timers, outbox, "
+            "watchdog, visits, order_levels; default CARECALL_DISPATCHER_LOOPS or all. "
+            "E.g. one copy --loops intake (the alarm lane: events → calls → consoles) and "
+            "one --loops timers,outbox,watchdog,visits,order_levels. Every loop must run "
+            "in some copy.",
+        ),
+    ] = None,
 ) -> None:
     """The dispatcher alone: stored events → calls, escalation timers, notifications and
     device acks. Several copies may run against one PostgreSQL: each step fires once."""
     from carecall.shell.runtime import run_dispatcher
 
-    s = settings_from(instance=instance)
+    over = {} if loops is None else {"dispatcher_loops": loops}
+    s = settings_from(instance=instance, **over)
     run(until_signal(lambda stop: run_dispatcher(s, stop)))

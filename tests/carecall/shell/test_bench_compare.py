@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from carecall.shell.bench_compare import PHASES, lane_rows, parse_phases, ratio, storm_lost
+from carecall.shell.bench_compare import (
+    PHASES,
+    dispatcher_loops_of,
+    lane_rows,
+    parse_phases,
+    ratio,
+    storm_lost,
+)
+from config.settings import load_settings
 
 
 def test_phases_parse_in_the_bench_order_without_duplicates() -> None:
@@ -96,3 +104,18 @@ def test_bench_refuses_copy_kill_on_the_embedded_target() -> None:
     result = CliRunner().invoke(app, ["bench", "--phases", "copy-kill"])
     assert result.exit_code == 2
     assert "real target only" in result.output and "--target real" in result.output
+
+
+def test_dispatcher_lanes_give_one_intake_copy_and_the_rest_elsewhere() -> None:
+    assert dispatcher_loops_of("all", 2, ("quiet",)) == ["all", "all"]
+    split = dispatcher_loops_of("split", 3, ("quiet",))
+    assert split[0] == "intake" and len(split) == 3
+    covered: set[str] = set()
+    for loops in split:  # each a valid setting, and together every loop runs somewhere
+        covered |= load_settings(
+            database_url="sqlite:///unused.db", dispatcher_loops=loops
+        ).dispatcher_loop_set
+    assert covered == load_settings(database_url="sqlite:///unused.db").dispatcher_loop_set
+    for lanes, copies, phases in (("split", 1, ("quiet",)), ("split", 2, ("copy-kill",)), ("some", 2, ())):
+        with pytest.raises(ValueError):
+            dispatcher_loops_of(lanes, copies, phases)
