@@ -7,7 +7,8 @@ outbox notification (sent by a dispatcher after the commit).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from device_gateway.models import DeviceEvent
 from dispatcher.audit import service as audit
+from dispatcher.calls import bulk
 from dispatcher.calls.context import DispatchContext
 from dispatcher.calls.models import OPEN_STATUSES, Assignment, Call, CallEvent
 from dispatcher.notifications.channels.order import app_only, parse_order
@@ -68,18 +70,26 @@ def availability_of(staff: Staff) -> Availability:
 
 async def people_at(session: AsyncSession, *, station_id: str) -> list[Person]:
     """The station's staff as paging sees them (roster order: name, then id)."""
+    people, _ = await _rosters(session, [station_id])
+    return people.get(station_id, [])
+
+
+async def _rosters(
+    session: AsyncSession, station_ids: Sequence[str]
+) -> tuple[dict[str, list[Person]], dict[str, str]]:
+    """The stations' people as paging sees them, each station in roster order (name, then
+    id), and each person's own channel order (staff.channels): two statements for any
+    number of stations."""
     staff = (
-        (
-            await session.execute(
-                select(Staff).where(Staff.station_id == station_id).order_by(Staff.name, Staff.id)
-            )
+        await session.scalars(
+            select(Staff)
+            .where(Staff.station_id.in_(sorted(set(station_ids))))
+            .order_by(Staff.station_id, Staff.name, Staff.id)
         )
-        .scalars()
-        .all()
-    )
+    ).all()
     busy_with_calls = set(
         (
-            await session.execute(
+            await session.scalars(
                 select(Assignment.staff_id)
                 .join(Call, Call.id == Assignment.call_id)
                 .where(
@@ -88,14 +98,15 @@ async def people_at(session: AsyncSession, *, station_id: str) -> list[Person]:
                     Call.status.in_([str(s) for s in OPEN_STATUSES]),
                 )
             )
-        )
-        .scalars()
-        .all()
+        ).all()
     )
-    return [
-        Person(s.id, s.role, availability_of(s), on_call=s.id in busy_with_calls, rank=float(rank))
-        for rank, s in enumerate(staff)
-    ]
+    people: dict[str, list[Person]] = {sid: [] for sid in station_ids}
+    for s in staff:
+        roster = people[s.station_id]
+        roster.append(
+            Person(s.id, s.role, availability_of(s), on_call=s.id in busy_with_calls, rank=float(len(roster)))
+        )
+    return people, {s.id: s.channels for s in staff}
 
 
 async def pages_of(session: AsyncSession, *, call_id: int, station_id: str | None = None) -> list[Page]:
@@ -103,6 +114,108 @@ async def pages_of(session: AsyncSession, *, call_id: int, station_id: str | Non
     if station_id is not None:
         query = query.where(Page.station_id == station_id)
     return list((await session.execute(query.order_by(Page.paged_at, Page.id))).scalars().all())
+
+
+@dataclass(frozen=True)
+class _Message:
+    """What a page's message says about its call, besides the call's own columns."""
+
+    call: Call
+    address: str
+    resident: str
+    event_types: list[str]
+
+
+@dataclass
+class PagingReads:
+    """What paging reads in one transaction, read once and kept current with its own
+    changes: each call's pages (the new ones added as they are made), each station's
+    people with their own channel order (staffing does not change inside one
+    transaction: operators send responders in their own), and what a page's message
+    says about each call.
+
+    A timer batch loads them for all its page_station timers at once (:meth:`load`),
+    after locking their calls (a page is answered under its call's lock, so the pages
+    read stay current until the commit); whatever is missing is read when first needed,
+    so one empty instance does what a single step needs."""
+
+    pages: dict[int, list[Page]] = field(default_factory=dict)  # call id -> all its pages
+    people: dict[str, list[Person]] = field(default_factory=dict)
+    channels: dict[str, str] = field(default_factory=dict)  # staff id -> staff.channels
+    messages: dict[int, _Message] = field(default_factory=dict)
+
+    async def load(
+        self, session: AsyncSession, *, call_ids: Sequence[int], station_ids: Sequence[str], messages: bool
+    ) -> None:
+        """The calls' pages and the stations' people (and, with ``messages``, what the
+        calls' page messages say) in a fixed number of statements."""
+        calls = sorted(set(call_ids) - set(self.pages))
+        if calls:
+            found = (
+                await session.scalars(
+                    select(Page).where(Page.call_id.in_(calls)).order_by(Page.call_id, Page.paged_at, Page.id)
+                )
+            ).all()
+            for cid in calls:
+                self.pages[cid] = []
+            for page in found:
+                self.pages[page.call_id].append(page)
+        stations = sorted(set(station_ids) - set(self.people))
+        if stations:
+            people, channels = await _rosters(session, stations)
+            self.people.update(people)
+            self.channels.update(channels)
+        if messages:
+            await self._load_messages(session, sorted(set(call_ids) - set(self.messages)))
+
+    async def pages_at(self, session: AsyncSession, *, call_id: int, station_id: str) -> list[Page]:
+        """The call's pages at the station, oldest first (paged_at, then id)."""
+        if call_id not in self.pages:
+            self.pages[call_id] = await pages_of(session, call_id=call_id)
+        return [p for p in self.pages[call_id] if p.station_id == station_id]
+
+    def paged(self, call_id: int, pages: Sequence[Page]) -> None:
+        """Pages this transaction made (stored, with their ids), newest last."""
+        self.pages.setdefault(call_id, []).extend(pages)
+
+    async def people_at(self, session: AsyncSession, *, station_id: str) -> list[Person]:
+        if station_id not in self.people:
+            await self.load(session, call_ids=(), station_ids=(station_id,), messages=False)
+        return self.people[station_id]
+
+    async def channels_of(self, session: AsyncSession, staff_ids: Sequence[str]) -> dict[str, str]:
+        """Each person's own channel order (staff.channels; "" when they chose none)."""
+        missing = sorted(set(staff_ids) - set(self.channels))
+        if missing:
+            rows = await session.execute(select(Staff.id, Staff.channels).where(Staff.id.in_(missing)))
+            self.channels.update({sid: ch for sid, ch in rows.all()})
+        return {sid: self.channels[sid] for sid in staff_ids if sid in self.channels}
+
+    async def message(self, session: AsyncSession, call_id: int) -> _Message:
+        if call_id not in self.messages:
+            await self._load_messages(session, [call_id])
+        return self.messages[call_id]
+
+    async def _load_messages(self, session: AsyncSession, call_ids: Sequence[int]) -> None:
+        if not call_ids:
+            return
+        rows = (
+            await session.execute(
+                select(Call, Home.address, Resident.name)
+                .join(Home, Home.id == Call.home_id)
+                .outerjoin(Resident, Resident.id == Call.resident_id)
+                .where(Call.id.in_(call_ids))
+            )
+        ).all()
+        types: dict[int, set[str]] = {cid: set() for cid in call_ids}
+        for cid, typ in await session.execute(
+            select(CallEvent.call_id, DeviceEvent.type)
+            .join(DeviceEvent, CallEvent.event_pk == DeviceEvent.id)
+            .where(CallEvent.call_id.in_(call_ids))
+        ):
+            types[cid].add(typ)
+        for call, address, resident in rows:
+            self.messages[call.id] = _Message(call, address or "", resident or "", sorted(types[call.id]))
 
 
 @dataclass(frozen=True)
@@ -121,19 +234,22 @@ async def step(
     actor: str = "dispatcher",
     channel: str = "app",
     ctx: DispatchContext | None = None,
+    reads: PagingReads | None = None,
 ) -> StepResult:
     """Decide and record the next paging step of one call at one station. With a context
     whose notification channels route pages, each new page also queues a notification
     for its person (SMS, voice … reach them when the app is closed). A step with ``via``
     (the voice round before the county) needs those channels; without them it does
-    nothing."""
+    nothing. ``reads``: the transaction's paging reads (a timer batch's, loaded for all
+    its calls at once); without them the step reads what it needs itself."""
     if policy.via and (ctx is None or not ctx.page_notifications):
         # a round by SMS / voice … with no channel to send it: nothing to do (the app
         # pages of the other steps go on)
         return StepResult(PagingDecision(), [])
-    pages = await pages_of(session, call_id=call_id, station_id=station_id)
+    reads = reads if reads is not None else PagingReads()
+    pages = await reads.pages_at(session, call_id=call_id, station_id=station_id)
     attempts = [Attempt(p.staff_id, p.paged_at, PageOutcome(p.outcome), p.channel) for p in pages]
-    decision = decide(policy, await people_at(session, station_id=station_id), attempts, now=now)
+    decision = decide(policy, await reads.people_at(session, station_id=station_id), attempts, now=now)
     timeout = timedelta(seconds=policy.timeout_s)
     for page in pages:  # this step's round only (a ``via`` step leaves the others' pages alone)
         if (
@@ -164,7 +280,8 @@ async def step(
         session.add(page)
         new_pages.append(page)
     if new_pages:
-        await session.flush()
+        await session.flush()  # their ids: the audit rows and the messages name them
+        reads.paged(call_id, new_pages)
     for page in new_pages:
         await audit.append(
             session,
@@ -183,7 +300,7 @@ async def step(
         )
     if new_pages and ctx is not None and ctx.page_notifications:
         await queue_page_notifications(
-            session, call_id=call_id, pages=new_pages, ctx=ctx, now=now, policy=policy
+            session, call_id=call_id, pages=new_pages, ctx=ctx, now=now, policy=policy, reads=reads
         )
     return StepResult(decision, new_pages)
 
@@ -196,6 +313,7 @@ async def queue_page_notifications(
     ctx: DispatchContext,
     now: datetime,
     policy: PagingPolicy | None = None,
+    reads: PagingReads | None = None,
 ) -> None:
     """One outbox notification per page (purpose ``page``, target ``staff:<id>``) with
     what the message says: the call, its priority, the events, the address and the link
@@ -206,63 +324,42 @@ async def queue_page_notifications(
     Someone who chose the app alone gets no notification outside it. With the step's
     ``fallback_after_s`` the notification waits that long and is not sent if the page
     was answered meanwhile (the outbox checks the page before sending)."""
-    row = (
-        await session.execute(
-            select(Call, Home.address, Resident.name)
-            .join(Home, Home.id == Call.home_id)
-            .outerjoin(Resident, Resident.id == Call.resident_id)
-            .where(Call.id == call_id)
-        )
-    ).one()
-    call, address, resident = row
-    event_types = sorted(
-        set(
-            (
-                await session.scalars(
-                    select(DeviceEvent.type)
-                    .join(CallEvent, CallEvent.event_pk == DeviceEvent.id)
-                    .where(CallEvent.call_id == call_id)
-                )
-            ).all()
-        )
-    )
+    reads = reads if reads is not None else PagingReads()
+    msg = await reads.message(session, call_id)
+    call = msg.call
     link = ctx.page_link(call_id) if ctx.page_link is not None else f"/m/?call={call_id}"
     via = list(policy.via) if policy is not None else []
     delay = timedelta(seconds=policy.fallback_after_s or 0) if policy is not None else timedelta()
-    own = dict(
-        (
-            await session.execute(
-                select(Staff.id, Staff.channels).where(Staff.id.in_([p.staff_id for p in pages]))
-            )
-        ).all()
-    )
+    own = await reads.channels_of(session, [p.staff_id for p in pages])
     for page in pages:
         order = via or list(parse_order(own.get(page.staff_id) or ""))
         if app_only(order):
             continue
-        session.add(
-            Notification(
-                call_id=call_id,
-                channel=ctx.notifier_channel,
-                purpose="page",
-                target=f"staff:{page.staff_id}",
-                body={
+        bulk.add(  # a loop's transaction: one INSERT with its other notifications, at the end
+            session,
+            Notification,
+            {
+                "call_id": call_id,
+                "channel": ctx.notifier_channel,
+                "purpose": "page",
+                "target": f"staff:{page.staff_id}",
+                "body": {
                     "page_id": page.id,
                     "call_id": call_id,
                     "priority": call.priority,
                     "station_id": page.station_id,
                     "event_class": call.event_class,
-                    "event_types": event_types,
-                    "address": address or "",
-                    "resident": resident or "",
+                    "event_types": msg.event_types,
+                    "address": msg.address,
+                    "resident": msg.resident,
                     "link": link,
                     **({"channels": order} if order else {}),
                 },
-                status=NotificationStatus.pending.value,
-                attempts=0,
-                next_attempt_at=now + delay,
-                created_at=now,
-            )
+                "status": NotificationStatus.pending.value,
+                "attempts": 0,
+                "next_attempt_at": now + delay,
+                "created_at": now,
+            },
         )
 
 

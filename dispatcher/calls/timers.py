@@ -29,6 +29,7 @@ __all__ = [
     "claim_due_timers",
     "claim_timer",
     "due_timer_ids",
+    "finish_taken",
     "fire_timer",
     "next_timer_due",
     "open_escalation",
@@ -97,20 +98,40 @@ def progress_of(call: Call) -> esc.Progress:
 @dataclass
 class TakenTimers:
     """A batch of claimed timers after :func:`take_due_timers`: the ids that are ours to
-    fire, their calls (locked), and the batch's reads."""
+    fire, their calls (locked), and the batch's reads (each call's policy rebuilt once,
+    the paging reads of its page_station timers). ``fired`` and ``stale`` collect what
+    :func:`fire_timer` did with each, for :func:`finish_taken` to store in one UPDATE
+    each."""
 
     owned: set[int] = field(default_factory=set)
     calls: dict[int, Call] = field(default_factory=dict)
     batch: Batch = field(default_factory=Batch)
+    reads: paging.PagingReads = field(default_factory=paging.PagingReads)
+    policies: dict[int, esc.Policy] = field(default_factory=dict)
+    fired: list[int] = field(default_factory=list)
+    stale: list[int] = field(default_factory=list)
+
+    def policy_of(self, call: Call) -> esc.Policy:
+        """The call's policy snapshot, rebuilt once a batch (it never changes on a call)."""
+        if call.id not in self.policies:
+            self.policies[call.id] = esc.from_snapshot(call.policy)
+        return self.policies[call.id]
 
 
 async def take_due_timers(
-    session: AsyncSession, *, timers: Sequence[Timer], worker: str, now: datetime
+    session: AsyncSession,
+    *,
+    timers: Sequence[Timer],
+    worker: str,
+    now: datetime,
+    ctx: DispatchContext | None = None,
 ) -> TakenTimers:
     """For a batch of claimed timers, after the chain lock: mark them ``firing`` with one
     conditional UPDATE (the ids returned are ours: a timer another copy took first is not
     pending any more) and lock their calls with one SELECT. What ``fire_timer`` does per
-    timer otherwise, in two statements for the batch."""
+    timer otherwise, in two statements for the batch. Then what the batch's page_station
+    timers page from: their calls' pages and their stations' people, read once for all
+    of them (and, when pages are also sent as messages, what the messages say)."""
     if not timers:
         return TakenTimers()
     ids = [t.id for t in timers]
@@ -129,7 +150,36 @@ async def take_due_timers(
     if is_pg(session):
         stmt = stmt.with_for_update()
     by_id = {c.id: c for c in (await session.scalars(stmt)).all()}
-    return TakenTimers(owned=owned, calls=by_id)
+    taken = TakenTimers(owned=owned, calls=by_id)
+    paged = [
+        by_id[t.call_id]
+        for t in timers
+        if t.id in owned and t.action == esc.TimerAction.page_station and t.call_id in by_id
+    ]
+    if paged:  # the calls are locked: their pages are answered under that lock only
+        await taken.reads.load(
+            session,
+            call_ids=[c.id for c in paged],
+            station_ids=[c.station_id for c in paged if c.station_id is not None],
+            messages=ctx is not None and ctx.page_notifications,
+        )
+    return taken
+
+
+async def finish_taken(session: AsyncSession, taken: TakenTimers) -> None:
+    """Store what the batch did with its timers: fired, or retired as stale (one UPDATE
+    each, instead of one per timer). Until then they stay ``firing``, which no other copy
+    claims; the same transaction commits both."""
+    for status, ids in ((TimerStatus.fired, taken.fired), (TimerStatus.stale, taken.stale)):
+        if ids:
+            await session.execute(
+                update(Timer)
+                .where(Timer.id.in_(sorted(ids)), Timer.status == TimerStatus.firing.value)
+                .values(status=status.value)
+                .execution_options(synchronize_session=False)
+            )
+    taken.fired.clear()
+    taken.stale.clear()
 
 
 async def _take_one(session: AsyncSession, timer: Timer, worker: str, now: datetime) -> Call | None:
@@ -152,25 +202,25 @@ async def fire_timer(
     now: datetime,
 ) -> Outcome:
     """Fire one claimed timer exactly once, or retire it as stale. ``taken`` is what
-    take_due_timers returned for the batch; without it the timer is taken here."""
+    take_due_timers returned for the batch (the timer's new status is then stored by
+    :func:`finish_taken`, for the whole batch at once); without it the timer is taken,
+    and its status stored, here."""
     out = Outcome()
     if taken is None:
         call = await _take_one(session, timer, worker, now)
-        batch = Batch()
+        batch, reads = Batch(), paging.PagingReads()
     else:
         call = taken.calls.get(timer.call_id) if timer.id in taken.owned else None
-        batch = taken.batch
+        batch, reads = taken.batch, taken.reads
     if call is None:
         return out  # another copy had it
-    snap = esc.from_snapshot(call.policy)
+    snap = esc.from_snapshot(call.policy) if taken is None else taken.policy_of(call)
     if timer.generation != call.generation:
         decision = esc.TimerDecision(fire=False, stale_reason="superseded escalation chain", next=None)
     else:
         decision = esc.on_timer_due(snap, timer.step, timer.repeat, timer.due_at, progress_of(call))
     if not decision.fire:
-        await session.execute(
-            update(Timer).where(Timer.id == timer.id).values(status=TimerStatus.stale.value)
-        )
+        await _set_status(session, timer, TimerStatus.stale, taken)
         detail = {
             "step": timer.step,
             "action": timer.action,
@@ -180,11 +230,30 @@ async def fire_timer(
         }
         await record(session, call, AuditKind.timer_stale, at=now, actor=worker, detail=detail)
         return out
-    await session.execute(update(Timer).where(Timer.id == timer.id).values(status=TimerStatus.fired.value))
+    await _set_status(session, timer, TimerStatus.fired, taken)
     planned = esc.PlannedTimer(timer.step, timer.action, timer.due_at, timer.repeat)
-    fire = _Firing(call=call, timer=planned, worker=worker, ctx=ctx, batch=batch, out=out, now=now)
+    fire = _Firing(
+        call=call,
+        policy=snap,
+        timer=planned,
+        worker=worker,
+        ctx=ctx,
+        batch=batch,
+        out=out,
+        now=now,
+        reads=reads,
+    )
     await _run_step(session, fire, decision)
     return out
+
+
+async def _set_status(
+    session: AsyncSession, timer: Timer, status: TimerStatus, taken: TakenTimers | None
+) -> None:
+    if taken is not None:  # stored with the batch's others (finish_taken)
+        (taken.fired if status is TimerStatus.fired else taken.stale).append(timer.id)
+        return
+    await session.execute(update(Timer).where(Timer.id == timer.id).values(status=status.value))
 
 
 async def open_escalation(
@@ -202,12 +271,23 @@ async def open_escalation(
     timers, and every other step's timer is stored. No timer pass is needed for the
     opening steps, and nothing can fire them twice: the call and its first steps commit
     together or not at all, and no other copy sees the call before that."""
-    plan = esc.opening(esc.from_snapshot(call.policy), now, progress_of(call))
+    policy = esc.from_snapshot(call.policy)
+    plan = esc.opening(policy, now, progress_of(call))
     for planned in plan.timers:
         schedule_timer(session, call, planned)
     for planned, decision in plan.fire:
         schedule_timer(session, call, planned, fired_by=worker, fired_at=now)
-        fire = _Firing(call=call, timer=planned, worker=worker, ctx=ctx, batch=batch, out=out, now=now)
+        fire = _Firing(
+            call=call,
+            policy=policy,
+            timer=planned,
+            worker=worker,
+            ctx=ctx,
+            batch=batch,
+            out=out,
+            now=now,
+            reads=paging.PagingReads(),
+        )
         await _run_step(session, fire, decision)
 
 
@@ -229,12 +309,14 @@ async def _run_step(session: AsyncSession, f: _Firing, decision: esc.TimerDecisi
 @dataclass(frozen=True)
 class _Firing:
     call: Call
+    policy: esc.Policy  # the call's snapshot
     timer: esc.PlannedTimer  # the step and repetition firing (from its timer row, or opening)
     worker: str
     ctx: DispatchContext
     batch: Batch
     out: Outcome
     now: datetime
+    reads: paging.PagingReads  # the transaction's paging reads (a timer batch's: for all its calls)
 
     @property
     def base(self) -> dict[str, Any]:
@@ -303,7 +385,7 @@ async def _notify_contacts(session: AsyncSession, f: _Firing) -> datetime | bool
 async def _page_station(session: AsyncSession, f: _Firing) -> None:
     """Page the on-duty people of the call's station (one more, or all, per the policy);
     the phone's stream hears of it through the call's change announcement."""
-    policy = esc.from_snapshot(f.call.policy).steps[f.timer.step].paging
+    policy = f.policy.steps[f.timer.step].paging
     if policy is None or f.call.station_id is None:
         return
     await paging.step(
@@ -314,6 +396,7 @@ async def _page_station(session: AsyncSession, f: _Firing) -> None:
         now=f.now,
         actor=f.worker,
         ctx=f.ctx,
+        reads=f.reads,
     )
 
 

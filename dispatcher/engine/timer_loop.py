@@ -105,7 +105,9 @@ class TimerLoop(DispatcherState):
                 bulk.defer(session)  # next timers and outbox rows: one INSERT per table, first
                 audit.defer(session)  # timer rows and calls locked first, the chain at commit
                 due = await timers.claim_due_timers(session, limit=limit, now=now)
-                taken = await timers.take_due_timers(session, timers=due, worker=self.name, now=now)
+                taken = await timers.take_due_timers(
+                    session, timers=due, worker=self.name, now=now, ctx=self.ctx
+                )
                 for timer in due:
                     o = await timers.fire_timer(
                         session, timer=timer, worker=self.name, ctx=self.ctx, taken=taken, now=now
@@ -114,6 +116,7 @@ class TimerLoop(DispatcherState):
                     out.merge(o)
                     late_s.append((now - timer.due_at).total_seconds())
                     fired += 1
+                await timers.finish_taken(session, taken)  # fired / stale: one UPDATE each
                 await session.flush()  # before the commit takes the chain lock
         except Exception as exc:
             if failures.classify(exc) is failures.Failure.transient:
