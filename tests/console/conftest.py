@@ -7,6 +7,7 @@ machine, and fail in CI (``CI`` set), where a missing browser is a broken pipeli
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import shutil
@@ -16,7 +17,9 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from carecall.core.db import make_engine, make_sessionmaker
 from tests.support.ports import free_port
 
 CHROMIUM = os.environ.get("CARECALL_CHROMIUM", "/usr/bin/chromium")
@@ -179,8 +183,46 @@ class DemoServer:
             self.proc.wait(5)
 
     def create_user(
-        self, username: str, station: str, role: str = "operator", staff: str | None = None
+        self,
+        username: str,
+        station: str,
+        role: str = "operator",
+        staff: str | None = None,
+        *,
+        cli: bool = False,
     ) -> None:
+        """A login with PASSWORD, made as ``carecall users create`` makes it (the same
+        ``create_user``, production password hashing) straight into the demo's database,
+        which the server reads at sign-in. A CLI process per login cost over a second of
+        CPU, two dozen times a run; ``cli=True`` goes through the command itself (a test
+        of that path: tests/console/test_phone_browser.py, test_stall_banner.py)."""
+        if cli:
+            self._create_user_cli(username, station, role, staff)
+            return
+        from dispatcher.auth.users import create_user
+
+        async def go() -> None:
+            engine = make_engine(f"sqlite:///{self.workdir / 'carecall.db'}")
+            try:
+                async with make_sessionmaker(engine)() as s, s.begin():
+                    await create_user(
+                        s,
+                        username=username,
+                        password=PASSWORD,
+                        role=role,
+                        station_id=station,
+                        display_name=username,
+                        staff_id=staff,
+                        now=datetime.now(UTC),
+                    )
+            finally:
+                await engine.dispose()
+
+        # a loop of its own: the callers are sync helpers, some inside the session's loop
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, go()).result(60)
+
+    def _create_user_cli(self, username: str, station: str, role: str, staff: str | None) -> None:
         env = {**os.environ, "CARECALL_NEW_USER_PASSWORD": PASSWORD}
         extra = ["--staff", staff] if staff else []
         subprocess.run(
