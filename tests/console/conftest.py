@@ -42,6 +42,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 PASSWORD = "browser-test-pw"
+DEMO_ENV_ADMIN_PASSWORD = "admin-password-1"  # CARECALL_ADMIN_PASSWORD of every DemoServer
 CARECALL = str(Path(sys.executable).with_name("carecall"))
 
 
@@ -137,7 +138,7 @@ class DemoServer:
     def start(self, timeout: float = 40.0) -> None:
         logfile = self.workdir / f"demo-{len(self.log)}.log"
         self.log.append(logfile)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "CARECALL_ADMIN_PASSWORD": "admin-password-1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "CARECALL_ADMIN_PASSWORD": DEMO_ENV_ADMIN_PASSWORD}
         env.pop("CARECALL_CONFIG", None)
         with logfile.open("wb") as out:
             self.proc = subprocess.Popen(
@@ -250,11 +251,47 @@ class DemoServer:
             return list(db.execute(sql).fetchall())
 
 
+async def _first_start_data(workdir: Path) -> None:
+    """What ``carecall demo``'s first start writes before anyone can sign in, through the
+    same functions ``run_demo`` calls (carecall/shell/demo.py): the migrated database, the
+    demo county with its device secrets, the admin and the demo's two logins. A demo
+    started on a copy finds them all and adds nothing, as a demo restarted on its folder."""
+    from carecall.shell.demo import DEMO_SECRETS_FILE, demo_login, demo_responder_login, ensure_demo_county
+    from carecall.shell.runtime import open_core
+    from config.settings import load_settings
+
+    settings = load_settings(
+        database_url=f"sqlite:///{workdir / 'carecall.db'}", admin_password=DEMO_ENV_ADMIN_PASSWORD
+    )
+    core = await open_core(settings)
+    try:
+        await ensure_demo_county(core, workdir / DEMO_SECRETS_FILE)
+        await demo_login(core)
+        await demo_responder_login(core)
+    finally:
+        await core.close()
+
+
+@pytest.fixture(scope="session")
+def demo_first_start(chromium_path: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder as a demo's first start leaves it, made once per run: each module's demo
+    starts on a copy (fresh: nothing any test did is in it) instead of migrating, loading
+    the county and hashing its logins' passwords again, seconds of CPU per module."""
+    workdir = tmp_path_factory.mktemp("demo-first-start")
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, _first_start_data(workdir)).result(300)
+    return workdir
+
+
 @pytest.fixture(scope="module")
-def demo(chromium_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
+def demo(demo_first_start: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
     if shutil.which(CARECALL) is None and not Path(CARECALL).exists():
         pytest.fail(f"the carecall command is missing next to {sys.executable}")
-    server = DemoServer(tmp_path_factory.mktemp("demo"), free_port(), free_port())
+    workdir = tmp_path_factory.mktemp("demo")
+    for f in demo_first_start.iterdir():  # the database (and a WAL, if one is left), the secrets
+        if not f.name.endswith("-shm"):  # SQLite rebuilds a closed database's shared memory
+            shutil.copy2(f, workdir / f.name)
+    server = DemoServer(workdir, free_port(), free_port())
     server.start()
     try:
         yield server
