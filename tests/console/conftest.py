@@ -130,6 +130,7 @@ class DemoServer:
     mqtt_port: int
     proc: subprocess.Popen[bytes] | None = None
     log: list[Path] = field(default_factory=list)
+    terminating: bool = False  # SIGTERM sent (begin_stop), not waited for yet
 
     @property
     def url(self) -> str:
@@ -176,12 +177,20 @@ class DemoServer:
         or with ``crash`` SIGKILL: the server vanishing mid-shift."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGKILL if crash else signal.SIGTERM)
+        if crash or not self.terminating:  # a second SIGTERM could cut a graceful stop short
+            self.proc.send_signal(signal.SIGKILL if crash else signal.SIGTERM)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+        self.terminating = False
+
+    def begin_stop(self) -> None:
+        """SIGTERM without waiting: ``stop`` later waits for the graceful stop to end."""
+        if self.proc is not None and self.proc.poll() is None and not self.terminating:
+            self.proc.send_signal(signal.SIGTERM)
+            self.terminating = True
 
     def create_user(
         self,
@@ -283,8 +292,21 @@ def demo_first_start(chromium_path: str, tmp_path_factory: pytest.TempPathFactor
     return workdir
 
 
+@pytest.fixture(scope="session")
+def _demos_stopping() -> Iterator[list[DemoServer]]:
+    """The demos of finished modules: told to stop as their module ends and waited for at
+    the end of the run, so each one's graceful stop (a second or so) overlaps the next
+    module instead of holding it up."""
+    stopping: list[DemoServer] = []
+    yield stopping
+    for server in stopping:
+        server.stop()
+
+
 @pytest.fixture(scope="module")
-def demo(demo_first_start: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
+def demo(
+    demo_first_start: Path, _demos_stopping: list[DemoServer], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DemoServer]:
     if shutil.which(CARECALL) is None and not Path(CARECALL).exists():
         pytest.fail(f"the carecall command is missing next to {sys.executable}")
     workdir = tmp_path_factory.mktemp("demo")
@@ -296,4 +318,5 @@ def demo(demo_first_start: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     try:
         yield server
     finally:
-        server.stop()
+        server.begin_stop()
+        _demos_stopping.append(server)
