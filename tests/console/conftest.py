@@ -287,7 +287,8 @@ def demo_first_start(chromium_path: str, tmp_path_factory: pytest.TempPathFactor
     starts on a copy (fresh: nothing any test did is in it) instead of migrating, loading
     the county and hashing its logins' passwords again, seconds of CPU per module."""
     workdir = tmp_path_factory.mktemp("demo-first-start")
-    with ThreadPoolExecutor(1) as pool:
+    with pytest.MonkeyPatch.context() as mp, ThreadPoolExecutor(1) as pool:
+        mp.delenv("CARECALL_CONFIG", raising=False)  # as in the demo's own environment (start)
         pool.submit(asyncio.run, _first_start_data(workdir)).result(300)
     return workdir
 
