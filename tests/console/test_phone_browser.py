@@ -51,7 +51,8 @@ async def test_sos_pages_the_phone_and_the_phone_takes_the_call_to_the_end(
 ) -> None:
     who = first_on_roster(demo)
     demo.create_user("op-phone-test", who["station"])
-    demo.create_user("resp-phone", who["station"], role="responder", staff=who["staff"])
+    # through `carecall users create` itself: the one browser test of the command's path
+    demo.create_user("resp-phone", who["station"], role="responder", staff=who["staff"], cli=True)
 
     console_ctx = await browser.new_context(viewport={"width": 1366, "height": 768}, locale="zh-CN")
     console = await console_ctx.new_page()
