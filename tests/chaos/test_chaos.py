@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from carecall.shell.fleet_registry import Fleet, provision_fleet
 from device_gateway.models import DeviceEvent
+from dispatcher.audit.models import AuditRow
 from dispatcher.audit.service import verify_log
 from dispatcher.auth.users import create_user
 from dispatcher.calls.models import Call, EventIntake, Timer
@@ -282,8 +283,15 @@ async def prove(
         return n == len(sent)
 
     await _wait(routed, 60, "every stored event to be handled by a dispatcher")
-    # every escalation step due by now (the last one 6 s after its call opened) has fired
-    await asyncio.sleep(7)
+    # every escalation step due by now (the last one 6 s after its call opened) has fired:
+    # wait until 7 s after the last call opened (a fixed 7 s from here waited again for
+    # steps long due: most calls open in the storm's first seconds)
+    async with maker() as s:
+        last_opened = await s.scalar(select(func.max(AuditRow.at)).where(AuditRow.kind == "call_opened"))
+    if last_opened is not None:
+        await asyncio.sleep(
+            max(0.0, (last_opened + timedelta(seconds=7) - datetime.now(UTC)).total_seconds())
+        )
 
     async def timers_done() -> bool:
         async with maker() as s:
