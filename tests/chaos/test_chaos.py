@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -36,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from carecall.shell.fleet_registry import Fleet, provision_fleet
 from device_gateway.models import DeviceEvent
+from dispatcher.audit.models import AuditRow
 from dispatcher.audit.service import verify_log
 from dispatcher.auth.users import create_user
 from dispatcher.calls.models import Call, EventIntake, Timer
@@ -102,10 +104,13 @@ class Cluster:
             args = ["dispatcher", "--instance", f"{self.group}-{name}"]
         else:
             args = ["serve", "--host", "127.0.0.1", "--port", str(self.http_port)]
+        env = self.env()
+        if name.startswith("gw-") and self.log_level not in ("DEBUG", "INFO"):
+            env["CARECALL_LOG_LEVEL"] = "INFO"  # it says when it is subscribed (a few lines)
         log = (self.tmp / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "carecall.shell.cli", *args],
-            env=self.env(),
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -282,8 +287,15 @@ async def prove(
         return n == len(sent)
 
     await _wait(routed, 60, "every stored event to be handled by a dispatcher")
-    # every escalation step due by now (the last one 6 s after its call opened) has fired
-    await asyncio.sleep(7)
+    # every escalation step due by now (the last one 6 s after its call opened) has fired:
+    # wait until 7 s after the last call opened (a fixed 7 s from here waited again for
+    # steps long due: most calls open in the storm's first seconds)
+    async with maker() as s:
+        last_opened = await s.scalar(select(func.max(AuditRow.at)).where(AuditRow.kind == "call_opened"))
+    if last_opened is not None:
+        await asyncio.sleep(
+            max(0.0, (last_opened + timedelta(seconds=7) - datetime.now(UTC)).total_seconds())
+        )
 
     async def timers_done() -> bool:
         async with maker() as s:
@@ -390,11 +402,28 @@ async def world(
     return World(Cluster(pg_url, redis_url, tmp_path), fleet, pg_maker)
 
 
-def boot(c: Cluster, names: list[str]) -> None:
+def subscribed(log: Path) -> bool:
+    """The gateway writing ``log`` has every connection (events, readings) subscribed."""
+    up: set[object] = set()
+    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+        with contextlib.suppress(ValueError):
+            row = json.loads(line)
+            if isinstance(row, dict) and row.get("event") == "gateway.connected":
+                up.add(row.get("connection"))
+    return {"main", "telemetry"} <= up
+
+
+def boot(c: Cluster, names: list[str], timeout_s: float = 60) -> None:
     for n in names:
         c.start(n)
     wait_port(c.http_port)
-    time.sleep(2.0)  # gateways subscribed before the storm
+    # gateways subscribed before the storm (a fixed 2 s before)
+    deadline = time.monotonic() + timeout_s
+    for n in names:
+        while n.startswith("gw-") and not subscribed(c.tmp / f"{n}.log"):
+            if c.procs[n].poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{n} did not subscribe:\n{(c.tmp / f'{n}.log').read_text()[-2000:]}")
+            time.sleep(0.1)
 
 
 # --------------------------------------------------------------------------- tests

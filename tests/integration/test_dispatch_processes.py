@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from carecall.shell.schema import import_all_models
 from dispatcher.calls.models import Call
 from dispatcher.notifications.models import Notification
 from tests.integration.procs import (
@@ -36,6 +37,9 @@ from tests.integration.procs import (
 )
 
 pytestmark = pytest.mark.integration
+
+# the tables a Notification's foreign keys name, when this file runs alone
+import_all_models()
 
 
 async def wait_for(check: object, timeout_s: float, what: str) -> None:
@@ -76,8 +80,7 @@ async def test_sos_after_offline_and_online_opens_a_call_and_is_assigned(
     dsp = start("dispatcher", env, f"dsp-{prefix}", dsp_log)
     try:
         await wait_log(gw_log, "gateway.connected", 45)
-        await wait_log(dsp_log, "dispatcher.started", 45)
-        await asyncio.sleep(1.0)  # the dispatcher's MQTT connection
+        await wait_log(dsp_log, "dispatcher.mqtt_connected", 45)  # started, and its acks can go out
         async with device(mosquitto[1], dev_id, will=True) as dev:
             await dev.status("online")
             await asyncio.sleep(0.5)
@@ -119,8 +122,7 @@ async def test_acks_flow_after_a_broker_restart_and_memory_stays_flat_while_it_i
         dsp = start("dispatcher", env, f"dsp-{prefix}", dsp_log)
         try:
             await wait_log(gw_log, "gateway.connected", 45)
-            await wait_log(dsp_log, "dispatcher.started", 45)
-            await asyncio.sleep(1.0)
+            await wait_log(dsp_log, "dispatcher.mqtt_connected", 45)
             async with device(broker.port, county.devices[0]) as dev:
                 await dev.send("sos-1")
                 await dev.wait_ack("sos-1", "received", 20)

@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from device_gateway.models import Device
@@ -125,6 +125,13 @@ def env(pg_url: str, redis_url: str, mosquitto: tuple[str, int], tmp_path: Path)
     return e
 
 
+async def all_fired(maker: async_sessionmaker[AsyncSession], homes: int) -> bool:
+    async with maker() as s:
+        at_county = await s.scalar(select(func.count()).select_from(Call).where(Call.escalation_level == 2))
+        pending = await s.scalar(select(func.count()).select_from(Timer).where(Timer.status == "pending"))
+    return at_county == homes and pending == 0
+
+
 def _started_at(log: Path) -> list[datetime]:
     """When each copy writing ``log`` (JSON lines) said ``dispatcher.started``."""
     out = []
@@ -134,6 +141,15 @@ def _started_at(log: Path) -> list[datetime]:
             if isinstance(rec, dict) and rec.get("event") == "dispatcher.started":
                 out.append(datetime.fromisoformat(str(rec["timestamp"]).replace("Z", "+00:00")))
     return out
+
+
+async def wait_started(logs: list[Path], copies: int = 1, timeout_s: float = 30.0) -> None:
+    """Until each log holds ``copies`` ``dispatcher.started`` lines: its loops are running
+    (a fixed 2.5 s before; a copy's start-up took over 4 s on a busy 2-core machine)."""
+    deadline = time.monotonic() + timeout_s
+    while not all(log.exists() and len(_started_at(log)) >= copies for log in logs):
+        assert time.monotonic() < deadline, f"a dispatcher copy did not start within {timeout_s} s"
+        await asyncio.sleep(0.1)
 
 
 async def audit_rows(maker: async_sessionmaker[AsyncSession], kind: str) -> list[AuditRow]:
@@ -146,11 +162,19 @@ async def test_two_dispatcher_copies_fire_each_step_exactly_once(
 ) -> None:
     homes = 30
     await county(pg_maker, homes)
-    procs = [start_dispatcher(env, f"d{i}", tmp_path / f"d{i}.log") for i in range(2)]
+    logs = [tmp_path / f"d{i}.log" for i in range(2)]
+    procs = [start_dispatcher(env, f"d{i}", log) for i, log in enumerate(logs)]
     try:
-        await asyncio.sleep(2.5)  # both up and polling
+        await wait_started(logs)  # both up and polling
         await sos_for_each_home(pg_maker, homes)
-        await asyncio.sleep(9)
+        # every step has fired (the county 6 s after opening, the last reminder at about
+        # 7 s): every call at the county and no timer left pending; then 1 s more, so a
+        # copy firing a step a second time (it would race the first) has committed too
+        deadline = time.monotonic() + 30
+        while not await all_fired(pg_maker, homes):
+            assert time.monotonic() < deadline, "the escalations did not all fire within 30 s"
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)
     finally:
         for p in procs:
             stop(p)
@@ -186,7 +210,7 @@ async def test_dispatcher_killed_mid_wait_still_escalates_on_time(
     log = tmp_path / "d.log"
     proc = start_dispatcher(env, "k1", log)
     try:
-        await asyncio.sleep(2.5)
+        await wait_started([log])
         await sos_for_each_home(pg_maker, 3)
         deadline = time.monotonic() + 10
         while not await audit_rows(pg_maker, "call_opened") and time.monotonic() < deadline:
@@ -201,7 +225,12 @@ async def test_dispatcher_killed_mid_wait_still_escalates_on_time(
         while len(_started_at(log)) < 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         assert len(_started_at(log)) == 2, "the restarted copy came up within 30 s"
-        await asyncio.sleep(6)
+        # the street escalations (due 3 s after opening), then 1 s more for any second one
+        deadline = time.monotonic() + 30
+        while len([r for r in await audit_rows(pg_maker, "escalated") if r.detail.get("to") == "street"]) < 3:
+            assert time.monotonic() < deadline, "the street escalations did not come within 30 s"
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)
     finally:
         stop(proc)
     esc = [r for r in await audit_rows(pg_maker, "escalated") if r.detail.get("to") == "street"]

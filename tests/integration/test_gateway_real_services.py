@@ -33,6 +33,7 @@ from device_gateway.mqtt import MqttTarget
 from device_gateway.service import Gateway
 from dispatcher.registry.service import resident_vitals
 from tests.conftest import add_small_registry
+from tests.integration.procs import wait_log
 
 pytestmark = pytest.mark.integration
 
@@ -369,12 +370,20 @@ async def test_two_gateway_copies_share_the_load_and_store_each_event_once(
     await add_small_registry(pg_maker, ids)
     group = uniq("grp")
     instances = [uniq("a"), uniq("b")]
-    procs = [start_gateway(pg_url, redis_url, i, group, host, port, tmp_path / f"{i}.log") for i in instances]
+    logs = [tmp_path / f"{i}.log" for i in instances]
+    procs = [
+        start_gateway(pg_url, redis_url, i, group, host, port, log)
+        for i, log in zip(instances, logs, strict=True)
+    ]
     devs = [ResendingDevice(host, port, d) for d in ids]
     per_device = 200
     done = asyncio.Event()
     try:
-        await asyncio.sleep(1.5)  # both copies subscribed before the load starts
+        # both copies subscribed before the load starts, both connections (events,
+        # readings) each; a fixed 1.5 s before, while two copies starting at once took
+        # over 4 s on a loaded 2-core machine
+        for log in logs:
+            await wait_log(log, "gateway.connected", 60, count=2)
         runs = [asyncio.create_task(d.run([f"e{i:04d}" for i in range(per_device)], 200, done)) for d in devs]
         await wait_all_acked(devs, per_device * len(devs), 60)
         done.set()

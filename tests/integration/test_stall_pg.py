@@ -53,9 +53,13 @@ async def test_each_kind_of_waiting_work_is_measured_on_postgresql(pg_world: Wor
         first_due = await s.scalar(
             select(Timer.due_at).where(Timer.status == "pending").order_by(Timer.due_at).limit(1)
         )
-        ack_at = await s.scalar(select(Notification.created_at).where(Notification.channel == "mqtt").limit(1))
+        ack_at = await s.scalar(
+            select(Notification.created_at).where(Notification.channel == "mqtt").limit(1)
+        )
         note_at = await s.scalar(
-            select(Notification.next_attempt_at).where(Notification.channel != "mqtt").order_by(Notification.id)
+            select(Notification.next_attempt_at)
+            .where(Notification.channel != "mqtt")
+            .order_by(Notification.id)
         )
     assert got.event_received_at is None  # taken
     assert got.ack_queued_at == ack_at == T0
