@@ -7,6 +7,7 @@ that keeps failing is set aside (dispatcher.engine.handling).
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 
 import structlog
@@ -28,7 +29,34 @@ from dispatcher.registry.models import Home
 log = structlog.get_logger("carecall.dispatcher")
 
 
+# How often the intake looks for waiting events from the very first one, not from its
+# floor (dispatcher/calls/intake.py, EVENT_FLOOR_MARGIN): an event put back by an admin
+# waits at most this long.
+INTAKE_SWEEP_S = 30.0
+
+
 class IntakeLoop(DispatcherState):
+    _intake_floor: int = 0  # where this copy's look for waiting events starts
+    _intake_swept: float = float("-inf")  # time.monotonic() of the last look from the start
+    _sweep_again: bool = False  # the last look from the start found a full batch below the floor
+
+    def _claim_floor(self) -> int:
+        """0 (a look from the very start) at start-up, every INTAKE_SWEEP_S and while such
+        a look keeps finding old events; the floor otherwise."""
+        now = time.monotonic()
+        if self._sweep_again or now - self._intake_swept >= INTAKE_SWEEP_S:
+            self._intake_swept = now
+            return 0
+        return self._intake_floor
+
+    def _claimed(self, floor: int, ids: list[int], limit: int) -> None:
+        """Move the floor after a committed claim: up only, by the events at or above it
+        (old events a look from the start took are handled now, and say nothing of where
+        the waiting ones begin)."""
+        current = self._intake_floor
+        self._sweep_again = floor == 0 and len(ids) >= limit and any(i < current for i in ids)
+        self._intake_floor = intake.next_floor(current, [i for i in ids if i >= current])
+
     async def intake_once(self, limit: int = 25) -> int:
         """Take stored events into calls: first those whose handling failed before and
         are due for another attempt, one at a time; then a batch of new ones. A batch
@@ -37,6 +65,7 @@ class IntakeLoop(DispatcherState):
         retried = await self._retry_failed_events(limit)
         now = self.clock.now()
         out = Outcome()
+        floor = self._claim_floor()
         try:
             async with self.maker() as session, session.begin():
                 # audit rows are chained at commit: the chain lock is held for the commit
@@ -44,7 +73,7 @@ class IntakeLoop(DispatcherState):
                 # outbox rows go in as one INSERT per table (see bulk.defer)
                 bulk.defer(session)  # first: its rows go in before the chain lock is taken
                 audit.defer(session)
-                events = await intake.claim_events(session, limit=limit)
+                events = await intake.claim_events(session, limit=limit, floor=floor)
                 # set-based reads: registry rows, then the homes' open calls (locked)
                 batch = await intake.open_batch(session, events=events, ctx=self.ctx, now=now)
                 # One flush per batch, not one per query: the rows of a batch (calls'
@@ -69,6 +98,7 @@ class IntakeLoop(DispatcherState):
             return retried + await self._intake_one_by_one(limit)
         # the consoles first: the calls are committed, nothing else should come before
         await self._announce(out, opened=bool(events))
+        self._claimed(floor, [ev.id for ev in events], limit)
         self.stats.events += len(events)
         CALLS_OPENED.labels("handled").inc(len(events))
         return retried + len(events)
@@ -77,7 +107,9 @@ class IntakeLoop(DispatcherState):
         """A poison event must not block the queue: each event in its own transaction;
         one that fails is counted (and, at the limit, set aside) on its own."""
         return await handling.one_at_a_time(
-            self.maker, lambda s: intake.event_ids_to_handle(s, limit=limit), self._handle_one_event
+            self.maker,
+            lambda s: intake.event_ids_to_handle(s, limit=limit, floor=self._intake_floor),
+            self._handle_one_event,
         )
 
     async def _retry_failed_events(self, limit: int) -> int:
