@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from carecall.core.bus import MemoryBus
 from carecall.shell.fleet_registry import provision_fleet
 from config.settings import load_settings
-from device_gateway.store import EventRow, insert_events
+from device_gateway.store import insert_events
 from dispatcher.audit.models import AuditRow
 from dispatcher.audit.service import verify_log
 from dispatcher.calls.models import Call, Timer
@@ -27,6 +27,7 @@ from dispatcher.engine.process import Dispatcher, load_context
 from dispatcher.notifications.models import Notification
 from dispatcher.notifications.notifiers import LogNotifier
 from tests.dispatcher.engine.support import T0, ManualClock, store_event
+from tests.support.events import event_row
 
 # Statements (cursor executions; the commit is not one) to open one call end to end under
 # the short policy: its intake transaction, then a timer pass at the same instant. At the
@@ -166,24 +167,7 @@ async def test_two_copies_opening_calls_at_once_alert_each_call_once_and_keep_th
     async with maker() as s, s.begin():
         await insert_events(
             s,
-            [
-                EventRow(
-                    device_id=dev,
-                    event_id="e1",
-                    home_id=home,
-                    type="sos",
-                    event_class="emergency",
-                    sensor=None,
-                    data={},
-                    source="device",
-                    device_ts=T0,
-                    received_at=T0,
-                    clock_skew_s=0.0,
-                    clock_suspect=False,
-                    gateway="test",
-                )
-                for home, dev in zip(fleet.homes, fleet.devices, strict=True)
-            ],
+            [event_row(dev, home, T0) for home, dev in zip(fleet.homes, fleet.devices, strict=True)],
         )
 
     async def drain(copy: Dispatcher) -> None:

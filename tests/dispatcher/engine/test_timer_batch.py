@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from carecall.core.bus import MemoryBus
 from carecall.shell.fleet_registry import provision_fleet
 from config.settings import load_settings
-from device_gateway.store import EventRow, insert_events
+from device_gateway.store import insert_events
 from dispatcher.audit.models import AuditRow
 from dispatcher.audit.service import verify_log
 from dispatcher.calls.models import Call, Timer
@@ -30,6 +30,7 @@ from dispatcher.paging.models import Page
 from dispatcher.registry.models import Home
 from tests.dispatcher.engine.support import T0, ManualClock
 from tests.dispatcher.engine.test_alarm_path import engine_of
+from tests.support.events import event_row
 
 
 @contextmanager
@@ -76,24 +77,7 @@ async def _storm(
     rows = []
     for prefix in prefixes:
         fleet = await provision_fleet(maker, CALLS_PER_FLEET, prefix=prefix, now=T0)
-        rows += [
-            EventRow(
-                device_id=dev,
-                event_id="e1",
-                home_id=home,
-                type="sos",
-                event_class="emergency",
-                sensor=None,
-                data={},
-                source="device",
-                device_ts=T0,
-                received_at=T0,
-                clock_skew_s=0.0,
-                clock_suspect=False,
-                gateway="test",
-            )
-            for home, dev in zip(fleet.homes, fleet.devices, strict=True)
-        ]
+        rows += [event_row(dev, home, T0) for home, dev in zip(fleet.homes, fleet.devices, strict=True)]
     async with maker() as s, s.begin():
         await insert_events(s, rows)
     while await d.intake_once():
