@@ -211,12 +211,19 @@ async def test_service_request_becomes_an_order_done_on_the_phone_and_closed(
 
 
 def station_with_visits(demo: DemoServer) -> tuple[str, str, list[int]]:
-    """A station with at least two open visits and a responder: (station, staff, visits)."""
-    rows = demo.query(
-        """select v.station_id, group_concat(v.id) from visits v
-           where v.status in ('due', 'late', 'missed') group by v.station_id
-           having count(*) >= 2 order by v.station_id"""
-    )
+    """A station with at least two open visits and a responder: (station, staff, visits).
+    The visits are the dispatcher's first visits round's, which may come a moment after
+    the demo says it is running: waited for (up to 30 s)."""
+    deadline = time.monotonic() + 30
+    while True:
+        rows = demo.query(
+            """select v.station_id, group_concat(v.id) from visits v
+               where v.status in ('due', 'late', 'missed') group by v.station_id
+               having count(*) >= 2 order by v.station_id"""
+        )
+        if rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     for station, ids in rows:
         staff = demo.query(
             f"select id from staff where station_id = '{station}' and role = 'responder' order by id"
