@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Final, Protocol
 from zoneinfo import ZoneInfo
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from device_gateway.models import DeviceEvent
@@ -181,6 +182,20 @@ _CALLS_STATION: Final = _CallsStation()
 
 def is_pg(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
+
+
+async def plan_for_parameters(session: AsyncSession) -> None:
+    """PostgreSQL: plan this transaction's statements for their parameters and the
+    tables' current size, every time (no-op elsewhere).
+
+    The driver prepares every statement, and after five runs PostgreSQL may keep a
+    generic plan, made once from the statistics of that moment. For a query over tables
+    that grow fast (events, their intake) a plan made while they were nearly empty stays
+    in force until an ANALYZE: the intake's claim then compared every event with every
+    taken-in one (tests/integration/test_intake_claim_plan_pg.py). A custom plan sizes
+    the tables from their current pages."""
+    if is_pg(session):
+        await session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
 
 
 async def record(

@@ -34,6 +34,7 @@ from dispatcher.calls.context import (
     DispatchContext,
     Outcome,
     is_pg,
+    plan_for_parameters,
     record,
 )
 from dispatcher.calls.dispatch_config import MASS_OFFLINE
@@ -105,6 +106,7 @@ async def claim_events(session: AsyncSession, *, limit: int, floor: int = 0) -> 
     locked for us. Events whose handling failed before are left out: they are retried
     one at a time (:func:`claim_event`), so a poison event never fails a whole batch twice."""
     stmt = _to_handle(floor).order_by(DeviceEvent.id).limit(limit)
+    await plan_for_parameters(session)
     if is_pg(session):
         stmt = stmt.with_for_update(skip_locked=True)
     return list((await session.scalars(stmt)).all())
@@ -120,6 +122,7 @@ async def event_ids_to_handle(session: AsyncSession, *, limit: int, floor: int =
         .order_by(DeviceEvent.id)
         .limit(limit)
     )
+    await plan_for_parameters(session)
     return list((await session.scalars(stmt)).all())
 
 
