@@ -110,6 +110,7 @@ async def insert_call(
     assigned: Mapping[str, Any],
     actor: str,
     now: datetime,
+    call_id: int | None = None,
 ) -> Call:
     """A new call raised by ``ev`` (``values`` are its columns, its ``policy`` the
     snapshot it runs under) with its first facts — the event received, the call opened,
@@ -117,10 +118,16 @@ async def insert_call(
     (dispatcher.calls.timers.open_escalation: the steps due at once fired, the others'
     timers stored)."""
     row = {"outcome": None, "generation": 1, "version": 1, "last_event_at": ev.received_at, **values}
-    # One INSERT … RETURNING for the call alone (its id is needed below); a session
-    # flush here would also write every row the batch has added so far, a round of
-    # inserts per call instead of one statement per table at commit.
-    call = (await session.scalars(insert(Call).returning(Call), [row])).one()
+    if call_id is not None:
+        # its id drawn beforehand (the intake's batch, PostgreSQL): the call waits for the
+        # transaction's next statement, so a storm's new calls go in as one INSERT
+        call = Call(id=call_id, **row)
+        bulk.add_object(session, call)
+    else:
+        # One INSERT … RETURNING for the call alone (its id is needed below); a session
+        # flush here would also write every row the batch has added so far, a round of
+        # inserts per call instead of one statement per table at commit.
+        call = (await session.scalars(insert(Call).returning(Call), [row])).one()
     await record_received(session, ev=ev, call_id=call.id, station_id=call.station_id, detail=received)
     await record(session, call, AuditKind.call_opened, at=now, actor=actor, detail=opened)
     await record(session, call, AuditKind.assigned, at=now, actor=actor, detail=assigned)

@@ -25,9 +25,10 @@ from sqlalchemy.sql.util import find_tables
 
 from carecall.core.db import Base
 
-__all__ = ["add", "defer"]
+__all__ = ["add", "add_object", "defer"]
 
 _KEY = "carecall.bulk_rows"
+_OBJECTS = "carecall.bulk_objects"  # set while ORM objects given to add_object wait
 
 
 def defer(session: AsyncSession) -> None:
@@ -54,6 +55,21 @@ def add(session: AsyncSession, model: type[Base], row: dict[str, Any]) -> None:
     pending.setdefault(table, []).append(row)
 
 
+def add_object(session: AsyncSession, obj: Base) -> None:
+    """A new ORM object whose INSERT, in a deferring transaction, waits for the next
+    statement of any kind, a flush or the commit: objects added back to back (a storm's
+    new calls, their ids drawn beforehand) then go in as one INSERT. Any later statement
+    sees them, as it would after the ORM's own autoflush. Elsewhere: added to the session."""
+    session.add(obj)
+    if _KEY in session.info:
+        session.info[_OBJECTS] = True
+
+
+def _flush_objects(session: Session) -> None:
+    if session.info.pop(_OBJECTS, False):
+        session.flush()
+
+
 def _write(session: Session, tables: set[TableClause] | None = None) -> None:
     pending: dict[Table, list[dict[str, Any]]] | None = session.info.get(_KEY)
     if not pending:
@@ -66,11 +82,14 @@ def _write(session: Session, tables: set[TableClause] | None = None) -> None:
 
 
 def _write_all(session: Session) -> None:
+    _flush_objects(session)  # the buffered rows may refer to them (a new call's timers)
     _write(session)
 
 
 def _before_statement(state: ORMExecuteState) -> None:
-    """Before a statement that reads or changes a buffered table: its rows first."""
+    """Before any statement: the objects of add_object; before a statement that reads or
+    changes a buffered table: its rows too."""
+    _flush_objects(state.session)
     pending = state.session.info.get(_KEY)
     if not pending:
         return
@@ -86,3 +105,4 @@ def _drop(session: Session, *_: Any) -> None:
     """After the commit (written) or a rollback (gone): the next transaction of this
     session adds objects again unless it defers too."""
     session.info.pop(_KEY, None)
+    session.info.pop(_OBJECTS, None)

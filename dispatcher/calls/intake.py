@@ -13,11 +13,11 @@ the caller's transaction. A batch's reads are made once, set-based, into an
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from device_gateway.models import DeviceEvent
@@ -34,22 +34,17 @@ from dispatcher.calls.context import (
     DispatchContext,
     Outcome,
     is_pg,
-    plan_for_parameters,
     record,
 )
 from dispatcher.calls.dispatch_config import MASS_OFFLINE
-from dispatcher.calls.failures import has_failed
 from dispatcher.calls.lifecycle import OPEN_STATUSES, CallStatus
-from dispatcher.calls.models import Call, CallEvent, EventIntake, FailureKind
+from dispatcher.calls.models import Call, CallEvent, EventIntake
 from dispatcher.calls.queries import count_recent_calls, recent_calls, station_nodes
 from dispatcher.orders.device_intake import order_from_event
 from dispatcher.registry.models import Home, Resident
 
 __all__ = [
     "IntakeBatch",
-    "claim_event",
-    "claim_events",
-    "event_ids_to_handle",
     "handle_event",
     "open_batch",
     "open_call",
@@ -65,74 +60,9 @@ class IntakeBatch(Batch):
     recent calls, stations) and, in ``areas``, the mass offline incidents'."""
 
     areas: AreaEvents
-
-
-# --------------------------------------------------------------------------- claiming
-
-
-# The intake looks for waiting events from a floor, not from the first event ever stored:
-# with the whole history scanned every round, one claim took 74 ms at 200,000 stored
-# events on PostgreSQL (a merge anti-join over both primary keys) and grew with every
-# event, a wait added to every SOS. The floor trails the first event this copy claimed by
-# this many ids, because an id is drawn before its transaction commits (a gateway commits
-# a batch of at most a few hundred) and another copy may hold (SKIP LOCKED) events just
-# below ours. A look from the very start (``floor`` 0) now and then catches anything
-# older: an event an admin put back (failures.requeue), one a dead copy left.
-EVENT_FLOOR_MARGIN = 5_000
-
-
-def _event_handled(floor: int = 0) -> Any:
-    return (
-        select(EventIntake.event_pk)
-        .where(EventIntake.event_pk == DeviceEvent.id, EventIntake.event_pk >= floor)
-        .exists()
-    )
-
-
-def _to_handle(floor: int = 0) -> Any:
-    return select(DeviceEvent).where(
-        DeviceEvent.id >= floor, ~_event_handled(floor), ~has_failed(FailureKind.event, DeviceEvent.id)
-    )
-
-
-def next_floor(floor: int, claimed: Sequence[int]) -> int:
-    """Where the next look for waiting events may start, after a look from ``floor`` that
-    claimed the events ``claimed`` (none: the floor stays)."""
-    return max(floor, min(claimed) - EVENT_FLOOR_MARGIN) if claimed else floor
-
-
-async def claim_events(session: AsyncSession, *, limit: int, floor: int = 0) -> list[DeviceEvent]:
-    """Stored events no dispatcher has handled yet, from id ``floor`` on, oldest first,
-    locked for us. Events whose handling failed before are left out: they are retried
-    one at a time (:func:`claim_event`), so a poison event never fails a whole batch twice."""
-    stmt = _to_handle(floor).order_by(DeviceEvent.id).limit(limit)
-    await plan_for_parameters(session)
-    if is_pg(session):
-        stmt = stmt.with_for_update(skip_locked=True)
-    return list((await session.scalars(stmt)).all())
-
-
-async def event_ids_to_handle(session: AsyncSession, *, limit: int, floor: int = 0) -> list[int]:
-    """The ids of :func:`claim_events`' events, unlocked: ids load even when a row does not."""
-    stmt = (
-        select(DeviceEvent.id)
-        .where(
-            DeviceEvent.id >= floor, ~_event_handled(floor), ~has_failed(FailureKind.event, DeviceEvent.id)
-        )
-        .order_by(DeviceEvent.id)
-        .limit(limit)
-    )
-    await plan_for_parameters(session)
-    return list((await session.scalars(stmt)).all())
-
-
-async def claim_event(session: AsyncSession, *, event_pk: int) -> DeviceEvent | None:
-    """One stored event, if no dispatcher has handled it yet, locked for us (None when
-    handled, or on PostgreSQL while another copy holds it)."""
-    stmt = select(DeviceEvent).where(DeviceEvent.id == event_pk, ~_event_handled())
-    if is_pg(session):
-        stmt = stmt.with_for_update(skip_locked=True)
-    return (await session.scalars(stmt)).one_or_none()
+    # PostgreSQL: ids drawn from the calls' sequence for the calls this batch may open
+    # (draw_call_ids), so they go in as one INSERT rather than one INSERT … RETURNING each
+    call_ids: list[int] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- the batch's reads
@@ -160,7 +90,33 @@ async def open_batch(
     await station_nodes(session, batch=batch)
     if homes:
         await _read_open_calls(session, batch, homes, now)
+    await _draw_call_ids(session, batch, events)
     return batch
+
+
+def _may_open_call(ev: DeviceEvent) -> bool:
+    return (
+        ev.event_class not in ("cancel", "service")
+        and ev.type not in _RESTORES
+        and prio.opens_call(ev.event_class)
+    )
+
+
+async def _draw_call_ids(session: AsyncSession, batch: IntakeBatch, events: Sequence[DeviceEvent]) -> None:
+    """PostgreSQL: one id from the calls' sequence for each home of the batch that has an
+    alarm and no open call (the calls it will most likely open), in one statement. An id
+    left over is a gap in the numbering, as a rolled-back insert leaves; a call beyond
+    them is inserted on its own, as on SQLite, and so is a batch's only call (drawing its
+    id would be a statement more, not fewer)."""
+    if not is_pg(session):
+        return
+    homes = {ev.home_id for ev in events if _may_open_call(ev) and not batch.open_calls.get(ev.home_id or "")}
+    if len(homes) > 1:
+        drawn = await session.scalars(_DRAW_CALL_IDS, {"n": len(homes)})
+        batch.call_ids = list(drawn)
+
+
+_DRAW_CALL_IDS = text("SELECT nextval(pg_get_serial_sequence('calls', 'id')) FROM generate_series(1, :n)")
 
 
 async def _read_registry(session: AsyncSession, batch: IntakeBatch, homes: list[str]) -> None:
@@ -399,6 +355,7 @@ async def open_call(
         },
         actor=actor,
         now=now,
+        call_id=batch.call_ids.pop(0) if batch.call_ids else None,
     )
     batch.call_opened(call)
     session.add(CallEvent(event_pk=ev.id, call_id=call.id, joined_at=now))

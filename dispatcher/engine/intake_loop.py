@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from device_gateway.models import DeviceEvent
 from dispatcher.audit import service as audit
 from dispatcher.audit.chain import AuditKind
-from dispatcher.calls import bulk, failures, intake, outbox
+from dispatcher.calls import bulk, claims, failures, intake, outbox
 from dispatcher.calls.context import Outcome
 from dispatcher.calls.models import EventIntake, FailureKind
 from dispatcher.engine import handling
@@ -30,7 +30,7 @@ log = structlog.get_logger("carecall.dispatcher")
 
 
 # How often the intake looks for waiting events from the very first one, not from its
-# floor (dispatcher/calls/intake.py, EVENT_FLOOR_MARGIN): an event put back by an admin
+# floor (dispatcher/calls/claims.py, EVENT_FLOOR_MARGIN): an event put back by an admin
 # waits at most this long.
 INTAKE_SWEEP_S = 30.0
 
@@ -55,7 +55,7 @@ class IntakeLoop(DispatcherState):
         the waiting ones begin)."""
         current = self._intake_floor
         self._sweep_again = floor == 0 and len(ids) >= limit and any(i < current for i in ids)
-        self._intake_floor = intake.next_floor(current, [i for i in ids if i >= current])
+        self._intake_floor = claims.next_floor(current, [i for i in ids if i >= current])
 
     async def intake_once(self, limit: int = 25) -> int:
         """Take stored events into calls: first those whose handling failed before and
@@ -73,7 +73,7 @@ class IntakeLoop(DispatcherState):
                 # outbox rows go in as one INSERT per table (see bulk.defer)
                 bulk.defer(session)  # first: its rows go in before the chain lock is taken
                 audit.defer(session)
-                events = await intake.claim_events(session, limit=limit, floor=floor)
+                events = await claims.claim_events(session, limit=limit, floor=floor)
                 # set-based reads: registry rows, then the homes' open calls (locked)
                 batch = await intake.open_batch(session, events=events, ctx=self.ctx, now=now)
                 # One flush per batch, not one per query: the rows of a batch (calls'
@@ -108,7 +108,7 @@ class IntakeLoop(DispatcherState):
         one that fails is counted (and, at the limit, set aside) on its own."""
         return await handling.one_at_a_time(
             self.maker,
-            lambda s: intake.event_ids_to_handle(s, limit=limit, floor=self._intake_floor),
+            lambda s: claims.event_ids_to_handle(s, limit=limit, floor=self._intake_floor),
             self._handle_one_event,
         )
 
@@ -126,7 +126,7 @@ class IntakeLoop(DispatcherState):
             async with self.maker() as session, session.begin():
                 bulk.defer(session)  # first: its rows go in before the chain lock is taken
                 audit.defer(session)
-                ev = await intake.claim_event(session, event_pk=event_pk)
+                ev = await claims.claim_event(session, event_pk=event_pk)
                 if ev is None:
                     return None  # handled (or being handled) by another copy
                 # the batch's reads and locks (the home's row, its open calls), for one

@@ -1,5 +1,5 @@
 """The intake's claim on PostgreSQL stays linear in the events it looks at, however stale
-the planner's statistics (dispatcher/calls/intake.py, claim_events).
+the planner's statistics (dispatcher/calls/claims.py, claim_events).
 
 Found with auto_explain in `carecall bench --target real` (2026-12-07): on a fresh
 database the claim's generic plan, cached by the connection's prepared statement while the
@@ -27,10 +27,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionm
 
 from device_gateway.models import DeviceEvent
 from device_gateway.store import insert_events
-from dispatcher.calls import intake
+from dispatcher.calls import claims
 from dispatcher.calls.models import EventIntake
 from tests.conftest import add_small_registry
 from tests.support.events import event_row
+
+pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 12, 7, 3, 0, tzinfo=UTC)
 HANDLED = 3_000  # events already taken in, above the floor: what a claim steps over
@@ -81,7 +83,7 @@ async def test_the_claim_stays_linear_when_the_tables_outgrow_their_statistics(
         async with session.begin():
             ids = await _store(session, n, 1)
             n += 1
-            claimed = await intake.claim_events(session, limit=WAITING, floor=0)
+            claimed = await claims.claim_events(session, limit=WAITING, floor=0)
             assert [ev.id for ev in claimed] == ids
             await _mark_handled(session, ids)
     # The history grows by thousands of taken-in events (a storm), no ANALYZE in between.
@@ -110,7 +112,7 @@ async def test_the_claim_stays_linear_when_the_tables_outgrow_their_statistics(
     await pinned.commit()  # a SET lasts only if its transaction commits
     try:
         async with session.begin():
-            claimed = await intake.claim_events(session, limit=WAITING, floor=floor)
+            claimed = await claims.claim_events(session, limit=WAITING, floor=floor)
         await asyncio.sleep(0.1)  # the listener is called soon after the message, not in it
     finally:
         raw.remove_log_listener(on_log)

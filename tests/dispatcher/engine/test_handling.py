@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from device_gateway.models import DeviceEvent
 from device_gateway.mqtt import MqttTarget
 from dispatcher.audit.models import AuditRow
-from dispatcher.calls import intake, timers
+from dispatcher.calls import claims, intake, timers
 from dispatcher.calls.context import Outcome
 from dispatcher.calls.failures import Failure, classify, describe, retry_delay_s
 from dispatcher.calls.models import Call, EventIntake, IntakeFailure, Timer
@@ -320,7 +320,7 @@ async def test_a_row_that_cannot_even_be_loaded_is_set_aside(
     await store_event(maker, "h1-btn", "e2", "sos", T0)
     async with maker() as s:
         bad_pk = int((await s.scalar(select(func.min(DeviceEvent.id)))) or 0)
-    real_claim_events, real_claim_event = intake.claim_events, intake.claim_event
+    real_claim_events, real_claim_event = claims.claim_events, claims.claim_event
 
     async def claim_events(session: AsyncSession, *, limit: int) -> list[Any]:
         evs = await real_claim_events(session, limit=limit)
@@ -333,8 +333,8 @@ async def test_a_row_that_cannot_even_be_loaded_is_set_aside(
             raise sa_exc.DataError("SELECT", {}, _Orig("invalid input syntax for type json", "22P02"))
         return await real_claim_event(session, event_pk=event_pk)
 
-    monkeypatch.setattr(intake, "claim_events", claim_events)
-    monkeypatch.setattr(intake, "claim_event", claim_event)
+    monkeypatch.setattr(claims, "claim_events", claim_events)
+    monkeypatch.setattr(claims, "claim_event", claim_event)
     for _ in range(4):
         await d.intake_once()
         clock.advance(5)

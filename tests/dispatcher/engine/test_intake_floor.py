@@ -1,5 +1,5 @@
 """The intake looks for waiting events from a floor that trails the events it claimed, not
-from the first event ever stored (dispatcher/calls/intake.py, EVENT_FLOOR_MARGIN): the old
+from the first event ever stored (dispatcher/calls/claims.py, EVENT_FLOOR_MARGIN): the old
 claim scanned the whole history every round (74 ms at 200,000 events on PostgreSQL, and
 growing). A look from the very start at start-up and every INTAKE_SWEEP_S still takes an
 event waiting below the floor: one an admin put back."""
@@ -13,7 +13,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from device_gateway.models import DeviceEvent
-from dispatcher.calls import intake
+from dispatcher.calls import claims
 from dispatcher.calls.models import CallEvent, EventIntake
 from dispatcher.engine.process import Dispatcher
 from dispatcher.notifications.notifiers import LogNotifier
@@ -21,11 +21,11 @@ from tests.dispatcher.engine.support import T0, ManualClock, store_event
 
 
 def test_the_floor_trails_the_first_event_claimed_and_never_falls() -> None:
-    m = intake.EVENT_FLOOR_MARGIN
-    assert intake.next_floor(0, []) == 0
-    assert intake.next_floor(0, [m + 10, m + 11]) == 10
-    assert intake.next_floor(50, [m + 10]) == 50, "up only"
-    assert intake.next_floor(50, []) == 50
+    m = claims.EVENT_FLOOR_MARGIN
+    assert claims.next_floor(0, []) == 0
+    assert claims.next_floor(0, [m + 10, m + 11]) == 10
+    assert claims.next_floor(50, [m + 10]) == 50, "up only"
+    assert claims.next_floor(50, []) == 50
 
 
 async def _handled(maker: async_sessionmaker[AsyncSession]) -> int:
@@ -39,7 +39,7 @@ async def test_a_put_back_event_below_the_floor_is_taken_at_the_next_look_from_t
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     d, _clock, _ = setup
-    monkeypatch.setattr(intake, "EVENT_FLOOR_MARGIN", 2)
+    monkeypatch.setattr(claims, "EVENT_FLOOR_MARGIN", 2)
     for i in range(12):
         await store_event(
             maker, "h1-btn", f"e{i}", "heartbeat_missed" if i % 2 else "sos", T0 + timedelta(seconds=i)

@@ -1,0 +1,109 @@
+"""The intake's new calls go in together (issue 15, the alarm lane): on PostgreSQL a batch
+draws the ids of the calls it may open from the sequence in one statement, and its new
+calls then go in as one INSERT instead of one INSERT … RETURNING each
+(dispatcher/calls/intake.py ``_draw_call_ids``, dispatcher/calls/bulk.py ``add_object``).
+A storm's batch of 25 alarms took 42 statements, 25 of them those inserts; it takes 19.
+
+Whatever the batch does next still sees a new call: a later event of its home joins it, a
+cancel cancels it, and every row that refers to it goes in after it. The same tests run
+on SQLite, where each call is inserted on its own as before."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from carecall.shell.fleet_registry import Fleet, provision_fleet
+from device_gateway.store import insert_events
+from dispatcher.audit.models import AuditRow
+from dispatcher.audit.service import verify_log
+from dispatcher.calls.models import Call, CallEvent, EventIntake, Timer
+from dispatcher.engine.process import Dispatcher
+from dispatcher.notifications.models import Notification
+from dispatcher.notifications.notifiers import LogNotifier
+from tests.dispatcher.engine.support import T0, ManualClock
+from tests.dispatcher.engine.test_alarm_path import engine_of
+from tests.dispatcher.engine.test_timer_batch import statements
+from tests.support.events import event_row
+
+HOMES = 25  # the intake's batch
+
+
+async def _fleet(maker: async_sessionmaker[AsyncSession], n: int = HOMES) -> Fleet:
+    return await provision_fleet(maker, n, prefix="ib", now=T0)
+
+
+async def test_a_batch_of_new_calls_takes_no_statement_per_call_on_postgresql(
+    setup: tuple[Dispatcher, ManualClock, LogNotifier],
+    maker: async_sessionmaker[AsyncSession],
+    db_backend: str,
+) -> None:
+    d, _clock, _ = setup
+    fleet = await _fleet(maker)
+    async with maker() as s, s.begin():
+        await insert_events(
+            s, [event_row(dev, home, T0) for home, dev in zip(fleet.homes, fleet.devices, strict=True)]
+        )
+    with statements(engine_of(maker)) as seen:
+        assert await d.intake_once() == HOMES
+    counts = Counter(seen)
+    print(f"\n{db_backend}: {HOMES} new calls in {len(seen)} statements")
+    if db_backend == "postgresql":
+        assert counts["INSERT INTO calls (id,"] == 1, counts
+        assert len(seen) <= 20, counts  # 42 with an INSERT … RETURNING per call
+    async with maker() as s:
+        calls = (await s.scalars(select(Call).order_by(Call.id))).all()
+        intake = (await s.scalars(select(EventIntake))).all()
+        alerts = (await s.scalars(select(Notification).where(Notification.purpose == "alert_station"))).all()
+        fired = (await s.scalars(select(Timer).where(Timer.status == "fired"))).all()
+    assert sorted(c.home_id for c in calls) == sorted(fleet.homes)
+    assert {i.decision for i in intake} == {"opened"} and len(intake) == HOMES
+    assert {i.call_id for i in intake} == {c.id for c in calls}
+    assert sorted(a.body["call_id"] for a in alerts) == [c.id for c in calls], "each call alerted once"
+    assert sorted(t.call_id for t in fired) == [c.id for c in calls]
+    assert (await verify_log(maker)).ok
+
+
+async def test_later_events_of_the_batch_join_and_cancel_its_new_calls(
+    setup: tuple[Dispatcher, ManualClock, LogNotifier],
+    maker: async_sessionmaker[AsyncSession],
+) -> None:
+    """In one batch: SOS from three homes, then a second alarm of the first home (it joins
+    the call the batch just opened) and a cancel of the second (the call it just opened
+    is cancelled, its timers with it)."""
+    d, _clock, _ = setup
+    fleet = await _fleet(maker, 3)
+    (h0, h1, h2), (d0, d1, d2) = fleet.homes, fleet.devices
+    at = T0 + timedelta(seconds=1)
+    rows = [
+        event_row(d0, h0, T0, event_id="s0"),
+        event_row(d1, h1, T0, event_id="s1"),
+        event_row(d2, h2, T0, event_id="s2"),
+        event_row(d0, h0, at, event_id="s0b", type_="fall"),
+        event_row(d1, h1, at, event_id="c1", type_="cancel", cls="cancel", data={"ref": "s1"}),
+    ]
+    async with maker() as s, s.begin():
+        await insert_events(s, rows)
+    assert await d.intake_once() == len(rows)
+    async with maker() as s:
+        calls = {c.home_id: c for c in (await s.scalars(select(Call))).all()}
+        decisions = dict(
+            (await s.execute(select(CallEvent.event_pk, CallEvent.call_id))).all()
+        )
+        intake = {
+            e.event_pk: (e.decision, e.call_id) for e in (await s.scalars(select(EventIntake))).all()
+        }
+        timers = (await s.scalars(select(Timer).where(Timer.call_id == calls[h1].id))).all()
+        joined = await s.scalar(select(AuditRow.id).where(AuditRow.kind == "event_joined"))
+    assert sorted(calls) == sorted([h0, h1, h2]), "three calls, the second alarm joined"
+    assert sorted(d for d, _ in intake.values()) == ["cancelled", "joined", "opened", "opened", "opened"]
+    assert calls[h0].version == 2 and calls[h0].last_event_at == at, "the join updated the new call"
+    assert calls[h1].status == "cancelled" and calls[h1].outcome == "cancelled_by_resident"
+    assert calls[h2].status != "cancelled"
+    assert {t.status for t in timers} == {"fired", "cancelled"}, "the opening step fired, the rest cancelled"
+    assert joined is not None
+    assert set(decisions.values()) == {c.id for c in calls.values()}
+    assert (await verify_log(maker)).ok
