@@ -90,6 +90,16 @@ class OutboxLoop(MqttLink):
                 await outbox_channels.cost_alerts(
                     session, notifier=self.notifier, n=n, result=channel_result, now=now, actor=self.name
                 )
+        sent = [n.id for n, result in zip(plain, results, strict=True) if result[1] is None]
+        if sent:
+            # one UPDATE for every delivery that went out, not one per row (each statement
+            # is a round trip to the database); a failed one has values of its own
+            await session.execute(
+                update(Notification)
+                .where(Notification.id.in_(sent))
+                .values(status=NotificationStatus.sent.value, attempts=Notification.attempts + 1)
+                .execution_options(synchronize_session=False)
+            )
         for n, result in zip(plain, results, strict=True):
             await self._record_delivery(session, n, result, now)
         for n, channel_result in zip(routed, channel_results, strict=True):
@@ -143,14 +153,13 @@ class OutboxLoop(MqttLink):
     async def _record_delivery(
         self, session: AsyncSession, n: Notification, result: Delivery, now: datetime
     ) -> None:
-        """The row's new state and an audit row: sent, or failed (retried with a doubling
-        delay, given up after MAX_ATTEMPTS)."""
+        """The audit row of a delivery, and a failed one's new state (retried with a
+        doubling delay, given up after MAX_ATTEMPTS); a sent one's state is the batch's
+        UPDATE (``_notify``)."""
         receipt, exc, ms = result
         attempts = n.attempts + 1
-        values: dict[str, Any]
         if exc is None:
             kind, result_label = AuditKind.notification_sent, "sent"
-            values = {"status": NotificationStatus.sent.value, "attempts": attempts}
             outcome: dict[str, Any] = {"receipt": receipt, "ms": round(ms, 1)}
         else:
             final = attempts >= handling.MAX_ATTEMPTS
@@ -162,7 +171,7 @@ class OutboxLoop(MqttLink):
                 "last_error": str(exc)[:500] or type(exc).__name__,
             }
             outcome = {"attempt": attempts, "final": final, "error": str(exc)[:300]}
-        await session.execute(update(Notification).where(Notification.id == n.id).values(**values))
+            await session.execute(update(Notification).where(Notification.id == n.id).values(**values))
         await audit.append(
             session,
             kind=kind.value,
