@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import aiomqtt
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -32,6 +33,9 @@ class DispatcherStats:
     notifications_failed: int = 0
     device_acks: int = 0
     repairs: int = 0
+
+
+RETRY_LOOK_S = 1.0  # at most this long between looks for failed items due again
 
 
 class DispatcherState:
@@ -58,6 +62,23 @@ class DispatcherState:
     # dispatcher.health.monitor)
     heartbeats: dict[str, float]
     loops: frozenset[str]  # the loops this copy runs (settings.dispatcher_loops)
+    # kind ("event", "timer") -> the platform time this copy last looked for failed items
+    _retry_looked: dict[str, datetime]
+
+    def _retry_look_due(self, kind: str) -> bool:
+        """Whether to look for failed events or timers due for another attempt now.
+
+        A failed item waits ``handling_retry_s`` or more before its retry, so looking at
+        most every half of that (and at most every RETRY_LOOK_S) delays no retry by more
+        than that: a busy loop no longer spends a transaction of its own (three round trips)
+        on the failures table every round."""
+        now = self.clock.now()
+        last = self._retry_looked.get(kind)
+        every = min(RETRY_LOOK_S, self.handling_retry_s / 2)
+        if last is not None and last <= now and (now - last).total_seconds() < every:
+            return False
+        self._retry_looked[kind] = now
+        return True
 
     async def _announce(self, out: Outcome, *, opened: bool = False) -> None:
         """Right after a commit, first thing: tell consoles which calls changed; then wake

@@ -97,6 +97,7 @@ class Dispatcher(IntakeLoop, TimerLoop, OutboxLoop, VisitsLoop):
         self.on_calls_changed = None
         self.max_handling_attempts = handling.MAX_HANDLING_ATTEMPTS
         self.handling_retry_s = handling.HANDLING_RETRY_S
+        self._retry_looked = {}
         self.heartbeats = {}
         self.loops = settings.dispatcher_loop_set
 

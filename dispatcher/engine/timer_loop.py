@@ -144,6 +144,8 @@ class TimerLoop(DispatcherState):
         )
 
     async def _retry_failed_timers(self, limit: int) -> int:
+        if not self._retry_look_due("timer"):
+            return 0
         return await handling.retry_failed(
             self.maker, handling.TIMERS, now=self.clock.now, limit=limit, one=self._fire_one_timer
         )

@@ -107,3 +107,52 @@ async def test_later_events_of_the_batch_join_and_cancel_its_new_calls(
     assert joined is not None
     assert set(decisions.values()) == {c.id for c in calls.values()}
     assert (await verify_log(maker)).ok
+
+
+async def test_rounds_grow_while_they_are_full_on_postgresql(
+    setup: tuple[Dispatcher, ManualClock, LogNotifier],
+    maker: async_sessionmaker[AsyncSession],
+    db_backend: str,
+) -> None:
+    """A backlog (a storm, a shared core) is taken in rounds twice as big each time one is
+    full, up to INTAKE_BATCH_MAX; a round that is not full resets the size. SQLite keeps
+    the small round (its one writer is the gateway's too)."""
+    d, _clock, _ = setup
+    fleet = await _fleet(maker, 120)
+    async with maker() as s, s.begin():
+        await insert_events(
+            s, [event_row(dev, home, T0) for home, dev in zip(fleet.homes, fleet.devices, strict=True)]
+        )
+    rounds = []
+    while n := await d.intake_once():
+        rounds.append(n)
+    if db_backend == "postgresql":
+        assert rounds == [25, 50, 45], rounds
+    else:
+        assert rounds == [25, 25, 25, 25, 20], rounds
+    assert d._intake_batch == 25
+    async with maker() as s:
+        calls = (await s.scalars(select(Call.home_id))).all()
+    assert sorted(calls) == sorted(fleet.homes)
+
+
+async def test_the_failures_table_is_looked_at_once_a_second_not_every_round(
+    setup: tuple[Dispatcher, ManualClock, LogNotifier],
+    maker: async_sessionmaker[AsyncSession],
+) -> None:
+    """A failed event waits HANDLING_RETRY_S (2 s) before its retry, so a look for the due
+    ones every second is enough; every round spent a transaction of its own on it."""
+    d, clock, _ = setup
+
+    async def looks() -> int:
+        with statements(engine_of(maker)) as seen:
+            await d.intake_once()
+            await d.timers_once()
+        return sum(1 for s in seen if s == "SELECT intake_failures.ref FROM intake_failures")
+
+    assert await looks() == 2, "events and timers: looked at on the first round"
+    assert await looks() == 0
+    clock.advance(0.5)
+    assert await looks() == 0
+    clock.advance(0.5)
+    assert await looks() == 2, "a second later"
