@@ -7,6 +7,7 @@ through the same engine so one URL serves both.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import DateTime, MetaData, String, TypeDecorator, event
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
@@ -111,8 +113,44 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
-    kwargs.setdefault("pool_pre_ping", True)
-    return create_async_engine(aurl, **kwargs)
+    ping_idle_s = kwargs.pop("ping_idle_s", PING_IDLE_S)
+    engine = create_async_engine(aurl, **kwargs)
+    if not kwargs.get("pool_pre_ping"):
+        ping_when_idle(engine, ping_idle_s)
+    return engine
+
+
+# A pooled connection idle for longer than this is pinged before it is handed out.
+PING_IDLE_S = 2.0
+_CHECKED_IN = "carecall.checked_in"
+
+
+def ping_when_idle(engine: AsyncEngine, idle_s: float) -> None:
+    """Ping a pooled PostgreSQL connection before handing it out only when it sat idle for
+    more than ``idle_s``: a connection the server dropped meanwhile (a restart) is then
+    replaced before anyone uses it.
+
+    SQLAlchemy's ``pool_pre_ping`` pings at every checkout: one round trip more for every
+    transaction (the gateway's event commit, each dispatcher round), each a socket write
+    that hands the CPU to a PostgreSQL backend on a shared core. A connection used
+    moments ago is almost surely alive; if the server went away in between, the
+    transaction fails as a disconnect, SQLAlchemy invalidates the pool's older connections,
+    and the loops retry (the gateway's writer, the dispatcher's backoff)."""
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _checked_in(_dbapi_conn: Any, record: Any) -> None:
+        record.info[_CHECKED_IN] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get(_CHECKED_IN)
+        if since is None or time.monotonic() - since <= idle_s:
+            return  # new, or used moments ago
+        try:
+            dbapi_conn.ping()
+        except Exception as exc:
+            # the pool discards this connection and hands out a new one
+            raise DisconnectionError(f"idle connection failed its ping: {exc}") from exc
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
