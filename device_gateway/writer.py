@@ -91,8 +91,7 @@ class EventWriter:
         backoff = 0.1
         while True:
             try:
-                async with self.maker() as session, session.begin():
-                    new = await insert_events(session, batch)
+                new = await self._insert(batch)
                 break
             except IntegrityError as exc:
                 # A row that cannot be stored (device deleted meanwhile) must not block
@@ -107,12 +106,25 @@ class EventWriter:
                 backoff = min(backoff * 2, 5.0)
         await self.after_commit(batch, new)
 
+    async def _insert(self, batch: list[EventRow]) -> set[tuple[str, str]]:
+        """Store the rows and commit; the new ones' keys.
+
+        On PostgreSQL the batch is one INSERT … ON CONFLICT DO NOTHING RETURNING, atomic
+        and durable by itself, so it runs without BEGIN and COMMIT: one round trip instead
+        of three before the devices are acked (each round trip a socket write that hands
+        the CPU to a backend on a shared core). SQLite commits as before."""
+        async with self.maker() as session:
+            if session.get_bind().dialect.name == "postgresql":
+                await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+                return await insert_events(session, batch)
+            async with session.begin():
+                return await insert_events(session, batch)
+
     async def _commit_one_by_one(self, batch: list[EventRow]) -> set[tuple[str, str]]:
         new: set[tuple[str, str]] = set()
         for row in batch:
             try:
-                async with self.maker() as session, session.begin():
-                    new |= await insert_events(session, [row])
+                new |= await self._insert([row])
             except IntegrityError as exc:
                 self.reject(
                     row.device_id,
