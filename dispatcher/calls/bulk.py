@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Table, event, insert
+from sqlalchemy import Table, event, insert, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.sql import ClauseElement, TableClause
@@ -25,7 +25,7 @@ from sqlalchemy.sql.util import find_tables
 
 from carecall.core.db import Base
 
-__all__ = ["add", "add_object", "defer"]
+__all__ = ["add", "add_object", "defer", "deferring", "draw_ids"]
 
 _KEY = "carecall.bulk_rows"
 _OBJECTS = "carecall.bulk_objects"  # set while ORM objects given to add_object wait
@@ -53,6 +53,23 @@ def add(session: AsyncSession, model: type[Base], row: dict[str, Any]) -> None:
     table = model.__table__
     assert isinstance(table, Table)
     pending.setdefault(table, []).append(row)
+
+
+def deferring(session: AsyncSession) -> bool:
+    """Whether this transaction buffers rows (:func:`defer`)."""
+    return _KEY in session.info
+
+
+async def draw_ids(session: AsyncSession, table: str, n: int) -> list[int]:
+    """``n`` ids from the sequence of ``table``'s id column, in one statement (PostgreSQL):
+    rows given their ids beforehand go in together (:func:`add_object`) instead of one
+    INSERT … RETURNING each. An id drawn and not used is a gap, as a rolled-back insert
+    leaves."""
+    drawn = await session.scalars(
+        text("SELECT nextval(pg_get_serial_sequence(:t, 'id')) FROM generate_series(1, :n)"),
+        {"t": table, "n": n},
+    )
+    return [int(i) for i in drawn]
 
 
 def add_object(session: AsyncSession, obj: Base) -> None:

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from device_gateway.models import DeviceEvent
 from dispatcher.audit.chain import AuditKind
+from dispatcher.calls import bulk, lifecycle, routing, timers
 from dispatcher.calls import escalation as esc
-from dispatcher.calls import lifecycle, routing, timers
 from dispatcher.calls import priority as prio
 from dispatcher.calls.actions import close_call, insert_call, record_received
 from dispatcher.calls.context import (
@@ -112,11 +112,7 @@ async def _draw_call_ids(session: AsyncSession, batch: IntakeBatch, events: Sequ
         return
     homes = {ev.home_id for ev in events if _may_open_call(ev) and not batch.open_calls.get(ev.home_id or "")}
     if len(homes) > 1:
-        drawn = await session.scalars(_DRAW_CALL_IDS, {"n": len(homes)})
-        batch.call_ids = list(drawn)
-
-
-_DRAW_CALL_IDS = text("SELECT nextval(pg_get_serial_sequence('calls', 'id')) FROM generate_series(1, :n)")
+        batch.call_ids = await bulk.draw_ids(session, "calls", len(homes))
 
 
 async def _read_registry(session: AsyncSession, batch: IntakeBatch, homes: list[str]) -> None:

@@ -143,12 +143,29 @@ class PagingReads:
     people: dict[str, list[Person]] = field(default_factory=dict)
     channels: dict[str, str] = field(default_factory=dict)  # staff id -> staff.channels
     messages: dict[int, _Message] = field(default_factory=dict)
+    # PostgreSQL, a batch's reads (load with several calls): ids for its new pages, drawn
+    # ahead in one statement, so they go in as one INSERT rather than a flush per step
+    steps: int = 0  # the paging steps the batch expects (load's calls)
+    page_ids: list[int] = field(default_factory=list)
+
+    async def new_page_ids(self, session: AsyncSession, n: int) -> list[int] | None:
+        """Ids for ``n`` new pages, or None: flush them for their ids (SQLite, a single
+        step, a transaction that does not defer its rows). A batch draws ids for its
+        steps' pages ahead (at least one a step), so a round of one-by-one pages is one
+        draw for the whole batch."""
+        if self.steps < 2 or not bulk.deferring(session) or session.get_bind().dialect.name != "postgresql":
+            return None
+        if len(self.page_ids) < n:
+            self.page_ids += await bulk.draw_ids(session, "pages", max(n - len(self.page_ids), self.steps))
+        ids, self.page_ids = self.page_ids[:n], self.page_ids[n:]
+        return ids
 
     async def load(
         self, session: AsyncSession, *, call_ids: Sequence[int], station_ids: Sequence[str], messages: bool
     ) -> None:
         """The calls' pages and the stations' people (and, with ``messages``, what the
         calls' page messages say) in a fixed number of statements."""
+        self.steps += len(set(call_ids))
         calls = sorted(set(call_ids) - set(self.pages))
         if calls:
             found = (
@@ -275,12 +292,18 @@ async def step(
     if policy.via:
         channel = policy.via[0]
     new_pages = []
-    for staff_id in decision.page:
+    ids = await reads.new_page_ids(session, len(decision.page)) if decision.page else None
+    for i, staff_id in enumerate(decision.page):
         page = Page(call_id=call_id, station_id=station_id, staff_id=staff_id, channel=channel, paged_at=now)
-        session.add(page)
+        if ids is not None:  # drawn ahead: goes in with the batch's other new pages
+            page.id = ids[i]
+            bulk.add_object(session, page)
+        else:
+            session.add(page)
         new_pages.append(page)
     if new_pages:
-        await session.flush()  # their ids: the audit rows and the messages name them
+        if ids is None:
+            await session.flush()  # their ids: the audit rows and the messages name them
         reads.paged(call_id, new_pages)
     for page in new_pages:
         await audit.append(

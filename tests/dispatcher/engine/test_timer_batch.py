@@ -119,8 +119,14 @@ async def test_a_timer_pass_takes_a_fixed_number_of_statements_plus_one_flush_pe
         + "; ".join(f"{k} {len(v)}" for k, v in passes.items())
     )
     for name, seen in passes.items():
-        per_timer = MAX_PER_PAGE_STEP if name.startswith("page") else 0
-        assert len(seen) <= MAX_FIXED + per_timer * len(calls), (name, Counter(seen))
+        # PostgreSQL: the batch's new pages take their ids from one draw and go in with one
+        # INSERT, the timed-out ones with the batch's flush: no statement per page step
+        # (measured 17 and 19 for the page rounds; 31 and 47 with a flush per step)
+        per_timer = MAX_PER_PAGE_STEP if name.startswith("page") and db_backend == "sqlite" else 0
+        assert len(seen) <= MAX_FIXED + 5 * (db_backend == "postgresql") + per_timer * len(calls), (
+            name,
+            Counter(seen),
+        )
     async with maker() as s:
         statuses = Counter((await s.scalars(select(Timer.status))).all())
     assert statuses["firing"] == 0, statuses
