@@ -116,28 +116,30 @@ async def _draw_call_ids(session: AsyncSession, batch: IntakeBatch, events: Sequ
 
 
 async def _read_registry(session: AsyncSession, batch: IntakeBatch, homes: list[str]) -> None:
-    found = (await session.scalars(select(Home).where(Home.id.in_(homes)))).all()
-    batch.homes.update({h.id: h for h in found})
-    residents: dict[str, Resident | None] = dict.fromkeys(homes)
-    rows = await session.scalars(
-        select(Resident)
-        .where(Resident.home_id.in_(homes))
-        .order_by(Resident.home_id, Resident.capacity_level.desc(), Resident.id)
+    """The homes with their residents in one statement; on PostgreSQL the homes locked, in
+    id order: two copies with events of one home take turns here, so the second sees the
+    call the first opened and joins it. (The chain lock used to serialise all intake; it
+    is now taken only at commit.)"""
+    stmt = (
+        select(Home, Resident)
+        .outerjoin(Resident, Resident.home_id == Home.id)
+        .where(Home.id.in_(homes))
+        .order_by(Home.id, Resident.capacity_level.desc(), Resident.id)
     )
-    for r in rows:
-        if residents.get(r.home_id) is None:
-            residents[r.home_id] = r  # the same choice as _resident_of: most dependent first
+    if is_pg(session):
+        stmt = stmt.with_for_update(of=Home)
+    residents: dict[str, Resident | None] = dict.fromkeys(homes)
+    for home, resident in (await session.execute(stmt)).all():
+        batch.homes[home.id] = home
+        if resident is not None and residents.get(home.id) is None:
+            residents[home.id] = resident  # the same choice as _resident_of: most dependent first
     batch.residents.update(residents)
 
 
 async def _read_open_calls(
     session: AsyncSession, batch: IntakeBatch, homes: list[str], now: datetime
 ) -> None:
-    if is_pg(session):
-        # The homes first, in id order: two copies with events of one home take turns
-        # here, so the second sees the call the first opened and joins it. (The chain
-        # lock used to serialise all intake; it is now taken only at commit.)
-        await session.execute(select(Home.id).where(Home.id.in_(homes)).order_by(Home.id).with_for_update())
+    # the homes are locked already (_read_registry)
     stmt = (
         select(Call)
         .where(Call.home_id.in_(homes), Call.status.in_(_OPEN))

@@ -48,20 +48,18 @@ async def station_nodes(session: AsyncSession, *, batch: Batch) -> dict[str, rou
 
 async def _load_station_nodes(session: AsyncSession) -> dict[str, routing.StationNode]:
     busy = select(Assignment.staff_id).where(Assignment.active.is_(True))
-    counts = dict(
-        (
-            await session.execute(
-                select(Staff.station_id, func.count())
-                .where(
-                    Staff.on_duty.is_(True),
-                    Staff.role.in_(("responder", "nurse", "doctor")),
-                    Staff.id.not_in(busy),
-                )
-                .group_by(Staff.station_id)
-            )
-        ).all()
+    free = (
+        select(Staff.station_id.label("station_id"), func.count().label("n"))
+        .where(
+            Staff.on_duty.is_(True),
+            Staff.role.in_(("responder", "nurse", "doctor")),
+            Staff.id.not_in(busy),
+        )
+        .group_by(Staff.station_id)
+        .subquery()
     )
-    rows = (await session.scalars(select(Station))).all()
+    # one statement: the stations with their free responders counted
+    rows = (await session.execute(select(Station, free.c.n).outerjoin(free, free.c.station_id == Station.id))).all()
     return {
         s.id: routing.station_node(
             id=s.id,
@@ -71,9 +69,9 @@ async def _load_station_nodes(session: AsyncSession) -> dict[str, routing.Statio
             lat=s.lat,
             lon=s.lon,
             area=s.area,
-            on_duty_responders=int(counts.get(s.id, 0)),
+            on_duty_responders=int(n or 0),
         )
-        for s in rows
+        for s, n in rows
     }
 
 
