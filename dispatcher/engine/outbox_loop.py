@@ -102,6 +102,7 @@ class OutboxLoop(MqttLink):
             )
         for n, result in zip(plain, results, strict=True):
             await self._record_delivery(session, n, result, now)
+            await asyncio.sleep(0)  # a turn for the intake between rows (see timer_loop)
         for n, channel_result in zip(routed, channel_results, strict=True):
             await self._record_routed(session, n, channel_result, now)
 

@@ -116,6 +116,9 @@ class TimerLoop(DispatcherState):
                     out.merge(o)
                     late_s.append((now - timer.due_at).total_seconds())
                     fired += 1
+                    # a turn for the intake between timers: a batch's steps are Python
+                    # with their reads made, and a new call's commit must not wait for them
+                    await asyncio.sleep(0)
                 await timers.finish_taken(session, taken)  # fired / stale: one UPDATE each
                 await session.flush()  # before the commit takes the chain lock
         except Exception as exc:

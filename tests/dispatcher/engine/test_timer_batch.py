@@ -11,8 +11,10 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from itertools import pairwise
 from typing import Any
 
+import pytest
 from sqlalchemy import event, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -22,6 +24,7 @@ from config.settings import load_settings
 from device_gateway.store import insert_events
 from dispatcher.audit.models import AuditRow
 from dispatcher.audit.service import verify_log
+from dispatcher.calls import timers
 from dispatcher.calls.models import Call, Timer
 from dispatcher.engine.process import Dispatcher, load_context
 from dispatcher.notifications.models import Notification
@@ -265,3 +268,41 @@ async def test_stale_timers_of_a_batch_are_retired_once_each_with_their_reason(
     pending = Counter(t.call_id for t in timers if t.status == "pending")
     assert pending == Counter({c: 1 for c in calls if c not in acked})
     assert (await verify_log(maker)).ok
+
+
+async def test_a_batch_gives_other_tasks_a_turn_between_timers(
+    setup: tuple[Dispatcher, ManualClock, LogNotifier],
+    maker: async_sessionmaker[AsyncSession],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The batch's steps are Python once its reads are made (no statement between them on
+    PostgreSQL): without a yield between timers the intake's next commit, in the same
+    event loop, would wait for the whole batch. Another task runs between every two
+    timers."""
+    d, clock, _ = setup
+    calls = await _storm(maker, d)
+    clock.advance(20)  # the page rounds and reminders due
+    turns = 0
+    seen_at: list[int] = []  # the other task's turns when each timer began
+    real_fire = timers.fire_timer
+
+    async def fire_timer(*args: Any, **kwargs: Any) -> Any:
+        seen_at.append(turns)
+        return await real_fire(*args, **kwargs)
+
+    monkeypatch.setattr(timers, "fire_timer", fire_timer)
+    done = asyncio.Event()
+
+    async def other() -> None:
+        nonlocal turns
+        while not done.is_set():
+            turns += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(other())
+    fired = await d.timers_once()
+    done.set()
+    await task
+    assert fired == len(calls) * 2 == len(seen_at)
+    waits = [b - a for a, b in pairwise(seen_at)]
+    assert all(w > 0 for w in waits), f"timers fired back to back without a turn for others: {waits}"
