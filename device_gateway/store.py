@@ -301,7 +301,7 @@ async def flush_states(
         result = await session.execute(
             update(DeviceState)
             .where(
-                DeviceState.device_id.in_(alive),
+                DeviceState.device_id.in_(sorted(alive)),
                 DeviceState.online.is_(False),
                 DeviceState.offline_since.is_not(None),
             )
@@ -311,7 +311,9 @@ async def flush_states(
         restored = [(d, s) for d, s in result.all()]
     trends = await _merged_trends(session, pending)
     rows = []
-    for device_id, p in pending.items():
+    # in device id order: two gateway copies flushing overlapping devices then lock their
+    # rows in the same order (in the order each first saw them, they deadlocked now and then)
+    for device_id, p in sorted(pending.items()):
         due = (
             p.last_seen + timedelta(seconds=heartbeat_s.get(device_id, 60) * intervals)
             if p.last_seen is not None
