@@ -19,6 +19,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
+from carecall.shell.bench_acklog import ack_log_path, ack_slice_ms, acks_logged
 from carecall.shell.bench_readings import readings_behind
 from carecall.shell.bench_targets import BenchConfig, Progress, Target, gateway_messages
 from simulators.loadgen import LoadGenerator, latency_summary, paho_client
@@ -393,6 +394,7 @@ def alarm_path(
         say(f"alarm path: telemetry behind capped at {behind:,.0f} msg/s (80 % of the sustained ingest)")
     gen = make_loadgen(t, "alarm")
     prefix = f"al{secrets.token_hex(3)}"
+    acks_before = {w.name: acks_logged(w.stats()) for w in t.gateways}
     try:
         secs = duration_s or cfg.alarm_s
         # the readings come from a process of their own (carecall/shell/bench_readings.py)
@@ -419,6 +421,11 @@ def alarm_path(
         f"({readings['sent']:,} readings sent by their own process): "
         f"ack p50 {summary['p50']} ms, p99 {summary['p99']} ms"
     )
+    inside = gateway_share(t, acks_before)
+    say(
+        f"  of which inside the gateway (event received → ack handed to its broker client, "
+        f"the commit between): p50 {inside['p50']} ms, p99 {inside['p99']} ms ({inside['count']} acks)"
+    )
     rows = wait_routed(t.db_url, prefix, len(keys), wait_s or (10 if cfg.quick else 30))
     opened = [(r[0], r[1], r[3]) for r in rows if r[2] == "opened" and r[3] is not None]
     # the console may still be catching up (a stream reopening): wait for it, bounded
@@ -438,6 +445,7 @@ def alarm_path(
         "all_acked": acked_all,
         "resends": resends,
         "ack_ms": summary,
+        "gateway_ack_ms": inside,
         "routed": sum(1 for r in rows if r[2] is not None),
         "opened": len(opened),
         "console_via": t.console_via,
@@ -449,6 +457,15 @@ def alarm_path(
         out.update({"bus_via": t.bus_via, "bus_ms": latency_summary(bus_ms), "bus_missing": bus_missing})
         say(f"event → call on the bus ({t.bus_via}): p99 {out['bus_ms']['p99']} ms")
     return out
+
+
+def gateway_share(t: Target, before: dict[str, int]) -> dict[str, float | int | None]:
+    """The gateways' own ack times (bench_acklog) since ``before`` (acks logged per worker)."""
+    time.sleep(0.3)  # the workers write their logs every 0.2 s
+    values: list[float] = []
+    for w in t.gateways:
+        values += ack_slice_ms(ack_log_path(w.stats_path), before.get(w.name, 0))
+    return latency_summary(values)
 
 
 def wait_seen(seen: Callable[[], dict[int, float]], ids: set[int], timeout_s: float) -> dict[int, float]:

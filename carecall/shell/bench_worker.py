@@ -37,6 +37,7 @@ from typing import Any
 
 from carecall.core.logs import configure_logging
 from carecall.core.metrics import REGISTRY
+from carecall.shell.bench_acklog import AckLog, ack_log_path
 from carecall.shell.runtime import (
     Core,
     Parts,
@@ -66,6 +67,7 @@ class _Stats:
         self.console_messages = 0
         self.ready = False
         self.dispatcher_stats: Any = None
+        self.ack_log = AckLog(ack_log_path(path))  # the gateway's share of each ack (bench_acklog)
 
     def snapshot(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -89,6 +91,7 @@ class _Stats:
                 "acks": gw.stats.acks,
                 "rejected": gw.rejects.total,
                 "queue": gw.writer.queue.qsize(),
+                "acks_logged": self.ack_log.written,
                 "connected": gw.connected.is_set(),
             }
         ds = self.dispatcher_stats
@@ -103,6 +106,8 @@ class _Stats:
         return out
 
     def write(self) -> None:
+        if self.gateway is not None:
+            self.ack_log.append(self.gateway.stats.ack_latencies_ms)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.snapshot()), encoding="utf-8")
         os.replace(tmp, self.path)
