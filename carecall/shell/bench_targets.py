@@ -27,15 +27,14 @@ from typing import Any
 
 import psutil
 
+from carecall.shell.bench_broker import bench_broker, forget_sessions
 from carecall.shell.bench_compare import dispatcher_loops_of
 from carecall.shell.bench_console import BusConsole, Consoles, WebConsole
 from carecall.shell.bench_retained import clear_run_retained, run_device_ids
 from carecall.shell.fleet_registry import Fleet, provision_fleet
-from simulators.loadgen import paho_client
 
 PG_ADMIN_URL = os.environ.get("CARECALL_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = "redis://127.0.0.1:6379/0"
-MOSQUITTO = ("127.0.0.1", 1883)
 
 Progress = Callable[[str], None]
 
@@ -51,6 +50,7 @@ class BenchConfig:
     gateway_lanes: str = "all"
     # real target: "all" (every copy runs every loop) or "split" (bench_compare.dispatcher_loops_of)
     dispatcher_lanes: str = "all"
+    broker: str = "machine"  # real target: the machine's Mosquitto or an own one (bench_broker)
     homes: int = 2_000
     phases: tuple[str, ...] = ("quiet", "contended", "flood")
 
@@ -477,30 +477,24 @@ def _admin(sql: str) -> None:
     asyncio.run(go())
 
 
-def _forget_sessions(client_ids: list[str]) -> None:
-    """Drop the persistent sessions our gateways left on the shared Mosquitto."""
-    for cid in client_ids:
-        with contextlib.suppress(Exception):
-            c = paho_client(MOSQUITTO[0], MOSQUITTO[1], cid)
-            c.disconnect()
-            c.loop_stop()
-
-
 @contextlib.contextmanager
 def real_target(cfg: BenchConfig, workdir: Path, say: Progress) -> Iterator[Target]:
     from carecall.core.db import make_engine, make_sessionmaker
     from carecall.core.migrate import upgrade
 
+    stack = contextlib.ExitStack()
+    mq = stack.enter_context(bench_broker(cfg.broker, workdir))
     missing = [
         n
         for n, a in (
-            ("Mosquitto", MOSQUITTO),
+            ("Mosquitto", mq),
             ("PostgreSQL", ("127.0.0.1", 5432)),
             ("Redis", ("127.0.0.1", 6379)),
         )
         if not reachable(a)
     ]
     if missing:
+        stack.close()
         raise RuntimeError(f"--target real needs {', '.join(missing)} on 127.0.0.1")
     name = f"carecall_bench_{secrets.token_hex(4)}"
     _admin(f'CREATE DATABASE "{name}"')
@@ -525,7 +519,7 @@ def real_target(cfg: BenchConfig, workdir: Path, say: Progress) -> Iterator[Targ
         base_env = {
             "CARECALL_DATABASE_URL": db_url,
             "CARECALL_REDIS_URL": REDIS_URL,
-            "CARECALL_MQTT_URL": f"mqtt://{MOSQUITTO[0]}:{MOSQUITTO[1]}",
+            "CARECALL_MQTT_URL": f"mqtt://{mq[0]}:{mq[1]}",
             "CARECALL_MQTT_SHARED_GROUP": group,
             "CARECALL_SECRET_KEY": web.env["CARECALL_SECRET_KEY"],  # one key for every copy
         }
@@ -560,18 +554,20 @@ def real_target(cfg: BenchConfig, workdir: Path, say: Progress) -> Iterator[Targ
         console = Consoles(bus=BusConsole(REDIS_URL))
         console.sse = sse = web.connect()
         say(
-            f"real target up: Mosquitto {MOSQUITTO[0]}:{MOSQUITTO[1]}, PostgreSQL {name}, Redis; "
+            f"real target up: Mosquitto {mq[0]}:{mq[1]} ({cfg.broker}), PostgreSQL {name}, Redis; "
             f"{cfg.real_gateways} gateway(s) ({cfg.gateway_lanes} lanes), {cfg.real_dispatchers} "
             f"dispatcher(s) ({', '.join(loops)}), 1 web server on {web.url} (pids {', '.join(str(w.proc.pid) for w in workers)}); "
             f"console: {web.via}"
         )
-        split = (", split lanes" if cfg.gateway_lanes == "split" else "") + (
-            ", intake apart" if cfg.dispatcher_lanes == "split" else ""
+        split = (
+            (", split lanes" if cfg.gateway_lanes == "split" else "")
+            + (", intake apart" if cfg.dispatcher_lanes == "split" else "")
+            + (", own broker" if cfg.broker == "own" else "")
         )
         yield Target(
             name=f"real ({cfg.real_gateways} gw{split}, {cfg.real_dispatchers} dsp)",
-            host=MOSQUITTO[0],
-            port=MOSQUITTO[1],
+            host=mq[0],
+            port=mq[1],
             loadgen_creds=(None, None),
             observer_creds=(None, None),
             db_url=db_url,
@@ -590,8 +586,9 @@ def real_target(cfg: BenchConfig, workdir: Path, say: Progress) -> Iterator[Targ
             console.close()
         for w in workers:
             w.stop()
-        _forget_sessions(instances)
+        forget_sessions(mq, instances)
         with contextlib.suppress(Exception):
             _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         if run_ids:  # last, the gateways gone: none answers a status with a config any more
-            clear_run_retained(MOSQUITTO[0], MOSQUITTO[1], run_ids, say)
+            clear_run_retained(mq[0], mq[1], run_ids, say)
+        stack.close()

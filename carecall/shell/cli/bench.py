@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from carecall.shell.bench import render, run_bench
+from carecall.shell.bench_broker import BROKERS
 from carecall.shell.bench_compare import (
     DEFAULT_PHASES,
     check_phases_for_targets,
@@ -62,6 +63,14 @@ def bench_command(
             "the others the timers, outbox and the rest: carecall dispatcher --loops)."
         ),
     ] = "all",
+    broker: Annotated[
+        str,
+        typer.Option(
+            help="Real target: machine (the Mosquitto on 127.0.0.1:1883, as installed) or own "
+            "(a Mosquitto the bench starts with the settings CareCall deploys, carecall "
+            "broker-config's: no Nagle delay, a deep queue per session)."
+        ),
+    ] = "machine",
     json_file: Annotated[
         Path | None, typer.Option("--json", help="Write every figure and verdict as JSON here.")
     ] = None,
@@ -88,6 +97,8 @@ def bench_command(
     targets = ("embedded", "real") if target == "all" else (target,)
     if gateway_lanes not in ("all", "split"):
         raise typer.BadParameter("--gateway-lanes must be all or split")
+    if broker not in BROKERS:
+        raise typer.BadParameter("--broker must be machine or own")
     try:
         selected = parse_phases(phases)
         check_phases_for_targets(targets, selected)
@@ -105,6 +116,7 @@ def bench_command(
         phases=selected,
         gateway_lanes=gateway_lanes,
         dispatcher_lanes=dispatcher_lanes,
+        broker=broker,
     )
     t0 = time.monotonic()
 
