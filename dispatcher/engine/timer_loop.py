@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dispatcher.audit import service as audit
 from dispatcher.audit.chain import AuditKind
 from dispatcher.calls import bulk, failures, outbox, timers
-from dispatcher.calls.context import Outcome
+from dispatcher.calls.context import Outcome, is_pg
 from dispatcher.calls.models import Call, FailureKind, Timer
 from dispatcher.engine import handling
 from dispatcher.engine.base import DispatcherState
@@ -29,7 +29,17 @@ from dispatcher.engine.metrics import TIMER_LATE, TIMERS_FIRED
 log = structlog.get_logger("carecall.dispatcher")
 
 
+# Timers a pass takes: TIMER_BATCH while the loop keeps up; while passes come back full
+# (a storm's reminders and page rounds, due by the thousand within seconds) the next
+# takes twice as many, up to TIMER_BATCH_MAX on PostgreSQL: a pass's statements do not
+# grow with its timers, so a bigger pass is what lets the loop catch up. SQLite keeps
+# TIMER_BATCH (its one writer).
+TIMER_BATCH = 50
+TIMER_BATCH_MAX = 400
+
+
 class TimerLoop(DispatcherState):
+    _timer_batch: int = TIMER_BATCH  # the next pass's size (grows while passes are full)
     async def _timer_loop(self) -> None:
         """Fire due timers; between rounds sleep until the next one is due (at most
         ``timer_poll_s``, which also covers timers other copies scheduled), or until this
@@ -91,10 +101,14 @@ class TimerLoop(DispatcherState):
                 w.cancel()
             await asyncio.gather(*waits, return_exceptions=True)
 
-    async def timers_once(self, limit: int = 50) -> int:
+    async def timers_once(self, limit: int | None = None) -> int:
         """Fire due timers: first those whose firing failed before and are due for another
-        attempt, one at a time; then a batch. A batch that fails (not for an unavailable
+        attempt, one at a time; then a batch (``limit``, else the pass size TIMER_BATCH
+        grows to while passes are full). A batch that fails (not for an unavailable
         database) is redone one timer at a time, so one bad timer cannot stop escalation."""
+        adaptive = limit is None
+        limit = self._timer_batch if limit is None else limit
+        pg = False
         retried = await self._retry_failed_timers(limit)
         now = self.clock.now()
         out = Outcome()
@@ -102,6 +116,7 @@ class TimerLoop(DispatcherState):
         late_s: list[float] = []
         try:
             async with self.maker() as session, session.begin():
+                pg = is_pg(session)
                 bulk.defer(session)  # next timers and outbox rows: one INSERT per table, first
                 audit.defer(session)  # timer rows and calls locked first, the chain at commit
                 due = await timers.claim_due_timers(session, limit=limit, now=now)
@@ -129,6 +144,9 @@ class TimerLoop(DispatcherState):
         if fired:
             await self._announce(out)  # the consoles first, right after the commit
             TIMERS_FIRED.labels("handled").inc(fired)
+        if adaptive:
+            full = pg and len(due) >= limit
+            self._timer_batch = min(limit * 2, TIMER_BATCH_MAX) if full else TIMER_BATCH
         for late in late_s:
             self._timer_fired(late)
         return retried + fired

@@ -306,3 +306,22 @@ async def test_a_batch_gives_other_tasks_a_turn_between_timers(
     assert fired == len(calls) * 2 == len(seen_at)
     waits = [b - a for a, b in pairwise(seen_at)]
     assert all(w > 0 for w in waits), f"timers fired back to back without a turn for others: {waits}"
+
+
+async def test_passes_grow_while_they_are_full_on_postgresql(
+    setup: tuple[Dispatcher, ManualClock, LogNotifier],
+    maker: async_sessionmaker[AsyncSession],
+    db_backend: str,
+) -> None:
+    """A backlog of due timers (a storm's reminders and page rounds) is fired in passes
+    twice as big each time one is full; a pass that is not full resets the size. SQLite
+    keeps the small pass."""
+    d, clock, _ = setup
+    calls = await _storm(maker, d, prefixes=tuple(f"g{i}" for i in range(10)))
+    clock.advance(20)  # each call's page round and reminder: 160 timers due
+    passes = []
+    while n := await d.timers_once():
+        passes.append(n)
+    assert sum(passes) == 2 * len(calls) == 160
+    assert passes == ([50, 100, 10] if db_backend == "postgresql" else [50, 50, 50, 10]), passes
+    assert d._timer_batch == 50
