@@ -22,6 +22,10 @@ class MqttTarget:
     username: str | None
     password: str | None
     tls: bool
+    # The broker refuses every uplink channel the contract does not name (the embedded
+    # broker's rules, device_gateway/broker.py), so the gateway subscribes by name
+    # (device_gateway/lanes.py ``lane_plan``).
+    named_channels: bool = False
 
     @classmethod
     def from_url(cls, url: str) -> MqttTarget:

@@ -131,7 +131,9 @@ class Gateway:
             intake=self.intake,
             writer=self.writer,
         )
-        self.plan = lane_plan(lane, telemetry_qos=telemetry_qos, shared_group=shared_group)
+        self.plan = lane_plan(
+            lane, telemetry_qos=telemetry_qos, shared_group=shared_group, by_name=mqtt.named_channels
+        )
         self.shed = ShedCounts()
         self._shed_reported = (0, 0)
         self._readings_queue = readings_queue(

@@ -386,7 +386,7 @@ async def embedded_broker(
     # Registry changes (disable, re-key, removal) close a device's connection at once.
     follow = asyncio.create_task(broker.follow(core.bus), name="broker-follow")
     try:
-        yield MqttTarget(host, port, PLATFORM_USER, password, tls=False)
+        yield MqttTarget(host, port, PLATFORM_USER, password, tls=False, named_channels=True)
     finally:
         follow.cancel()
         await asyncio.gather(follow, return_exceptions=True)
