@@ -54,6 +54,7 @@ class EventWriter:
         self.reject = reject
         self.queue: asyncio.Queue[EventRow] = asyncio.Queue(maxsize=100_000)
         self.committing = False
+        self.enqueued = 0  # events taken into the queue so far
         self.on_stored: Callable[[list[EventRow]], Awaitable[None]] | None = None
 
     @property
@@ -64,6 +65,7 @@ class EventWriter:
     def enqueue(self, row: EventRow) -> None:
         try:
             self.queue.put_nowait(row)
+            self.enqueued += 1
         except asyncio.QueueFull:
             # Back-pressure: not acked, so the device resends once we have room.
             self.rejects.add(row.device_id, "overloaded")
