@@ -48,6 +48,7 @@ __all__ = ["WriteGate", "alarm_first", "install_write_gate", "write_gate"]
 _ALARM: ContextVar[bool] = ContextVar("carecall_sqlite_alarm_first", default=False)
 # Statements that never take SQLite's write lock; every other statement may.
 _READS = ("SELECT", "PRAGMA", "EXPLAIN")
+_WRITE_WORDS = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 _GATES: weakref.WeakKeyDictionary[Engine, WriteGate] = weakref.WeakKeyDictionary()
 
 
@@ -131,8 +132,15 @@ class WriteGate:
                 q.remove(entry)
 
 
-def _writes(statement: str) -> bool:
-    return not statement.lstrip()[:7].upper().startswith(_READS)
+def _writes(statement: str, context: Any) -> bool:
+    """Whether a statement may take SQLite's write lock. A compiled statement says so
+    itself (a ``WITH … SELECT`` is a read); a textual one by its first word."""
+    if context is not None and context.compiled is not None and not context.is_text:
+        return bool(context.isinsert or context.isupdate or context.isdelete or context.isddl)
+    head = statement.lstrip()[:8].upper()
+    if head.startswith("WITH"):
+        return any(w in statement.upper() for w in _WRITE_WORDS)
+    return not head.startswith(_READS)
 
 
 def install_write_gate(engine: Engine, gate: WriteGate | None = None) -> WriteGate:
@@ -142,10 +150,10 @@ def install_write_gate(engine: Engine, gate: WriteGate | None = None) -> WriteGa
 
     @event.listens_for(engine, "before_cursor_execute")
     def _before(
-        conn: Connection, _cursor: Any, statement: str, _params: Any, _context: Any, _many: bool
+        conn: Connection, _cursor: Any, statement: str, _params: Any, context: Any, _many: bool
     ) -> None:
         owner = conn.connection.dbapi_connection
-        if owner is None or gate.holds(owner) or not _writes(statement):
+        if owner is None or gate.holds(owner) or not _writes(statement, context):
             return
         await_only(gate.acquire(owner, alarm=_ALARM.get()))
 

@@ -109,3 +109,27 @@ async def test_engine_writers_wait_on_the_gate_and_the_alarm_commits_first(tmp_p
         assert gate.holder is None and gate.waiting == 0
     finally:
         await engine.dispose()
+
+
+async def test_reads_never_take_the_gate_not_even_a_cte(tmp_path: Path) -> None:
+    """A read (a recursive CTE included, as the console's station subtree) must not hold
+    the writers back for as long as its session stays open."""
+    from sqlalchemy import Integer, column, literal, select, table
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'reads.db'}")
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, who TEXT)"))
+        gate = write_gate(engine.sync_engine)
+        assert gate is not None
+        t = table("t", column("id", Integer))
+        tree = select(literal(1).label("n")).cte("tree", recursive=True)
+        tree = tree.union_all(select((tree.c.n + 1).label("n")).where(tree.c.n < 3))
+        async with engine.connect() as reader:
+            assert len((await reader.execute(select(tree.c.n))).all()) == 3
+            await reader.execute(select(t.c.id))
+            await reader.execute(text("WITH x AS (SELECT 1) SELECT * FROM x"))
+            assert gate.holder is None
+            await _insert(engine, "writer", [])  # not held back by the open reader
+    finally:
+        await engine.dispose()
