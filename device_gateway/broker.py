@@ -19,8 +19,8 @@ A subclass of amqtt's ``Broker`` fixes what amqtt 0.12.1 gets wrong for this con
   (stock amqtt flags them retained, so a gateway would mistake fresh events for history);
 * it broadcasts over a snapshot of the subscription table (stock amqtt loses a message
   when a client subscribes while it is being delivered);
-* it delivers alarms before readings, in batches, with no task per topic check
-  (device_gateway/broker_queue.py): sharing a core, stock amqtt stalled a storm's SOS;
+* it delivers alarms before readings, takes a client's messages in batches, with no
+  task per topic check (device_gateway/broker_queue.py): stock amqtt stalled a storm;
 * amqtt has no shared subscriptions: a ``$share/{group}/{filter}`` filter is kept
   literally and never matches a publish. The subclass matches it as ``{filter}``, so a
   single gateway can use the same subscription on both brokers. Every member of a group
@@ -56,7 +56,7 @@ from amqtt.utils import gen_client_id
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from device_gateway.broker_queue import BROADCAST_BATCH, DELIVERY_BATCH, AlarmsFirstQueue
+from device_gateway.broker_queue import DELIVERY_BATCH, AlarmsFirstQueue
 from device_gateway.changes import DEVICES_CHANNEL, announced_ids
 from device_gateway.credentials import verify_secret
 from device_gateway.models import Device
@@ -442,16 +442,6 @@ class _CareCallBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hint
         subscribes meanwhile raises "dictionary changed size during iteration" and the
         message is lost for every subscriber. Iterate over a snapshot instead."""
         broadcast = await self._broadcast_queue.get()
-        for _ in range(BROADCAST_BATCH):
-            await self._broadcast_one(broadcast, running_tasks)
-            if self._broadcast_queue.empty():
-                return
-            broadcast = self._broadcast_queue.get_nowait()
-        await self._broadcast_one(broadcast, running_tasks)
-
-    async def _broadcast_one(self, broadcast: dict[str, Any], running_tasks: Any) -> None:
-        """One message to every matching subscriber (amqtt's loop takes one message per
-        task and two loop turns; ``_run_broadcast`` takes what is queued, up to a batch)."""
         topic = broadcast["topic"]
         for k_filter, subscriptions in list(self._subscriptions.items()):
             if not self._matches(topic, k_filter):

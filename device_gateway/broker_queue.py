@@ -15,10 +15,8 @@ import asyncio
 import collections
 from typing import Any, Final
 
-__all__ = ["BROADCAST_BATCH", "DELIVERY_BATCH", "AlarmsFirstQueue"]
+__all__ = ["DELIVERY_BATCH", "AlarmsFirstQueue"]
 
-# broadcasts taken in one turn of the broker's broadcast loop (alarms first: AlarmsFirstQueue)
-BROADCAST_BATCH: Final = 32
 # messages of one client handled in one turn of its connection loop
 DELIVERY_BATCH: Final = 32
 
