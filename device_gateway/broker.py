@@ -19,6 +19,8 @@ A subclass of amqtt's ``Broker`` fixes what amqtt 0.12.1 gets wrong for this con
   (stock amqtt flags them retained, so a gateway would mistake fresh events for history);
 * it broadcasts over a snapshot of the subscription table (stock amqtt loses a message
   when a client subscribes while it is being delivered);
+* it delivers alarms before readings, takes a client's messages in batches, with no
+  task per topic check (device_gateway/broker_queue.py): stock amqtt stalled a storm;
 * amqtt has no shared subscriptions: a ``$share/{group}/{filter}`` filter is kept
   literally and never matches a publish. The subclass matches it as ``{filter}``, so a
   single gateway can use the same subscription on both brokers. Every member of a group
@@ -54,6 +56,7 @@ from amqtt.utils import gen_client_id
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from device_gateway.broker_queue import DELIVERY_BATCH, AlarmsFirstQueue
 from device_gateway.changes import DEVICES_CHANNEL, announced_ids
 from device_gateway.credentials import verify_secret
 from device_gateway.models import Device
@@ -222,7 +225,6 @@ class AccessPolicy:
 
 # --------------------------------------------------------------------------- amqtt glue
 
-
 @dataclass
 class _PluginConfig:
     """amqtt builds each plugin's config from a dict; this carries the shared policy."""
@@ -289,10 +291,40 @@ class _CareCallBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hint
 
     _DRAIN_S: Final = 2.0
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], policy: AccessPolicy | None = None) -> None:
         super().__init__(config)
         self._connections: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._policy = policy
+        self._broadcast_queue = AlarmsFirstQueue()
+
+    async def _handle_message_delivery(
+        self, client_session: Session, handler: BrokerProtocolHandler, wait_deliver: asyncio.Future[Any]
+    ) -> bool:
+        """amqtt's, then the same for what else the client sent meanwhile, up to a batch:
+        its connection loop waits on four futures per message (two loop turns each)."""
+        if not await super()._handle_message_delivery(client_session, handler, wait_deliver):
+            return False
+        queue = client_session.delivered_message_queue
+        for _ in range(DELIVERY_BATCH):
+            if queue.empty():
+                break
+            taken: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            taken.set_result(queue.get_nowait())
+            if not await super()._handle_message_delivery(client_session, handler, taken):
+                return False
+        return True
+
+    async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
+        """The policy asked directly (the broker's only topic rule, ``start``): amqtt's
+        plugin manager runs each check as a task and gathers it, two loop turns for every
+        incoming message and every subscriber of every broadcast."""
+        if self._policy is None:
+            return bool(await super()._topic_filtering(session, topic, action))
+        principal = session.attributes.get(_PRINCIPAL_KEY) if session is not None else None
+        if not isinstance(principal, Principal) or topic is None or action is None:
+            return False
+        return self._policy.allows(principal, topic, action)
 
     async def stream_connected(self, reader: Any, writer: Any, listener_name: str) -> None:
         """Track each connection's task so ``close`` can end them. asyncio (3.11) logs a
@@ -504,7 +536,7 @@ class EmbeddedBroker:
                 f"{__name__}._TopicPlugin": plugin_config,
             },
         }
-        broker = _CareCallBroker(config)
+        broker = _CareCallBroker(config, self.policy)
         await broker.start()
         self._broker = broker
         log.info("embedded MQTT broker listening on %s:%d", self.host, self.port)

@@ -70,7 +70,9 @@ def lane_takes(lane: Lane, channel: p.Channel) -> bool:
     return channel is not p.Channel.telemetry
 
 
-def lane_plan(lane: Lane, *, telemetry_qos: int, shared_group: str | None) -> list[Connection]:
+def lane_plan(
+    lane: Lane, *, telemetry_qos: int, shared_group: str | None, by_name: bool = False
+) -> list[Connection]:
     """The broker connections of a lane, with subscriptions that never overlap.
 
     ``all`` is today's layout (device_gateway/mqtt.py ``subscriptions`` and
@@ -79,23 +81,39 @@ def lane_plan(lane: Lane, *, telemetry_qos: int, shared_group: str | None) -> li
     (``{root}/bogus``) is then not received by either lane: the broker's rules
     (``carecall broker-config``) refuse it, as with telemetry at QoS 0 in ``all``.
     ``readings`` subscribes to the telemetry channel only, at ``telemetry_qos``.
+
+    ``by_name`` (a broker that refuses unnamed channels: the embedded one) makes ``all``
+    the two lanes' subscriptions on its two connections: the readings connection then
+    takes readings only, not a QoS 0 copy of every event, ack and config, which the
+    one-process broker delivered, and the gateway parsed, only to drop them (issue 15).
     """
     group = lane_group(lane, shared_group)
+    if lane is Lane.all and by_name and telemetry_qos == 0:
+        return [
+            Connection("main", _share(group, _alarm_filters()), True),
+            Connection("telemetry", _share(group, [_telemetry_filter(0)]), False),
+        ]
     if lane is Lane.all:
         subs = subscriptions(telemetry_qos=telemetry_qos, shared_group=group)
         return [Connection(role, tuple(s), role == "main") for role, s in connections(subs)]
-    root = p.TOPIC_PREFIX
     if lane is Lane.events:
-        base = [
-            (f"{root}/+/{p.Channel.events.value}", 1),
-            (f"{root}/+/{p.Channel.status.value}", 1),
-            (f"{root}/+/+/+/#", 1),  # anything deeper, anything shallower: bad_topic
-            (f"{root}/+", 1),
-        ]
-        role = "main"
-    else:
-        base = [(f"{root}/+/{p.Channel.telemetry.value}", telemetry_qos)]
-        role = "telemetry"
-    if group:
-        base = [(f"$share/{group}/{t}", q) for t, q in base]
-    return [Connection(role, tuple(base), True)]
+        return [Connection("main", _share(group, _alarm_filters()), True)]
+    return [Connection("telemetry", _share(group, [_telemetry_filter(telemetry_qos)]), True)]
+
+
+def _alarm_filters() -> list[tuple[str, int]]:
+    root = p.TOPIC_PREFIX
+    return [
+        (f"{root}/+/{p.Channel.events.value}", 1),
+        (f"{root}/+/{p.Channel.status.value}", 1),
+        (f"{root}/+/+/+/#", 1),  # anything deeper, anything shallower: bad_topic
+        (f"{root}/+", 1),
+    ]
+
+
+def _telemetry_filter(qos: int) -> tuple[str, int]:
+    return (f"{p.TOPIC_PREFIX}/+/{p.Channel.telemetry.value}", qos)
+
+
+def _share(group: str | None, base: list[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
+    return tuple((f"$share/{group}/{t}", q) for t, q in base) if group else tuple(base)

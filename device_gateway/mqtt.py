@@ -22,6 +22,15 @@ class MqttTarget:
     username: str | None
     password: str | None
     tls: bool
+    # The broker refuses every uplink channel the contract does not name (the embedded
+    # broker's rules, device_gateway/broker.py), so the gateway subscribes by name
+    # (device_gateway/lanes.py ``lane_plan``).
+    named_channels: bool = False
+    # QoS 1 publishes a client keeps in flight (paho's window). The embedded broker shares
+    # the client's event loop, so a PUBACK costs loop turns, not a network round trip; a
+    # window of 200 there held a storm's acks in the gateway's queue (1,870 waiting) until
+    # the devices resent (issue 15).
+    max_inflight: int = 200
 
     @classmethod
     def from_url(cls, url: str) -> MqttTarget:
@@ -55,7 +64,7 @@ def mqtt_client(
         protocol=aiomqtt.ProtocolVersion.V311,
         keepalive=keepalive,
         timeout=10,
-        max_inflight_messages=200,
+        max_inflight_messages=target.max_inflight,
         max_queued_outgoing_messages=100_000,
         tls_context=ssl.create_default_context() if target.tls else None,
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],

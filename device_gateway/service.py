@@ -62,6 +62,20 @@ YIELD_EVERY = 32  # messages handled before the intake lets other tasks run
 SHED_REPORT_S = 10.0  # how often shed readings are logged (when there were any)
 
 
+def yield_after(handled: int, alarm_work: bool, took_event: bool) -> bool:
+    """Whether the intake lets other tasks run after its ``handled``-th message.
+
+    A queued message is taken without suspending, so a backlog of readings would be
+    drained in one go while the event writer's commit and the acks wait: every
+    ``YIELD_EVERY`` messages, let them run. While an event is being stored, after every
+    message that was not itself an event for the writer: each step of the commit waits
+    for one turn of the loop, and 32 junk messages a turn made an alarm wait 100 ms
+    behind a flood. Events are taken up to ``YIELD_EVERY`` a turn: they go into the
+    writer's next batch, and one turn each held a storm's intake to the loop's turn rate
+    (a few hundred a second in the one-process target, issue 15)."""
+    return handled % YIELD_EVERY == 0 or (alarm_work and not took_event)
+
+
 class Gateway:
     def __init__(
         self,
@@ -131,7 +145,9 @@ class Gateway:
             intake=self.intake,
             writer=self.writer,
         )
-        self.plan = lane_plan(lane, telemetry_qos=telemetry_qos, shared_group=shared_group)
+        self.plan = lane_plan(
+            lane, telemetry_qos=telemetry_qos, shared_group=shared_group, by_name=mqtt.named_channels
+        )
         self.shed = ShedCounts()
         self._shed_reported = (0, 0)
         self._readings_queue = readings_queue(
@@ -364,18 +380,13 @@ class Gateway:
                     )
                     handled = 0
                     async for message in client.messages:
+                        queued = self.writer.enqueued
                         try:
                             await self.intake.on_message(message, role)
                         except Exception:  # never let one message stop the gateway
                             log.exception("gateway.message_failed", topic=str(message.topic))
                         handled += 1
-                        if handled % YIELD_EVERY == 0 or self.writer.alarm_work:
-                            # A queued message is taken without suspending, so a backlog
-                            # of readings would be drained in one go while the event
-                            # writer's commit and the acks wait: let them run. While an
-                            # event is being stored, after every message: each step of
-                            # its commit waits for one turn of the loop, and 32 junk
-                            # messages a turn made an alarm wait 100 ms behind a flood.
+                        if yield_after(handled, self.writer.alarm_work, self.writer.enqueued != queued):
                             await asyncio.sleep(0)
             except aiomqtt.MqttError as exc:
                 if main and self._up.get(role):

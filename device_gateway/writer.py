@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from carecall.core import metrics as m
 from carecall.core.bus import MemoryBus, RedisBus
+from carecall.core.sqlite_gate import alarm_first
 from device_gateway import protocol as p
 from device_gateway.downlink import Downlink
 from device_gateway.stats import GatewayStats
@@ -53,6 +54,7 @@ class EventWriter:
         self.reject = reject
         self.queue: asyncio.Queue[EventRow] = asyncio.Queue(maxsize=100_000)
         self.committing = False
+        self.enqueued = 0  # events taken into the queue so far
         self.on_stored: Callable[[list[EventRow]], Awaitable[None]] | None = None
 
     @property
@@ -63,6 +65,7 @@ class EventWriter:
     def enqueue(self, row: EventRow) -> None:
         try:
             self.queue.put_nowait(row)
+            self.enqueued += 1
         except asyncio.QueueFull:
             # Back-pressure: not acked, so the device resends once we have room.
             self.rejects.add(row.device_id, "overloaded")
@@ -88,6 +91,13 @@ class EventWriter:
             await asyncio.sleep(0.01)
 
     async def commit(self, batch: list[EventRow]) -> None:
+        # On SQLite the devices wait for this commit's ack: it takes the write lock before
+        # any other waiting writer (carecall/core/sqlite_gate.py; no-op on PostgreSQL).
+        with alarm_first():
+            new = await self._store(batch)
+        await self.after_commit(batch, new)
+
+    async def _store(self, batch: list[EventRow]) -> set[tuple[str, str]]:
         backoff = 0.1
         while True:
             try:
@@ -97,14 +107,13 @@ class EventWriter:
                 # A row that cannot be stored (device deleted meanwhile) must not block
                 # the others: store one by one and reject the bad ones.
                 log.warning("gateway.batch_integrity_error", error=str(exc.orig)[:200], size=len(batch))
-                new = await self._commit_one_by_one(batch)
-                break
+                return await self._commit_one_by_one(batch)
             except (OperationalError, DBAPIError, OSError) as exc:
                 m.DB_ERRORS.inc()
                 log.warning("gateway.db_unavailable", error=str(exc)[:200], retry_s=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-        await self.after_commit(batch, new)
+        return new
 
     async def _insert(self, batch: list[EventRow]) -> set[tuple[str, str]]:
         """Store the rows and commit; the new ones' keys.

@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("carecall.runtime")
 
 PLATFORM_USER = "carecall-platform"
+# the platform's QoS 1 window on the embedded broker (device_gateway/mqtt.py MqttTarget)
+EMBEDDED_INFLIGHT = 5_000
 
 
 @dataclass
@@ -386,7 +388,9 @@ async def embedded_broker(
     # Registry changes (disable, re-key, removal) close a device's connection at once.
     follow = asyncio.create_task(broker.follow(core.bus), name="broker-follow")
     try:
-        yield MqttTarget(host, port, PLATFORM_USER, password, tls=False)
+        yield MqttTarget(
+            host, port, PLATFORM_USER, password, tls=False, named_channels=True, max_inflight=EMBEDDED_INFLIGHT
+        )
     finally:
         follow.cancel()
         await asyncio.gather(follow, return_exceptions=True)

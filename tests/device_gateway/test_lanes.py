@@ -70,6 +70,28 @@ def test_the_all_lane_is_the_one_process_layout_as_before(qos: int) -> None:
     assert [c.primary for c in plan] == [c.role == "main" for c in plan]
 
 
+@pytest.mark.parametrize("group", [None, "grp"])
+def test_on_a_broker_that_names_channels_the_readings_connection_takes_readings_only(
+    group: str | None,
+) -> None:
+    """The embedded broker refuses unnamed channels, so its gateway subscribes by name: no
+    QoS 0 copy of every event, ack and config on the readings connection (issue 15)."""
+    plan = lane_plan(Lane.all, telemetry_qos=0, shared_group=group, by_name=True)
+    assert [(c.role, c.primary) for c in plan] == [("main", True), ("telemetry", False)]
+    unshared = [{t.split("/", 2)[2] if group else t: q for t, q in c.subscriptions} for c in plan]
+    assert unshared == [_filters(Lane.events, group=None), {f"{ROOT}/+/telemetry": 0}]
+    if group:
+        assert all(t.startswith(f"$share/{group}/") for c in plan for t, _q in c.subscriptions)
+
+
+def test_a_gateway_on_a_broker_that_names_channels_subscribes_by_name() -> None:
+    assert MqttTarget.from_url("mqtt://127.0.0.1:1883").named_channels is False
+    gw = _gateway(Lane.all, MqttTarget("127.0.0.1", 1, None, None, tls=False, named_channels=True))
+    assert {t for c in gw.plan if c.role == "telemetry" for t, _q in c.subscriptions} == {
+        f"$share/grp/{ROOT}/+/telemetry"
+    }
+
+
 def test_each_lane_takes_its_own_channels() -> None:
     uplink = [p.Channel.events, p.Channel.status, p.Channel.telemetry]
     assert [lane_takes(Lane.all, c) for c in uplink] == [True, True, True]
@@ -83,13 +105,13 @@ def test_lane_copies_have_names_and_client_ids_of_their_own() -> None:
     assert lane_name("a", Lane.readings) == "gateway-a-readings"
 
 
-def _gateway(lane: Lane) -> Gateway:
+def _gateway(lane: Lane, mqtt: MqttTarget | None = None) -> Gateway:
     return Gateway(
         settings=load_settings(database_url="sqlite+aiosqlite:///:memory:", instance="x"),
         maker=None,  # type: ignore[arg-type]  # not touched here
         bus=MemoryBus(),
         clock=SystemClock(),
-        mqtt=MqttTarget("127.0.0.1", 1883, None, None, tls=False),
+        mqtt=mqtt or MqttTarget("127.0.0.1", 1883, None, None, tls=False),
         shared_group="grp",
         residents=resident_vitals,
         lane=lane,
