@@ -22,7 +22,7 @@ from carecall.core.sqlite_gate import alarm_first
 from device_gateway import protocol as p
 from device_gateway.downlink import Downlink
 from device_gateway.stats import GatewayStats
-from device_gateway.store import EventRow, insert_events
+from device_gateway.store import EventRow, dialect, insert_events
 
 log = structlog.get_logger("carecall.gateway")
 
@@ -123,7 +123,7 @@ class EventWriter:
         of three before the devices are acked (each round trip a socket write that hands
         the CPU to a backend on a shared core). SQLite commits as before."""
         async with self.maker() as session:
-            if session.get_bind().dialect.name == "postgresql":
+            if dialect(session) == "postgresql":
                 await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
                 return await insert_events(session, batch)
             async with session.begin():

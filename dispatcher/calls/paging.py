@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from device_gateway.models import DeviceEvent
 from dispatcher.audit import service as audit
 from dispatcher.calls import bulk
-from dispatcher.calls.context import DispatchContext
+from dispatcher.calls.context import DispatchContext, is_pg
 from dispatcher.calls.models import OPEN_STATUSES, Assignment, Call, CallEvent
 from dispatcher.notifications.channels.order import app_only, parse_order
 from dispatcher.notifications.models import Notification, NotificationStatus
@@ -153,7 +153,7 @@ class PagingReads:
         step, a transaction that does not defer its rows). A batch draws ids for its
         steps' pages ahead (at least one a step), so a round of one-by-one pages is one
         draw for the whole batch."""
-        if self.steps < 2 or not bulk.deferring(session) or session.get_bind().dialect.name != "postgresql":
+        if self.steps < 2 or not bulk.deferring(session) or not is_pg(session):
             return None
         if len(self.page_ids) < n:
             self.page_ids += await bulk.draw_ids(session, "pages", max(n - len(self.page_ids), self.steps))

@@ -36,6 +36,14 @@ MAX_ATTEMPTS = 8
 MAX_HANDLING_ATTEMPTS = 3
 HANDLING_RETRY_S = 2.0
 
+
+def next_round_size(used: int, taken: int, *, base: int, cap: int, may_grow: bool) -> int:
+    """The next round's size for a loop that takes work in rounds (intake, timers): twice
+    this one while it came back full (a backlog), up to ``cap``; ``base`` otherwise. A
+    round's statements do not grow with its size, so a bigger round is how a loop that
+    fell behind catches up."""
+    return min(used * 2, cap) if may_grow and taken >= used else base
+
 R = TypeVar("R")
 
 

@@ -51,10 +51,6 @@ class IntakeLoop(DispatcherState):
     _sweep_again: bool = False  # the last look from the start found a full batch below the floor
     _intake_batch: int = INTAKE_BATCH  # the next round's size (grows while rounds are full)
 
-    def _next_batch(self, pg: bool, used: int, taken: int) -> None:
-        full = taken >= used
-        self._intake_batch = min(used * 2, INTAKE_BATCH_MAX) if full and pg else INTAKE_BATCH
-
     def _claim_floor(self) -> int:
         """0 (a look from the very start) at start-up, every INTAKE_SWEEP_S and while such
         a look keeps finding old events; the floor otherwise."""
@@ -119,7 +115,9 @@ class IntakeLoop(DispatcherState):
         await self._announce(out, opened=bool(events))
         self._claimed(floor, [ev.id for ev in events], limit)
         if adaptive:
-            self._next_batch(pg, limit, len(events))
+            self._intake_batch = handling.next_round_size(
+                limit, len(events), base=INTAKE_BATCH, cap=INTAKE_BATCH_MAX, may_grow=pg
+            )
         self.stats.events += len(events)
         CALLS_OPENED.labels("handled").inc(len(events))
         return retried + len(events)

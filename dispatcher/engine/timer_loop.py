@@ -145,8 +145,9 @@ class TimerLoop(DispatcherState):
             await self._announce(out)  # the consoles first, right after the commit
             TIMERS_FIRED.labels("handled").inc(fired)
         if adaptive:
-            full = pg and len(due) >= limit
-            self._timer_batch = min(limit * 2, TIMER_BATCH_MAX) if full else TIMER_BATCH
+            self._timer_batch = handling.next_round_size(
+                limit, len(due), base=TIMER_BATCH, cap=TIMER_BATCH_MAX, may_grow=pg
+            )
         for late in late_s:
             self._timer_fired(late)
         return retried + fired
