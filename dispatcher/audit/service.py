@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import event, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import Update
 
 from dispatcher.audit.chain import ChainRow, ChainVerdict, next_row, verify
 from dispatcher.audit.models import AuditHead, AuditRow
@@ -34,16 +35,22 @@ _DIRTY_KEY = "carecall.audit_head_dirty"
 _DEFER_KEY = "carecall.audit_deferred"  # rows to chain at commit (see defer)
 
 
+def _head_update() -> Update:
+    """An UPDATE of the chain head. No AuditHead object is ever loaded into a session (the
+    head is read as columns), so there is nothing in memory to synchronize: without
+    ``synchronize_session=False`` the ORM would evaluate the statement's criteria against
+    every object the session holds, twice per transaction — a tenth of the dispatcher's
+    CPU during a storm, when a timer pass holds hundreds of objects."""
+    return update(AuditHead).where(AuditHead.id == 1).execution_options(synchronize_session=False)
+
+
 def _write_head(session: Session) -> None:
     """before_commit: store the chain head once per transaction, not once per row; in
     deferred mode, lock the head now and chain the transaction's rows."""
     pending: list[dict[str, Any]] | None = session.info.pop(_DEFER_KEY, None)
     if pending:
         seq, prev = session.execute(
-            update(AuditHead)
-            .where(AuditHead.id == 1)
-            .values(seq=AuditHead.seq)
-            .returning(AuditHead.seq, AuditHead.hash)
+            _head_update().values(seq=AuditHead.seq).returning(AuditHead.seq, AuditHead.hash)
         ).one()
         for row in pending:
             link = next_row(
@@ -61,11 +68,11 @@ def _write_head(session: Session) -> None:
         # one Core INSERT for the transaction's rows, in chain order: nothing reads them
         # back as objects, so the unit of work (and a RETURNING of every id) is skipped
         session.execute(insert(AuditRow), pending)
-        session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=prev))
+        session.execute(_head_update().values(seq=seq, hash=prev))
         return
     if session.info.pop(_DIRTY_KEY, False):
         seq, digest = session.info[_HEAD_KEY]
-        session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=digest))
+        session.execute(_head_update().values(seq=seq, hash=digest))
 
 
 def _drop_head(session: Session, *_: Any) -> None:
@@ -102,7 +109,7 @@ async def _head(session: AsyncSession) -> list[Any]:
     cached = session.info.get(_HEAD_KEY)
     if cached is not None:
         return list(cached)
-    await session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq))
+    await session.execute(_head_update().values(seq=AuditHead.seq))
     head = (await session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1))).one()
     _listen(session)
     return [head.seq, head.hash]
