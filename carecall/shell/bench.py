@@ -53,10 +53,10 @@ import psutil
 from carecall.shell.bench_compare import lane_rows, phases_for_target, runs_ingest, storm_lost
 from carecall.shell.bench_copykill import copy_kill
 from carecall.shell.bench_lanes import contended, flood
+from carecall.shell.bench_meter import ProcessMeter
 from carecall.shell.bench_phases import alarm_path, baseline, ingest, storm, timer_lateness
 from carecall.shell.bench_targets import (
     BenchConfig,
-    ProcessMeter,
     Progress,
     Target,
     embedded_target,
@@ -277,9 +277,16 @@ def render(result: dict[str, Any]) -> str:
             ratio = f"{value / r:,.2f}" if isinstance(value, int | float) and r else ""
             lines.append(f"{label:<58} {_fmt(value):>10} {ratio:>11}")
         if tr["processes"]:
-            lines.append("processes during the quiet alarm and storm phases:")
+            lines.append(
+                "processes during the quiet alarm and storm phases (waiting: runnable, no core free;"
+                " % of one core's time):"
+            )
         for name, u in tr["processes"].items():
-            lines.append(f"  {name:<40} CPU {u['cpu_pct']:>6.1f} %   RSS peak {u['rss_peak_mb']:>8.1f} MB")
+            wait = u.get("cpu_wait_pct")
+            waited = f"waiting for a core {wait:>6.1f} %" if isinstance(wait, int | float) else " " * 27
+            lines.append(
+                f"  {name:<40} CPU {u['cpu_pct']:>6.1f} %   {waited}   RSS peak {u['rss_peak_mb']:>8.1f} MB"
+            )
         lines.extend(_render_lanes(tr, phases))
         lines.extend(render_copykill(tr))
         lines.extend(render_verdicts(tr, ref["baseline_p99_ms"], bool(result.get("quick"))))

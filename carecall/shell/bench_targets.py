@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -260,61 +259,6 @@ def gateway_messages(workers: list[Worker]) -> int:
 
 
 # --------------------------------------------------------------------------- CPU / memory
-
-
-class ProcessMeter:
-    """CPU seconds and resident memory of named processes between start() and stop()."""
-
-    def __init__(self, procs: dict[str, list[int]]) -> None:
-        self._procs = {
-            name: [psutil.Process(p) for p in pids if psutil.pid_exists(p)] for name, pids in procs.items()
-        }
-        self._t0 = 0.0
-        self._cpu0: dict[str, float] = {}
-        self._rss_peak: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _cpu(self, name: str) -> float:
-        total = 0.0
-        for p in self._procs[name]:
-            with contextlib.suppress(psutil.Error):
-                t = p.cpu_times()
-                total += t.user + t.system
-        return total
-
-    def _rss(self, name: str) -> float:
-        total = 0.0
-        for p in self._procs[name]:
-            with contextlib.suppress(psutil.Error):
-                total += p.memory_info().rss
-        return total / 2**20
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.5):
-            for name in self._procs:
-                self._rss_peak[name] = max(self._rss_peak.get(name, 0.0), self._rss(name))
-
-    def start(self) -> None:
-        self._t0 = time.monotonic()
-        self._cpu0 = {n: self._cpu(n) for n in self._procs}
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> dict[str, dict[str, float]]:
-        wall = time.monotonic() - self._t0
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        out: dict[str, dict[str, float]] = {}
-        for name in self._procs:
-            cpu = self._cpu(name) - self._cpu0.get(name, 0.0)
-            out[name] = {
-                "cpu_pct": round(100 * cpu / wall, 1) if wall > 0 else 0.0,
-                "rss_peak_mb": round(max(self._rss_peak.get(name, 0.0), self._rss(name)), 1),
-                "processes": len(self._procs[name]),
-            }
-        return out
 
 
 def service_pids() -> dict[str, list[int]]:
