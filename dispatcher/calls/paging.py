@@ -78,28 +78,27 @@ async def _rosters(
     session: AsyncSession, station_ids: Sequence[str]
 ) -> tuple[dict[str, list[Person]], dict[str, str]]:
     """The stations' people as paging sees them, each station in roster order (name, then
-    id), and each person's own channel order (staff.channels): two statements for any
-    number of stations."""
-    staff = (
-        await session.scalars(
-            select(Staff)
+    id), and each person's own channel order (staff.channels): one statement for any
+    number of stations (whether a person is on an open call is a column of it)."""
+    on_a_call = (
+        select(Assignment.id)
+        .join(Call, Call.id == Assignment.call_id)
+        .where(
+            Assignment.staff_id == Staff.id,
+            Assignment.active.is_(True),
+            Call.status.in_([str(s) for s in OPEN_STATUSES]),
+        )
+        .exists()
+    )
+    rows = (
+        await session.execute(
+            select(Staff, on_a_call.label("on_a_call"))
             .where(Staff.station_id.in_(sorted(set(station_ids))))
             .order_by(Staff.station_id, Staff.name, Staff.id)
         )
     ).all()
-    busy_with_calls = set(
-        (
-            await session.scalars(
-                select(Assignment.staff_id)
-                .join(Call, Call.id == Assignment.call_id)
-                .where(
-                    Assignment.active.is_(True),
-                    Assignment.staff_id.in_([s.id for s in staff]),
-                    Call.status.in_([str(s) for s in OPEN_STATUSES]),
-                )
-            )
-        ).all()
-    )
+    staff = [s for s, _ in rows]
+    busy_with_calls = {s.id for s, busy in rows if busy}
     people: dict[str, list[Person]] = {sid: [] for sid in station_ids}
     for s in staff:
         roster = people[s.station_id]
