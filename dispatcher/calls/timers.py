@@ -68,11 +68,17 @@ async def claim_timer(session: AsyncSession, *, timer_id: int, now: datetime) ->
 
 
 async def next_timer_due(session: AsyncSession) -> datetime | None:
-    """When a timer is next due for a first attempt, or a failed one for another."""
+    """When a timer is next due for a first attempt, or a failed one for another.
+
+    The first pending timer in due order (ix_timers_pending_due), not min(due_at): with
+    the failures' anti-join PostgreSQL cannot turn min() into one index probe and read
+    every pending timer instead — 4.5 ms with a storm's 14,000 pending, 0.1 ms this way
+    (EXPLAIN ANALYZE, 2026-12-07) — after every timer pass."""
     first = await session.scalar(
-        select(func.min(Timer.due_at)).where(
-            Timer.status == _PENDING, ~has_failed(FailureKind.timer, Timer.id)
-        )
+        select(Timer.due_at)
+        .where(Timer.status == _PENDING, ~has_failed(FailureKind.timer, Timer.id))
+        .order_by(Timer.due_at)
+        .limit(1)
     )
     again = await session.scalar(
         select(func.min(IntakeFailure.next_attempt_at)).where(

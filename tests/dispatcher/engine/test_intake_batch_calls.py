@@ -157,3 +157,29 @@ async def test_the_failures_table_is_looked_at_once_a_second_not_every_round(
     assert await looks() == 0
     clock.advance(0.5)
     assert await looks() == 2, "a second later"
+
+
+async def test_calls_opened_in_the_last_day_are_counted_per_home(
+    setup: tuple[Dispatcher, ManualClock, LogNotifier],
+    maker: async_sessionmaker[AsyncSession],
+) -> None:
+    """The frequent-caller count (priority's ``recent_calls_24h``): calls a home opened in
+    the last 24 h, cancelled ones too, none of another home's, none older."""
+    from dispatcher.calls.queries import count_recent_calls
+    from tests.dispatcher.engine.support import store_event
+
+    d, clock, _ = setup
+    await store_event(maker, "h1-btn", "e1", "sos", T0)
+    assert await d.intake_once() == 1
+    await store_event(maker, "h1-btn", "e2", "cancel", T0, cls="cancel", data={"ref": "e1"})
+    assert await d.intake_once() == 1
+    clock.advance(3600)
+    await store_event(maker, "h1-btn", "e3", "sos", T0 + timedelta(hours=1))
+    assert await d.intake_once() == 1
+    async with maker() as s:
+        assert len((await s.scalars(select(Call))).all()) == 2
+        at = T0 + timedelta(hours=2)
+        assert await count_recent_calls(s, home_ids=["h1", "nobody"], now=at) == {"h1": 2, "nobody": 0}
+        later = T0 + timedelta(hours=24, minutes=30)
+        assert await count_recent_calls(s, home_ids=["h1"], now=later) == {"h1": 1}
+        assert await count_recent_calls(s, home_ids=["h1"], now=T0 + timedelta(hours=26)) == {"h1": 0}
