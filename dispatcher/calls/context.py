@@ -81,11 +81,20 @@ class Outcome:
     calls: set[int] = field(default_factory=set)
     device_notices: list[DeviceNotice] = field(default_factory=list)
     notifications: int = 0
+    # the earliest due time of the timers it stored (None: none): the timer loop is woken
+    # only when that is sooner than what it already waits for
+    first_timer_at: datetime | None = None
+
+    def timer_at(self, due: datetime) -> None:
+        if self.first_timer_at is None or due < self.first_timer_at:
+            self.first_timer_at = due
 
     def merge(self, other: Outcome) -> None:
         self.calls |= other.calls
         self.device_notices.extend(other.device_notices)
         self.notifications += other.notifications
+        if other.first_timer_at is not None:
+            self.timer_at(other.first_timer_at)
 
 
 class AreaEvents(Protocol):

@@ -281,6 +281,7 @@ async def open_escalation(
     plan = esc.opening(policy, now, progress_of(call))
     for planned in plan.timers:
         schedule_timer(session, call, planned)
+        out.timer_at(planned.due_at)
     for planned, decision in plan.fire:
         schedule_timer(session, call, planned, fired_by=worker, fired_at=now)
         fire = _Firing(
@@ -306,6 +307,7 @@ async def _run_step(session: AsyncSession, f: _Firing, decision: esc.TimerDecisi
         if isinstance(again, datetime) and again > nxt.due_at:
             nxt = replace(nxt, due_at=again)
         schedule_timer(session, f.call, nxt)
+        f.out.timer_at(nxt.due_at)
     f.out.calls.add(f.call.id)
 
 

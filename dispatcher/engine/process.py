@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -115,7 +116,7 @@ class Dispatcher(IntakeLoop, TimerLoop, OutboxLoop, VisitsLoop):
             tasks.append(asyncio.create_task(self._timer_loop(), name="dsp-timers"))
             if "intake" not in loops:  # calls opened by an intake copy: a step may be due at once
                 tasks.append(
-                    asyncio.create_task(self._listen("timers", self._wake_timers), name="dsp-hint-timers")
+                    asyncio.create_task(self._listen_timers(), name="dsp-hint-timers")
                 )
         if "outbox" in loops:
             tasks += [
@@ -148,6 +149,17 @@ class Dispatcher(IntakeLoop, TimerLoop, OutboxLoop, VisitsLoop):
     async def _listen(self, channel: str, wake: asyncio.Event) -> None:
         async for _ in self.bus.subscribe(channel):
             wake.set()
+
+    async def _listen_timers(self) -> None:
+        """An intake copy's hint: timers stored, the first due at ``due``; wake the timer
+        loop only if it would sleep past that (a hint without a readable ``due`` wakes it)."""
+        async for msg in self.bus.subscribe("timers"):
+            try:
+                due = datetime.fromisoformat(str(msg["due"]))
+            except (KeyError, TypeError, ValueError):
+                self._wake_timers.set()
+                continue
+            self._wake_timers_for(due)
 
     async def _loop(
         self, fn: Callable[[], Awaitable[int]], wake: asyncio.Event | None, interval_s: float

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -48,6 +48,7 @@ class TimerLoop(DispatcherState):
         backoff = handling.Backoff()
         poll = self.settings.timer_poll_s
         while True:
+            self._timers_sleep_until = None  # a pass: a timer stored meanwhile wakes us again
             try:
                 busy = await self.timers_once()
                 self.heartbeats["timers"] = time.monotonic()
@@ -91,6 +92,8 @@ class TimerLoop(DispatcherState):
         escalation timers up to 40 simulated minutes late."""
         if due_in is not None and due_in <= 0:
             return
+        if due_in is not None:
+            self._timers_sleep_until = self.clock.now() + timedelta(seconds=due_in)
         waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake_timers.wait())]
         if due_in is not None:
             waits.append(asyncio.ensure_future(self.clock.sleep(due_in)))

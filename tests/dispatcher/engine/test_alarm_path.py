@@ -206,3 +206,85 @@ async def test_two_copies_opening_calls_at_once_alert_each_call_once_and_keep_th
     assert sorted(c for c, _ in fired) == sorted(c.id for c in calls)
     print(f"\n{db_backend}: opening alerts by copy {dict(Counter(by for _, by in fired))}")
     assert (await verify_log(maker)).ok
+
+
+async def test_an_intake_round_wakes_the_timer_loop_only_for_a_timer_due_before_its_wake(
+    setup, maker
+) -> None:  # type: ignore[no-untyped-def]
+    """Every step due when a call opens fires with it, so the timer loop need not make a
+    pass after each intake round (it did: a claim and a look for the next due time, ten
+    rounds a second at 100 alarms/s). It is woken when a new call's first stored timer is
+    due before the moment it sleeps until, or when it has nothing to wait for."""
+    d, _clock, _notifier = setup
+    await store_event(maker, "h1-btn", "e1", "sos", T0)
+    d._timers_sleep_until = T0 + timedelta(hours=1)  # it would sleep past the new timers
+    assert await d.intake_once() == 1
+    async with maker() as s:
+        first = min((await s.scalars(select(Timer.due_at).where(Timer.status == "pending"))).all())
+    assert d._wake_timers.is_set(), "woken: its sleep would have missed the new call's first timer"
+    d._wake_timers.clear()
+
+    await store_event(maker, "h1-hub", "e2", "fall", T0)  # joins the open call: no new timers
+    d._timers_sleep_until = None
+    assert await d.intake_once() == 1
+    assert not d._wake_timers.is_set(), "nothing stored: nothing to wake for"
+
+    d._timers_sleep_until = first - timedelta(seconds=1)  # it wakes before the first due anyway
+    d._wake_timers_for(first.replace(tzinfo=T0.tzinfo) if first.tzinfo is None else first)
+    assert not d._wake_timers.is_set()
+    d._timers_sleep_until = None  # a pass running, or no timer to wait for
+    d._wake_timers_for(T0 + timedelta(seconds=20))
+    assert d._wake_timers.is_set()
+
+
+async def test_an_intake_copy_hints_the_timer_copy_with_the_first_due_time(setup, maker) -> None:  # type: ignore[no-untyped-def]
+    """Split loops: the intake copy publishes when the stored timers are first due; the
+    timer copy wakes only if it would sleep past that (an unreadable hint wakes it)."""
+    d, clock, notifier = setup
+    bus = MemoryBus()
+    intake = Dispatcher(
+        settings=d.settings.model_copy(update={"dispatcher_loops": "intake"}),
+        maker=maker,
+        bus=bus,
+        clock=clock,
+        mqtt=None,
+        notifier=notifier,
+        ctx=d.ctx,
+    )
+    timers_copy = Dispatcher(
+        settings=d.settings.model_copy(update={"instance": "t", "dispatcher_loops": "timers"}),
+        maker=maker,
+        bus=bus,
+        clock=clock,
+        mqtt=None,
+        notifier=notifier,
+        ctx=d.ctx,
+    )
+    hints: list[dict[str, Any]] = []
+
+    async def listen() -> None:
+        async for msg in bus.subscribe("timers"):
+            hints.append(msg)
+
+    listener = asyncio.create_task(listen())
+    hinted = asyncio.create_task(timers_copy._listen_timers())
+    await asyncio.sleep(0.05)
+    try:
+        timers_copy._timers_sleep_until = T0 + timedelta(hours=1)
+        await store_event(maker, "h1-btn", "e1", "sos", T0)
+        assert await intake.intake_once() == 1
+        await asyncio.sleep(0.05)
+        assert [set(h) for h in hints] == [{"due"}]
+        assert timers_copy._wake_timers.is_set()
+        timers_copy._wake_timers.clear()
+        timers_copy._timers_sleep_until = T0  # wakes before any new timer is due
+        await bus.publish("timers", {"due": (T0 + timedelta(seconds=20)).isoformat()})
+        await asyncio.sleep(0.05)
+        assert not timers_copy._wake_timers.is_set()
+        await bus.publish("timers", {"calls": 3})  # an older copy's hint: no time in it
+        await asyncio.sleep(0.05)
+        assert timers_copy._wake_timers.is_set()
+    finally:
+        listener.cancel()
+        hinted.cancel()
+        await asyncio.gather(listener, hinted, return_exceptions=True)
