@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import secrets
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -37,6 +38,7 @@ def _readings_main(
     duration_s: float,
     ready: Any,
     sent: Any,
+    cpu: Any,
 ) -> None:
     gen = LoadGenerator(
         host,
@@ -49,6 +51,7 @@ def _readings_main(
     )
     gen.start(track_acks=False)
     ready.set()
+    started = time.process_time()  # the sending's CPU, not the child's start-up (imports)
     try:
         gen.run_paced(
             telemetry_per_s=per_s, events_per_s=0, duration_s=duration_s, devices=devices, tick_s=0.002
@@ -56,6 +59,7 @@ def _readings_main(
     finally:
         sent.value = gen.stats.telemetry_sent
         gen.close()
+        cpu.value = time.process_time() - started  # every thread's: its share of the cores
 
 
 def readings_creds(t: Target) -> tuple[str | None, str | None]:
@@ -68,17 +72,19 @@ def readings_creds(t: Target) -> tuple[str | None, str | None]:
 @contextlib.contextmanager
 def readings_behind(
     t: Target, devices: Sequence[str], per_s: float, duration_s: float
-) -> Iterator[dict[str, int]]:
+) -> Iterator[dict[str, float]]:
     """``per_s`` readings a second from ``devices`` for ``duration_s`` (plus a second), from
     a child process; it is connected when the block starts and stopped (terminate, then
-    kill) when the block ends. The dict yielded gets ``sent`` (readings sent) at the end."""
-    out = {"sent": 0}
+    kill) when the block ends. The dict yielded gets ``sent`` (readings sent) and
+    ``cpu_s`` (the sender's CPU seconds: it shares the platform's cores) at the end."""
+    out: dict[str, float] = {"sent": 0, "cpu_s": 0.0}
     if per_s <= 0:
         yield out
         return
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
     sent = ctx.Value("q", 0)
+    cpu = ctx.Value("d", 0.0)
     proc = ctx.Process(
         target=_readings_main,
         args=(
@@ -91,6 +97,7 @@ def readings_behind(
             duration_s + 1.0,
             ready,
             sent,
+            cpu,
         ),
         daemon=True,
         name="bench-readings",
@@ -103,6 +110,7 @@ def readings_behind(
     finally:
         proc.join(_GRACE_S if proc.is_alive() else 0)
         out["sent"] = int(sent.value)
+        out["cpu_s"] = round(float(cpu.value), 2)
         if proc.is_alive():
             proc.terminate()
             proc.join(5)

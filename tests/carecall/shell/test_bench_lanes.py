@@ -107,6 +107,9 @@ def test_quick_bench_reports_contended_and_flood_and_leaves_no_hog(tmp_path: Pat
     assert figures["flood_quiet_ack_p99_ms"] is not None
     assert tr["contended"]["storm"]["events"] > 0
     assert tr["contended"]["alarm"]["events"] > 0
+    # the readings' sender shares the platform's cores: its share is reported
+    alarm = tr["contended"]["alarm"]
+    assert alarm["readings_sent"] > 0 and 0 < alarm["readings_sender_cpu_pct"] < 200
     # the console is a real SSE client of the embedded process's web app
     assert tr["contended"]["alarm"]["console_via"].startswith("SSE GET /api/v1/stream")
     # the timers of the contended calls that came due while the core was held (each
