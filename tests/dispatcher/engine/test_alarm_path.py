@@ -242,24 +242,20 @@ async def test_an_intake_copy_hints_the_timer_copy_with_the_first_due_time(setup
     timer copy wakes only if it would sleep past that (an unreadable hint wakes it)."""
     d, clock, notifier = setup
     bus = MemoryBus()
-    intake = Dispatcher(
-        settings=d.settings.model_copy(update={"dispatcher_loops": "intake"}),
-        maker=maker,
-        bus=bus,
-        clock=clock,
-        mqtt=None,
-        notifier=notifier,
-        ctx=d.ctx,
-    )
-    timers_copy = Dispatcher(
-        settings=d.settings.model_copy(update={"instance": "t", "dispatcher_loops": "timers"}),
-        maker=maker,
-        bus=bus,
-        clock=clock,
-        mqtt=None,
-        notifier=notifier,
-        ctx=d.ctx,
-    )
+
+    def copy(**settings: str) -> Dispatcher:
+        return Dispatcher(
+            settings=d.settings.model_copy(update=settings),
+            maker=maker,
+            bus=bus,
+            clock=clock,
+            mqtt=None,
+            notifier=notifier,
+            ctx=d.ctx,
+        )
+
+    intake = copy(dispatcher_loops="intake")
+    timers_copy = copy(instance="t", dispatcher_loops="timers")
     hints: list[dict[str, Any]] = []
 
     async def listen() -> None:
