@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel
-from sqlalchemy import func, or_, select, true
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from device_gateway.models import DeviceEvent
@@ -345,15 +345,10 @@ async def _next_escalations(session: AsyncSession, ids: Sequence[int]) -> dict[i
     return nxt
 
 
-async def load_calls(
-    session: AsyncSession, ids: list[int], *, scope: frozenset[str] | Literal["any"] | None = "any"
-) -> list[CallOut]:
-    """The calls as the queue shows them, in the order of ``ids`` (missing ones left out;
-    with ``scope``, those that scope does not see too: dispatcher.calls.visibility, None
-    being the whole county)."""
+async def load_calls(session: AsyncSession, ids: list[int]) -> list[CallOut]:
+    """The calls as the queue shows them, in the order of ``ids`` (missing ones left out)."""
     if not ids:
         return []
-    visible = true() if scope == "any" else visible_calls(scope)
     # the calls with the names the queue shows, in one statement (a console frame's
     # round trips are what its calls wait for on a busy machine: four were one each)
     rows = (
@@ -362,19 +357,19 @@ async def load_calls(
             .outerjoin(Home, Home.id == Call.home_id)
             .outerjoin(Resident, Resident.id == Call.resident_id)
             .outerjoin(Station, Station.id == Call.station_id)
-            .where(Call.id.in_(ids), visible)
+            .where(Call.id.in_(ids))
         )
     ).all()
     by_id = {c.id: (c, address, resident, station) for c, address, resident, station in rows}
-    present = [cid for cid in ids if cid in by_id]
-    if not present:
-        return []
-    times = await call_times(session, call_ids=present)
-    events = await _events_of(session, present)
-    nxt = await _next_escalations(session, present)
+    times = await call_times(session, call_ids=ids)
+    events = await _events_of(session, ids)
+    nxt = await _next_escalations(session, ids)
     out: list[CallOut] = []
-    for cid in present:
-        c, address, resident_name, station_name = by_id[cid]
+    for cid in ids:
+        found = by_id.get(cid)
+        if found is None:
+            continue
+        c, address, resident_name, station_name = found
         t = times[cid]
         out.append(
             CallOut(

@@ -217,12 +217,3 @@ async def test_the_queue_reads_a_batch_of_calls_in_a_fixed_number_of_statements(
         assert c.address == homes[row.home_id] and c.station_name == stations[row.station_id]
         assert c.resident_name == (residents[row.resident_id] if row.resident_id else None)
         assert c.events and c.opened_at is not None
-    async with maker() as s:  # a stream's frame: only what its scope sees, same reads
-        station = calls_rows[ids[0]].station_id
-        assert station is not None
-        with statements(engine_of(maker)) as seen:
-            own = await load_calls(s, ids, scope=frozenset({station}))
-        assert [c.id for c in own] == [i for i in ids if calls_rows[i].station_id == station]
-        assert len(seen) <= 4, Counter(seen)
-        assert await load_calls(s, ids, scope=frozenset({"no-such-station"})) == []
-        assert [c.id for c in await load_calls(s, ids, scope=None)] == ids, "None: the whole county"
