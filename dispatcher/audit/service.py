@@ -20,11 +20,12 @@ from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import event, insert, select, update
+from sqlalchemy import Table, event, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Update
 
+from carecall.core import row_batch
 from dispatcher.audit.chain import ChainRow, ChainVerdict, next_row, verify
 from dispatcher.audit.models import AuditHead, AuditRow
 
@@ -44,10 +45,24 @@ def _head_update() -> Update:
     return update(AuditHead).where(AuditHead.id == 1).execution_options(synchronize_session=False)
 
 
+# The chain's new head, after a deferring transaction's rows (written with them).
+_SET_HEAD = "UPDATE audit_head SET seq = :head_seq, hash = :head_hash WHERE id = 1"
+
+
 def _write_head(session: Session) -> None:
     """before_commit: store the chain head once per transaction, not once per row; in
-    deferred mode, lock the head now and chain the transaction's rows."""
+    deferred mode, lock the head now and chain the transaction's rows.
+
+    The rows the loops buffered (carecall/core/row_batch.py: timers, notifications,
+    intake decisions) go in with the audit rows and the new head: one statement on
+    PostgreSQL after the head's lock, where they took one round trip per table before it
+    and two more after it. The session's own objects are flushed first (the buffered
+    rows refer to new calls)."""
+    deferred = _DEFER_KEY in session.info
     pending: list[dict[str, Any]] | None = session.info.pop(_DEFER_KEY, None)
+    batches = row_batch.take(session) if deferred else []
+    if batches or pending:
+        session.flush()
     if pending:
         seq, prev = session.execute(
             _head_update().values(seq=AuditHead.seq).returning(AuditHead.seq, AuditHead.hash)
@@ -65,11 +80,15 @@ def _write_head(session: Session) -> None:
             )
             row["seq"], row["prev_hash"], row["hash"] = link.seq, link.prev_hash, link.hash
             seq, prev = link.seq, link.hash
-        # one Core INSERT for the transaction's rows, in chain order: nothing reads them
-        # back as objects, so the unit of work (and a RETURNING of every id) is skipped
-        session.execute(insert(AuditRow), pending)
-        session.execute(_head_update().values(seq=seq, hash=prev))
+        # Core rows, in chain order: nothing reads them back as objects, so the unit of
+        # work (and a RETURNING of every id) is skipped
+        table = AuditRow.__table__
+        assert isinstance(table, Table)
+        row_batch.write(
+            session, [*batches, (table, pending)], _SET_HEAD, {"head_seq": seq, "head_hash": prev}
+        )
         return
+    row_batch.write(session, batches)
     if session.info.pop(_DIRTY_KEY, False):
         seq, digest = session.info[_HEAD_KEY]
         session.execute(_head_update().values(seq=seq, hash=digest))
@@ -88,6 +107,12 @@ def _listen(session: AsyncSession) -> None:
         event.listen(sync, "before_commit", _write_head)
         event.listen(sync, "after_commit", _drop_head)
         event.listen(sync, "after_rollback", _drop_head)
+
+
+def chains_at_commit(session: Session) -> bool:
+    """Whether this transaction's audit rows are chained at commit (:func:`defer`): its
+    buffered rows then go in with them (``_write_head``)."""
+    return _DEFER_KEY in session.info
 
 
 def defer(session: AsyncSession) -> None:

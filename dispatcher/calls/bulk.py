@@ -7,6 +7,10 @@ unit of work's sort and a RETURNING of its id, which nobody reads. A loop turns 
 for its transaction with :func:`defer`; elsewhere (an operator's action) :func:`add`
 hands the row to the session as an ORM object, as before.
 
+At commit the rows go in together: on PostgreSQL every table's in one statement, with
+the audit rows and the chain's head when the transaction chains at commit
+(carecall/core/row_batch.py, dispatcher/audit/service.py ``_write_head``).
+
 Read-your-writes holds as with the ORM's flush: the buffered rows are written before
 any later statement of the transaction that touches their tables (so a cancel in the
 same intake batch finds the timers of the call it closes), and at the latest before the
@@ -17,25 +21,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Table, event, insert, text
+from sqlalchemy import Table, event, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.sql import ClauseElement, TableClause
 from sqlalchemy.sql.util import find_tables
 
+from carecall.core import row_batch
 from carecall.core.db import Base
+from dispatcher.audit import service as audit
 
 __all__ = ["add", "add_object", "defer", "deferring", "draw_ids"]
 
-_KEY = "carecall.bulk_rows"
 _OBJECTS = "carecall.bulk_objects"  # set while ORM objects given to add_object wait
 
 
 def defer(session: AsyncSession) -> None:
     """Buffer this transaction's rows given to :func:`add`; call at its start."""
-    if _KEY not in session.info:
-        session.info[_KEY] = {}
     sync = session.sync_session
+    row_batch.buffer(sync, start=True)
     if not event.contains(sync, "before_commit", _write_all):
         event.listen(sync, "before_commit", _write_all)
         event.listen(sync, "do_orm_execute", _before_statement)
@@ -46,7 +50,7 @@ def defer(session: AsyncSession) -> None:
 def add(session: AsyncSession, model: type[Base], row: dict[str, Any]) -> None:
     """A new row of ``model``: buffered for one INSERT per table in a deferring
     transaction, else added to the session as an object."""
-    pending: dict[Table, list[dict[str, Any]]] | None = session.info.get(_KEY)
+    pending = row_batch.buffer(session.sync_session)
     if pending is None:
         session.add(model(**row))
         return
@@ -57,7 +61,7 @@ def add(session: AsyncSession, model: type[Base], row: dict[str, Any]) -> None:
 
 def deferring(session: AsyncSession) -> bool:
     """Whether this transaction buffers rows (:func:`defer`)."""
-    return _KEY in session.info
+    return row_batch.buffer(session.sync_session) is not None
 
 
 async def draw_ids(session: AsyncSession, table: str, n: int) -> list[int]:
@@ -78,7 +82,7 @@ def add_object(session: AsyncSession, obj: Base) -> None:
     new calls, their ids drawn beforehand) then go in as one INSERT. Any later statement
     sees them, as it would after the ORM's own autoflush. Elsewhere: added to the session."""
     session.add(obj)
-    if _KEY in session.info:
+    if row_batch.buffer(session.sync_session) is not None:
         session.info[_OBJECTS] = True
 
 
@@ -88,18 +92,13 @@ def _flush_objects(session: Session) -> None:
 
 
 def _write(session: Session, tables: set[TableClause] | None = None) -> None:
-    pending: dict[Table, list[dict[str, Any]]] | None = session.info.get(_KEY)
-    if not pending:
-        return
-    for table in list(pending):
-        if tables is not None and table not in tables:
-            continue
-        rows = pending.pop(table)
-        session.execute(insert(table), rows)
+    row_batch.write(session, row_batch.take(session, tables))
 
 
 def _write_all(session: Session) -> None:
     _flush_objects(session)  # the buffered rows may refer to them (a new call's timers)
+    if audit.chains_at_commit(session):
+        return  # written with the audit rows, in one statement (audit's _write_head)
     _write(session)
 
 
@@ -107,7 +106,7 @@ def _before_statement(state: ORMExecuteState) -> None:
     """Before any statement: the objects of add_object; before a statement that reads or
     changes a buffered table: its rows too."""
     _flush_objects(state.session)
-    pending = state.session.info.get(_KEY)
+    pending = row_batch.buffer(state.session)
     if not pending:
         return
     statement = state.statement
@@ -121,5 +120,5 @@ def _before_statement(state: ORMExecuteState) -> None:
 def _drop(session: Session, *_: Any) -> None:
     """After the commit (written) or a rollback (gone): the next transaction of this
     session adds objects again unless it defers too."""
-    session.info.pop(_KEY, None)
+    row_batch.stop(session)
     session.info.pop(_OBJECTS, None)

@@ -185,8 +185,10 @@ async def handle_event(
         call_id, decision = await _handle_alarm(
             session, ev, ctx=ctx, batch=batch, actor=actor, out=out, now=now
         )
-    session.add(
-        EventIntake(event_pk=ev.id, decision=decision, call_id=call_id, handled_at=now, handled_by=actor)
+    bulk.add(  # a loop's transaction: buffered, written with its other rows at commit
+        session,
+        EventIntake,
+        {"event_pk": ev.id, "decision": decision, "call_id": call_id, "handled_at": now, "handled_by": actor},
     )
     return out
 
@@ -356,7 +358,7 @@ async def open_call(
         call_id=batch.call_ids.pop(0) if batch.call_ids else None,
     )
     batch.call_opened(call)
-    session.add(CallEvent(event_pk=ev.id, call_id=call.id, joined_at=now))
+    bulk.add(session, CallEvent, {"event_pk": ev.id, "call_id": call.id, "joined_at": now})
     out.calls.add(call.id)
     # the opening step (alert the station) fires here, with the call: no timer pass for it
     await timers.open_escalation(session, call, worker=actor, ctx=ctx, batch=batch, out=out, now=now)
@@ -376,7 +378,7 @@ async def _join(
     out: Outcome,
     now: datetime,
 ) -> None:
-    session.add(CallEvent(event_pk=ev.id, call_id=call.id, joined_at=now))
+    bulk.add(session, CallEvent, {"event_pk": ev.id, "call_id": call.id, "joined_at": now})
     new_class = prio.call_class_after_join(call.event_class, ev.event_class)
     detail: dict[str, Any] = {
         "device_id": ev.device_id,
@@ -451,7 +453,7 @@ async def _handle_cancel(
     target = await _cancel_target(session, ev, ref)
     if target is None:
         return None, "ignored"
-    session.add(CallEvent(event_pk=ev.id, call_id=target.id, joined_at=now))
+    bulk.add(session, CallEvent, {"event_pk": ev.id, "call_id": target.id, "joined_at": now})
     detail = {"device_id": ev.device_id, "event_id": ev.event_id, "ref": ref}
     received = {**detail, "type": "cancel", "event_pk": ev.id}
     await record_received(session, ev=ev, call_id=target.id, station_id=target.station_id, detail=received)
@@ -520,7 +522,7 @@ async def _clear_trouble(
     if not rows:
         return None, "ignored"
     for call in rows:
-        session.add(CallEvent(event_pk=ev.id, call_id=call.id, joined_at=now))
+        bulk.add(session, CallEvent, {"event_pk": ev.id, "call_id": call.id, "joined_at": now})
         detail = {"device_id": ev.device_id, "event_id": ev.event_id, "type": ev.type, "event_pk": ev.id}
         await record_received(session, ev=ev, call_id=call.id, station_id=call.station_id, detail=detail)
         await close_call(
