@@ -231,10 +231,12 @@ class _Stream:
             ids |= self.queue.get_nowait()
         async with self.maker() as s:
             seq = await queries.head_seq(s)
-            visible, hidden = await queries.scoped_ids(s, who=self.who, ids=ids)
-            calls = await load_calls(s, visible)
+            # the changed calls this stream's scope sees, read with the scope's filter: no
+            # separate query splitting the ids first (a round trip per frame)
+            calls = await load_calls(s, sorted(ids), scope=self.who.scope)
             rows = await call_json(s, calls=calls, who=self.who, now=datetime.now(UTC))
-        gone = [cid for cid in hidden if cid in self.shown]
+        hidden = ids - {c.id for c in calls}  # not visible (or gone from the database)
+        gone = sorted(cid for cid in hidden if cid in self.shown)
         self.shown |= {c.id for c in calls}
         self.shown -= set(gone)
         if calls or gone:

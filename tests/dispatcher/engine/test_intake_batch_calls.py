@@ -188,3 +188,46 @@ async def test_calls_opened_in_the_last_day_are_counted_per_home(
         later = T0 + timedelta(hours=24, minutes=30)
         assert await count_recent_calls(s, home_ids=["h1"], now=later) == {"h1": 1}
         assert await count_recent_calls(s, home_ids=["h1"], now=T0 + timedelta(hours=26)) == {"h1": 0}
+
+
+async def test_the_queue_reads_a_batch_of_calls_in_a_fixed_number_of_statements(
+    setup: tuple[Dispatcher, ManualClock, LogNotifier],
+    maker: async_sessionmaker[AsyncSession],
+) -> None:
+    """A console frame (``load_calls``) reads its calls with the names the queue shows —
+    the home's address, the resident's and the station's names — in one statement, not
+    one per table: on a busy machine each round trip is a wait for a core."""
+    from dispatcher.calls.queries import load_calls
+    from dispatcher.registry.models import Home, Resident, Station
+
+    d, _clock, _ = setup
+    fleet = await _fleet(maker)
+    async with maker() as s, s.begin():
+        await insert_events(
+            s, [event_row(dev, home, T0) for home, dev in zip(fleet.homes, fleet.devices, strict=True)]
+        )
+    assert await d.intake_once() == HOMES
+    async with maker() as s:
+        ids = list(await s.scalars(select(Call.id).order_by(Call.id.desc())))
+        with statements(engine_of(maker)) as seen:
+            calls = await load_calls(s, [*ids, 10**9])  # one unknown id: left out
+        calls_rows = {c.id: c for c in (await s.scalars(select(Call))).all()}
+        homes = dict((await s.execute(select(Home.id, Home.address))).all())
+        residents = dict((await s.execute(select(Resident.id, Resident.name))).all())
+        stations = dict((await s.execute(select(Station.id, Station.name))).all())
+    assert len(seen) <= 4, Counter(seen)
+    assert [c.id for c in calls] == ids, "in the order asked, the unknown id left out"
+    for c in calls:
+        row = calls_rows[c.id]
+        assert c.address == homes[row.home_id] and c.station_name == stations[row.station_id]
+        assert c.resident_name == (residents[row.resident_id] if row.resident_id else None)
+        assert c.events and c.opened_at is not None
+    async with maker() as s:  # a stream's frame: only what its scope sees, same reads
+        station = calls_rows[ids[0]].station_id
+        assert station is not None
+        with statements(engine_of(maker)) as seen:
+            own = await load_calls(s, ids, scope=frozenset({station}))
+        assert [c.id for c in own] == [i for i in ids if calls_rows[i].station_id == station]
+        assert len(seen) <= 4, Counter(seen)
+        assert await load_calls(s, ids, scope=frozenset({"no-such-station"})) == []
+        assert [c.id for c in await load_calls(s, ids, scope=None)] == ids, "None: the whole county"
