@@ -54,15 +54,19 @@ def _write_head(session: Session) -> None:
     deferred mode, lock the head now and chain the transaction's rows.
 
     The rows the loops buffered (carecall/core/row_batch.py: timers, notifications,
-    intake decisions) go in with the audit rows and the new head: one statement on
-    PostgreSQL after the head's lock, where they took one round trip per table before it
-    and two more after it. The session's own objects are flushed first (the buffered
-    rows refer to new calls)."""
+    intake decisions, call events) go in first, before the head's lock, as one statement
+    on PostgreSQL; then the audit rows with the new head as one more. They took one round
+    trip per table before the lock and two after it. The lock is held for the audit rows
+    only: with the buffered rows after it as well (one statement in all), a storm's timer
+    passes waited longer for the intake's commits (timers p99 up in two sittings of
+    alternating runs, docs/performance.md). The session's own objects are flushed first
+    (the buffered rows refer to new calls)."""
     deferred = _DEFER_KEY in session.info
     pending: list[dict[str, Any]] | None = session.info.pop(_DEFER_KEY, None)
     batches = row_batch.take(session) if deferred else []
     if batches or pending:
         session.flush()
+    row_batch.write(session, batches)
     if pending:
         seq, prev = session.execute(
             _head_update().values(seq=AuditHead.seq).returning(AuditHead.seq, AuditHead.hash)
@@ -84,11 +88,8 @@ def _write_head(session: Session) -> None:
         # work (and a RETURNING of every id) is skipped
         table = AuditRow.__table__
         assert isinstance(table, Table)
-        row_batch.write(
-            session, [*batches, (table, pending)], _SET_HEAD, {"head_seq": seq, "head_hash": prev}
-        )
+        row_batch.write(session, [(table, pending)], _SET_HEAD, {"head_seq": seq, "head_hash": prev})
         return
-    row_batch.write(session, batches)
     if session.info.pop(_DIRTY_KEY, False):
         seq, digest = session.info[_HEAD_KEY]
         session.execute(_head_update().values(seq=seq, hash=digest))
