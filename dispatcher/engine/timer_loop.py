@@ -40,6 +40,8 @@ TIMER_BATCH_MAX = 400
 
 class TimerLoop(DispatcherState):
     _timer_batch: int = TIMER_BATCH  # the next pass's size (grows while passes are full)
+    _timer_pass_full: bool = False  # the last pass took as many timers as it could
+
     async def _timer_loop(self) -> None:
         """Fire due timers; between rounds sleep until the next one is due (at most
         ``timer_poll_s``, which also covers timers other copies scheduled), or until this
@@ -52,9 +54,13 @@ class TimerLoop(DispatcherState):
             try:
                 busy = await self.timers_once()
                 self.heartbeats["timers"] = time.monotonic()
-                if busy:
+                if busy and self._timer_pass_full:
                     backoff.reset()
                     continue  # more may be due
+                # a pass that took fewer than it could left nothing due at its start: the
+                # next due time says whether one fell due meanwhile (then no sleep), where
+                # another pass would have been a transaction that claims nothing
+                # (BEGIN, the claim, COMMIT) after every pass of a steady stream
                 due_in = await self._next_timer_in()
                 backoff.reset()
             except Exception as exc:
@@ -111,6 +117,7 @@ class TimerLoop(DispatcherState):
         database) is redone one timer at a time, so one bad timer cannot stop escalation."""
         adaptive = limit is None
         limit = self._timer_batch if limit is None else limit
+        self._timer_pass_full = False
         pg = False
         retried = await self._retry_failed_timers(limit)
         now = self.clock.now()
@@ -143,7 +150,9 @@ class TimerLoop(DispatcherState):
             if failures.classify(exc) is failures.Failure.transient:
                 raise
             log.warning("dispatcher.timers_batch_failed", error=failures.describe(exc))
+            self._timer_pass_full = True  # one by one, perhaps not all: look again at once
             return retried + await self._timers_one_by_one(limit)
+        self._timer_pass_full = len(due) >= limit
         if fired:
             await self._announce(out)  # the consoles first, right after the commit
             TIMERS_FIRED.labels("handled").inc(fired)

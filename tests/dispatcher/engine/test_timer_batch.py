@@ -31,7 +31,7 @@ from dispatcher.notifications.models import Notification
 from dispatcher.notifications.notifiers import LogNotifier
 from dispatcher.paging.models import Page
 from dispatcher.registry.models import Home
-from tests.dispatcher.engine.support import T0, ManualClock
+from tests.dispatcher.engine.support import T0, ManualClock, store_event
 from tests.dispatcher.engine.test_alarm_path import engine_of
 from tests.support.events import event_row
 
@@ -325,3 +325,52 @@ async def test_passes_grow_while_they_are_full_on_postgresql(
     assert sum(passes) == 2 * len(calls) == 160
     assert passes == ([50, 100, 10] if db_backend == "postgresql" else [50, 50, 50, 10]), passes
     assert d._timer_batch == 50
+
+
+async def _loop_passes(d: Dispatcher, until_fired: int) -> list[tuple[int, int]]:
+    """Run the timer loop until ``until_fired`` timers fired (the clock stands still),
+    then a moment more; (size, fired) of each of its passes."""
+    passes: list[tuple[int, int]] = []
+    real_pass = d.timers_once
+
+    async def counted(limit: int | None = None) -> int:
+        size = d._timer_batch if limit is None else limit
+        n = await real_pass(limit)
+        passes.append((size, n))
+        return n
+
+    d.timers_once = counted  # type: ignore[method-assign]
+    d._wake_timers.clear()  # an intake round's wake-up is not what this watches
+    loop = asyncio.create_task(d._timer_loop())
+    try:
+        async with asyncio.timeout(10):
+            while sum(n for _, n in passes) < until_fired:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # the cap on its sleep is timer_poll_s (0.25 s)
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+    return passes
+
+
+async def test_a_pass_that_was_not_full_is_not_followed_by_an_empty_one(
+    setup: tuple[Dispatcher, ManualClock, LogNotifier], maker: async_sessionmaker[AsyncSession]
+) -> None:
+    """A pass that took fewer timers than it could left nothing due at its start; the loop
+    then asks when the next is due and sleeps, where it ran another pass that claimed
+    nothing (a transaction of BEGIN, the claim and COMMIT after every pass of a steady
+    stream). A full pass is followed at once by the next."""
+    d, clock, _ = setup
+    await store_event(maker, "h1-btn", "e1", "sos", T0)
+    assert await d.intake_once() == 1
+    clock.advance(2)  # the first reminder is due
+    passes = await _loop_passes(d, until_fired=1)
+    assert [n for _, n in passes] == [1], "one pass, then a sleep until the next is due"
+
+    clock.advance(4)  # two more reminders and the street's escalation are due
+    d._timer_batch = 1
+    passes = await _loop_passes(d, until_fired=3)
+    assert passes[0] == (1, 1) and sum(n for _, n in passes) == 3, passes
+    # a full pass is followed at once by the next (the size back to its base on SQLite,
+    # doubled on PostgreSQL); only a pass after a full one may find nothing
+    assert all(n >= size for (size, n), _ in pairwise(passes)), passes
