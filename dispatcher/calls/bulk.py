@@ -7,9 +7,9 @@ unit of work's sort and a RETURNING of its id, which nobody reads. A loop turns 
 for its transaction with :func:`defer`; elsewhere (an operator's action) :func:`add`
 hands the row to the session as an ORM object, as before.
 
-At commit the rows go in together: on PostgreSQL every table's in one statement, with
-the audit rows and the chain's head when the transaction chains at commit
-(carecall/core/row_batch.py, dispatcher/audit/service.py ``_write_head``).
+At commit the rows go in together: on PostgreSQL every table's in one statement
+(carecall/core/row_batch.py); when the transaction chains its audit rows at commit, that
+statement comes just before the chain's lock (dispatcher/audit/service.py ``_write_head``).
 
 Read-your-writes holds as with the ORM's flush: the buffered rows are written before
 any later statement of the transaction that touches their tables (so a cancel in the
@@ -98,7 +98,7 @@ def _write(session: Session, tables: set[TableClause] | None = None) -> None:
 def _write_all(session: Session) -> None:
     _flush_objects(session)  # the buffered rows may refer to them (a new call's timers)
     if audit.chains_at_commit(session):
-        return  # written with the audit rows, in one statement (audit's _write_head)
+        return  # written by audit's _write_head, just before it takes the chain's lock
     _write(session)
 
 
