@@ -36,6 +36,34 @@ from simulators.runner import check_host, percentile
 ROOT = "carecall/v1/devices"
 
 
+_PADDING: dict[tuple[int, int, int], dict[str, str]] = {}
+
+
+def telemetry_payload(seq: int, ts_ms: int, pad_to: int = 200) -> bytes:
+    """The ``seq``-th heartbeat reading at ``ts_ms``, padded to ``pad_to`` bytes like the
+    baseline's payload with string metrics of at most 64 characters (MAX_METRIC_STR: one
+    longer string makes every reading a bad_value rejection, not telemetry). The padding
+    depends only on the lengths of the varying numbers, so it is worked out once."""
+    body: dict[str, Any] = {
+        "ts": ts_ms,
+        "metrics": {"hr": 60 + seq % 20, "rr": 14, "presence": "in_bed", "battery_pct": 80},
+    }
+    key = (pad_to, len(str(ts_ms)), len(str(body["metrics"]["hr"])))
+    pad = _PADDING.get(key)
+    if pad is None:
+        pad = {}
+        raw = json.dumps(body, separators=(",", ":"))
+        n = 0
+        while len(raw) < pad_to:
+            name = f"fw{n}" if n else "fw"
+            pad[name] = "x" * max(0, min(64, pad_to - len(raw) - len(name) - 6))
+            raw = json.dumps({**body, "metrics": {**body["metrics"], **pad}}, separators=(",", ":"))
+            n += 1
+        _PADDING[key] = pad
+    body["metrics"].update(pad)
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
 def _nodelay(_client: paho.Client, _userdata: Any, sock: Any) -> None:
     """paho's on_socket_open hook: switch Nagle off before the first byte is sent."""
     try:
@@ -305,20 +333,8 @@ class LoadGenerator:
     def telemetry(self, device_id: str, *, qos: int = 1, pad_to: int = 200) -> None:
         """One heartbeat reading; padded to ``pad_to`` bytes like the baseline's payload."""
         self._seq += 1
-        body: dict[str, Any] = {
-            "ts": int(time.time() * 1000),
-            "metrics": {"hr": 60 + self._seq % 20, "rr": 14, "presence": "in_bed", "battery_pct": 80},
-        }
-        raw = json.dumps(body, separators=(",", ":"))
-        # pad with string metrics of at most 64 characters (MAX_METRIC_STR): one longer
-        # string makes every reading a bad_value rejection, not telemetry
-        n = 0
-        while len(raw) < pad_to:
-            key = f"fw{n}" if n else "fw"
-            body["metrics"][key] = "x" * max(0, min(64, pad_to - len(raw) - len(key) - 6))
-            raw = json.dumps(body, separators=(",", ":"))
-            n += 1
-        self._publish(f"{ROOT}/{device_id}/telemetry", raw.encode(), qos)
+        payload = telemetry_payload(self._seq, int(time.time() * 1000), pad_to)
+        self._publish(f"{ROOT}/{device_id}/telemetry", payload, qos)
         self.stats.telemetry_sent += 1
 
     def event(
