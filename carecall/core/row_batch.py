@@ -73,6 +73,9 @@ def _columns(table: Table, rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any,
                 values.append(row[col.key])
             elif default is None:
                 values.append(None)
+            elif default.is_clause_element:
+                # a SQL expression as a default cannot go into a parameter array
+                raise ValueError(f"{table.name}.{col.name}: a SQL expression default is not supported here")
             else:
                 values.append(default.arg(None) if default.is_callable else default.arg)
         out.append((col, values))

@@ -166,3 +166,17 @@ async def test_a_row_may_refer_to_a_row_written_in_the_same_statement(
     with pytest.raises(Exception, match=r"(?i)foreign key"):
         async with maker() as s, s.begin():
             await s.run_sync(lambda sync: row_batch.write(sync, [(_table(EventIntake), [orphan])]))
+
+
+def test_a_sql_expression_default_is_refused_not_written_wrong() -> None:
+    """A column whose default is SQL (``func.now()``) cannot be a value of a parameter
+    array: :func:`row_batch.statement` says so rather than sending the expression."""
+    from sqlalchemy import Column, DateTime, Integer, MetaData, func
+
+    table = Table(
+        "t", MetaData(), Column("id", Integer, primary_key=True), Column("at", DateTime, default=func.now())
+    )
+    with pytest.raises(ValueError, match=r"t\.at"):
+        row_batch.statement([(table, [{"id": 1}])])
+    stmt, params = row_batch.statement([(table, [{"id": 1, "at": T0}])])
+    assert params["rb0_0"] == [1] and "unnest" in stmt.text
