@@ -48,7 +48,7 @@ def defer(session: AsyncSession) -> None:
 
 
 def add(session: AsyncSession, model: type[Base], row: dict[str, Any]) -> None:
-    """A new row of ``model``: buffered for one INSERT per table in a deferring
+    """A new row of ``model``: buffered, written with the rest at commit, in a deferring
     transaction, else added to the session as an object."""
     pending = row_batch.buffer(session.sync_session)
     if pending is None:
