@@ -22,6 +22,7 @@ import ssl
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiomqtt
@@ -302,19 +303,33 @@ class SimulatedDevice:
         payload = self._event_payload(record)
         policy = self._scenario.resend
         delay = interval_s if interval_s is not None else policy.initial_s
+        # A fixed interval is a fixed-rate timer: copy k is due k intervals after the first,
+        # in simulated time. A loop turn that comes late (a busy event loop at ×1000 is tens
+        # of simulated seconds) sends the copies that fell due meanwhile, as such a timer
+        # does, instead of pushing every later copy back and sending fewer than the
+        # scenario says.
+        due: datetime | None = None
         while max_sends is None or record.sends < max_sends:
             client = self._client
             if client is None:
                 await self._online.wait()
+                due = None  # a timer restarted by the reconnect
                 continue
             session_over = self._session_over
             if self._send(client, self._topic[Channel.events], payload, qos=1):
                 record.sends += 1
                 if record.first_publish_mono is None:
                     record.first_publish_mono = time.monotonic()
-            await self._wait_any(session_over, timeout_s=delay)
             if interval_s is None:
+                await self._wait_any(session_over, timeout_s=delay)
                 delay = min(delay * policy.factor, policy.max_s)
+                continue
+            due = (due or self._clock.now()) + timedelta(seconds=interval_s)
+            wait_s = (due - self._clock.now()).total_seconds()
+            if wait_s > 0:
+                await self._wait_any(session_over, timeout_s=wait_s)
+            else:
+                await asyncio.sleep(0)  # overdue: send it now, but let the loop breathe
 
     def _event_payload(self, record: EventRecord) -> bytes:
         body: dict[str, Any] = {"id": record.event_id, "ts": record.ts_ms, "type": record.type}
