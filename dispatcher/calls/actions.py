@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from carecall.core.one_of import one_of
 from device_gateway.models import DeviceEvent
 from dispatcher.audit import service as audit
 from dispatcher.audit.chain import AuditKind
@@ -334,7 +335,7 @@ async def _cancel_timers(
             .where(
                 Timer.call_id == call.id,
                 Timer.status == TimerStatus.pending.value,
-                Timer.step.in_(sorted(steps)),
+                one_of(Timer.step, sorted(steps)),
             )
             .values(status=TimerStatus.cancelled.value)
         )
@@ -353,7 +354,7 @@ async def _dispatch(session: AsyncSession, step: _Act) -> None:
     staff_ids = step.body.get("staff_ids")
     if not isinstance(staff_ids, list) or not staff_ids or not all(isinstance(s, str) for s in staff_ids):
         raise CallError("dispatch needs staff_ids: a list of on-duty staff ids", 422)
-    staff = (await session.scalars(select(Staff).where(Staff.id.in_(staff_ids)))).all()
+    staff = (await session.scalars(select(Staff).where(one_of(Staff.id, staff_ids)))).all()
     found = {s.id: s for s in staff}
     missing = [s for s in staff_ids if s not in found]
     if missing:
@@ -363,7 +364,9 @@ async def _dispatch(session: AsyncSession, step: _Act) -> None:
         raise CallError(f"not on duty: {', '.join(off)}", 409)
     busy = list(
         await session.scalars(
-            select(Assignment.staff_id).where(Assignment.staff_id.in_(staff_ids), Assignment.active.is_(True))
+            select(Assignment.staff_id).where(
+                one_of(Assignment.staff_id, staff_ids), Assignment.active.is_(True)
+            )
         )
     )
     if busy:

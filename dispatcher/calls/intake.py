@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from carecall.core.one_of import one_of
 from device_gateway.models import DeviceEvent
 from dispatcher.audit.chain import AuditKind
 from dispatcher.calls import bulk, lifecycle, routing, timers
@@ -123,7 +124,7 @@ async def _read_registry(session: AsyncSession, batch: IntakeBatch, homes: list[
     stmt = (
         select(Home, Resident)
         .outerjoin(Resident, Resident.home_id == Home.id)
-        .where(Home.id.in_(homes))
+        .where(one_of(Home.id, homes))
         .order_by(Home.id, Resident.capacity_level.desc(), Resident.id)
     )
     if is_pg(session):
@@ -142,7 +143,7 @@ async def _read_open_calls(
     # the homes are locked already (_read_registry)
     stmt = (
         select(Call)
-        .where(Call.home_id.in_(homes), Call.status.in_(_OPEN))
+        .where(one_of(Call.home_id, homes), Call.status.in_(_OPEN))
         .order_by(Call.id)  # locked in id order, as timers lock theirs: no deadlock
     )
     if is_pg(session):
@@ -515,7 +516,7 @@ async def _clear_trouble(
     )
     if not ids:
         return None, "ignored"
-    stmt = select(Call).where(Call.id.in_(ids)).order_by(Call.id)
+    stmt = select(Call).where(one_of(Call.id, ids)).order_by(Call.id)
     if is_pg(session):
         stmt = stmt.with_for_update()
     rows = list((await session.scalars(stmt)).all())

@@ -16,6 +16,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from carecall.core.one_of import one_of
 from dispatcher.audit import service as audit
 from dispatcher.audit.chain import AuditKind
 from dispatcher.auth.models import Role, User
@@ -162,7 +163,7 @@ async def area_supervisors(session: AsyncSession, *, station_id: str | None) -> 
     if ids:
         rows = await session.execute(
             select(User.station_id, User.username).where(
-                User.role == Role.supervisor.value, User.active.is_(True), User.station_id.in_(ids)
+                User.role == Role.supervisor.value, User.active.is_(True), one_of(User.station_id, ids)
             )
         )
         for sid_, username in rows.all():

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from carecall.core.one_of import one_of
 from device_gateway.models import DeviceEvent
 from dispatcher.audit import service as audit
 from dispatcher.calls import bulk
@@ -93,7 +94,7 @@ async def _rosters(
     rows = (
         await session.execute(
             select(Staff, on_a_call.label("on_a_call"))
-            .where(Staff.station_id.in_(sorted(set(station_ids))))
+            .where(one_of(Staff.station_id, sorted(set(station_ids))))
             .order_by(Staff.station_id, Staff.name, Staff.id)
         )
     ).all()
@@ -169,7 +170,9 @@ class PagingReads:
         if calls:
             found = (
                 await session.scalars(
-                    select(Page).where(Page.call_id.in_(calls)).order_by(Page.call_id, Page.paged_at, Page.id)
+                    select(Page)
+                    .where(one_of(Page.call_id, calls))
+                    .order_by(Page.call_id, Page.paged_at, Page.id)
                 )
             ).all()
             for cid in calls:
@@ -203,7 +206,7 @@ class PagingReads:
         """Each person's own channel order (staff.channels; "" when they chose none)."""
         missing = sorted(set(staff_ids) - set(self.channels))
         if missing:
-            rows = await session.execute(select(Staff.id, Staff.channels).where(Staff.id.in_(missing)))
+            rows = await session.execute(select(Staff.id, Staff.channels).where(one_of(Staff.id, missing)))
             self.channels.update({sid: ch for sid, ch in rows.all()})
         return {sid: self.channels[sid] for sid in staff_ids if sid in self.channels}
 
@@ -220,14 +223,14 @@ class PagingReads:
                 select(Call, Home.address, Resident.name)
                 .join(Home, Home.id == Call.home_id)
                 .outerjoin(Resident, Resident.id == Call.resident_id)
-                .where(Call.id.in_(call_ids))
+                .where(one_of(Call.id, call_ids))
             )
         ).all()
         types: dict[int, set[str]] = {cid: set() for cid in call_ids}
         for cid, typ in await session.execute(
             select(CallEvent.call_id, DeviceEvent.type)
             .join(DeviceEvent, CallEvent.event_pk == DeviceEvent.id)
-            .where(CallEvent.call_id.in_(call_ids))
+            .where(one_of(CallEvent.call_id, call_ids))
         ):
             types[cid].add(typ)
         for call, address, resident in rows:

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from sqlalchemy import func, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from carecall.core.one_of import one_of
 from device_gateway.models import DeviceEvent
 from dispatcher.audit.chain import AuditKind
 from dispatcher.audit.models import AuditRow
@@ -59,7 +60,9 @@ async def _load_station_nodes(session: AsyncSession) -> dict[str, routing.Statio
         .subquery()
     )
     # one statement: the stations with their free responders counted
-    rows = (await session.execute(select(Station, free.c.n).outerjoin(free, free.c.station_id == Station.id))).all()
+    rows = (
+        await session.execute(select(Station, free.c.n).outerjoin(free, free.c.station_id == Station.id))
+    ).all()
     return {
         s.id: routing.station_node(
             id=s.id,
@@ -110,7 +113,7 @@ async def count_recent_calls(
         (
             await session.execute(
                 select(Call.home_id, func.count())
-                .where(Call.home_id.in_(list(home_ids)), opened.is_not(None))
+                .where(one_of(Call.home_id, list(home_ids)), opened.is_not(None))
                 .group_by(Call.home_id)
             )
         ).all()
@@ -167,7 +170,7 @@ async def call_times(session: AsyncSession, *, call_ids: Sequence[int]) -> dict[
     rows = await session.execute(
         select(AuditRow.call_id, AuditRow.kind, func.min(AuditRow.at), func.count())
         .where(
-            AuditRow.call_id.in_(list(call_ids)),
+            one_of(AuditRow.call_id, list(call_ids)),
             or_(AuditRow.kind.in_(list(_TIME_KINDS)), AuditRow.kind == AuditKind.escalated.value),
         )
         .group_by(AuditRow.call_id, AuditRow.kind)
@@ -290,7 +293,7 @@ async def queue_ids(
 
 async def staff_stations(session: AsyncSession, *, staff_ids: Sequence[str]) -> dict[str, str]:
     """Staff id -> station id, for the ids that exist."""
-    rows = await session.execute(select(Staff.id, Staff.station_id).where(Staff.id.in_(list(staff_ids))))
+    rows = await session.execute(select(Staff.id, Staff.station_id).where(one_of(Staff.id, list(staff_ids))))
     return {staff_id: station_id for staff_id, station_id in rows.all()}
 
 
@@ -299,7 +302,7 @@ async def _events_of(session: AsyncSession, ids: Sequence[int]) -> dict[int, lis
         await session.execute(
             select(CallEvent.call_id, DeviceEvent)
             .join(DeviceEvent, DeviceEvent.id == CallEvent.event_pk)
-            .where(CallEvent.call_id.in_(list(ids)))
+            .where(one_of(CallEvent.call_id, list(ids)))
             .order_by(DeviceEvent.id)
         )
     ).all()
@@ -334,7 +337,7 @@ async def _next_escalations(session: AsyncSession, ids: Sequence[int]) -> dict[i
     for cid, at in (
         await session.execute(
             select(Timer.call_id, Timer.due_at).where(
-                Timer.call_id.in_(list(ids)),
+                one_of(Timer.call_id, list(ids)),
                 Timer.status == TimerStatus.pending.value,
                 Timer.action.in_([a.value for a in _ESCALATIONS]),
             )
@@ -362,7 +365,7 @@ async def load_calls(
             .outerjoin(Home, Home.id == Call.home_id)
             .outerjoin(Resident, Resident.id == Call.resident_id)
             .outerjoin(Station, Station.id == Call.station_id)
-            .where(Call.id.in_(ids), visible)
+            .where(one_of(Call.id, ids), visible)
         )
     ).all()
     by_id = {c.id: (c, address, resident, station) for c, address, resident, station in rows}
@@ -503,8 +506,8 @@ async def set_aside(session: AsyncSession, *, scope: frozenset[str] | None) -> I
         .limit(500)
     )
     if scope is not None:
-        ev_stmt = ev_stmt.where(Home.station_id.in_(sorted(scope)))
-        tm_stmt = tm_stmt.where(Call.station_id.in_(sorted(scope)))
+        ev_stmt = ev_stmt.where(one_of(Home.station_id, sorted(scope)))
+        tm_stmt = tm_stmt.where(one_of(Call.station_id, sorted(scope)))
     ev_rows = (await session.execute(ev_stmt)).all()
     tm_rows = (await session.execute(tm_stmt)).all()
     events = [

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from carecall.core.one_of import one_of
 from dispatcher.audit.chain import AuditKind
 from dispatcher.calls import contacts, ladder, lifecycle, paging
 from dispatcher.calls import escalation as esc
@@ -145,14 +146,14 @@ async def take_due_timers(
         (
             await session.scalars(
                 update(Timer)
-                .where(Timer.id.in_(ids), Timer.status == _PENDING)
+                .where(one_of(Timer.id, ids), Timer.status == _PENDING)
                 .values(status=TimerStatus.firing.value, fired_at=now, fired_by=worker)
                 .returning(Timer.id)
                 .execution_options(synchronize_session=False)
             )
         ).all()
     )
-    stmt = select(Call).where(Call.id.in_(sorted({t.call_id for t in timers}))).order_by(Call.id)
+    stmt = select(Call).where(one_of(Call.id, sorted({t.call_id for t in timers}))).order_by(Call.id)
     if is_pg(session):
         stmt = stmt.with_for_update()
     by_id = {c.id: c for c in (await session.scalars(stmt)).all()}
@@ -180,7 +181,7 @@ async def finish_taken(session: AsyncSession, taken: TakenTimers) -> None:
         if ids:
             await session.execute(
                 update(Timer)
-                .where(Timer.id.in_(sorted(ids)), Timer.status == TimerStatus.firing.value)
+                .where(one_of(Timer.id, sorted(ids)), Timer.status == TimerStatus.firing.value)
                 .values(status=status.value)
                 .execution_options(synchronize_session=False)
             )

@@ -15,6 +15,7 @@ from __future__ import annotations
 from sqlalchemy import ColumnElement, and_, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from carecall.core.one_of import one_of
 from dispatcher.calls.models import Call
 from dispatcher.registry.models import Home
 
@@ -26,9 +27,9 @@ def visible_calls(scope: frozenset[str] | None) -> ColumnElement[bool]:
     if scope is None:
         return true()
     stations = sorted(scope)
-    own_homes = select(Home.id).where(Home.station_id.in_(stations))
+    own_homes = select(Home.id).where(one_of(Home.station_id, stations))
     return or_(
-        Call.station_id.in_(stations),
+        one_of(Call.station_id, stations),
         and_(Call.escalation_level > 0, Call.home_id.in_(own_homes)),
     )
 

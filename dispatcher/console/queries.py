@@ -16,6 +16,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from carecall.core.one_of import one_of
 from device_gateway.models import Device, DeviceEvent, DeviceState
 from device_gateway.rules import RulesConfig
 from dispatcher.audit.models import AuditRow
@@ -62,7 +63,7 @@ async def resident_briefs(
     if not resident_ids:
         return {}
     today = now.astimezone(ZoneInfo(DEFAULT_TZ)).date()
-    rows = (await session.scalars(select(Resident).where(Resident.id.in_(sorted(resident_ids))))).all()
+    rows = (await session.scalars(select(Resident).where(one_of(Resident.id, sorted(resident_ids))))).all()
     return {
         r.id: {
             "age": age_on(r.birth_date, today),
@@ -232,7 +233,7 @@ async def responders(
         await session.execute(
             select(Staff, Station.name)
             .join(Station, Station.id == Staff.station_id)
-            .where(Staff.station_id.in_(sorted(stations)), Staff.role.in_(RESPONDER_ROLES))
+            .where(one_of(Staff.station_id, sorted(stations)), Staff.role.in_(RESPONDER_ROLES))
             .order_by(Staff.station_id, Staff.id)
         )
     ).all()
@@ -242,7 +243,7 @@ async def responders(
             await session.scalars(
                 select(Assignment).where(
                     Assignment.active.is_(True),
-                    Assignment.staff_id.in_([st.id for st, _ in rows]),
+                    one_of(Assignment.staff_id, [st.id for st, _ in rows]),
                 )
             )
         ).all()
@@ -285,14 +286,14 @@ async def candidate_people(
         await session.execute(
             select(Staff, Station)
             .join(Station, Station.id == Staff.station_id)
-            .where(Staff.station_id.in_(sorted(stations)), Staff.role.in_(RESPONDER_ROLES))
+            .where(one_of(Staff.station_id, sorted(stations)), Staff.role.in_(RESPONDER_ROLES))
         )
     ).all()
     on_call = dict(
         (
             await session.execute(
                 select(Assignment.staff_id, func.min(Assignment.call_id))
-                .where(Assignment.active.is_(True), Assignment.staff_id.in_([st.id for st, _ in rows]))
+                .where(Assignment.active.is_(True), one_of(Assignment.staff_id, [st.id for st, _ in rows]))
                 .group_by(Assignment.staff_id)
             )
         ).all()
@@ -319,13 +320,13 @@ async def map_stations(session: AsyncSession, *, who: Principal, call: Call, hom
     """Stations near enough to matter on one screen: the call's station, the home's,
     and their parents and children, within the caller's scope."""
     ids = {i for i in (call.station_id, home.station_id) if i}
-    parents = set(await session.scalars(select(Station.parent_id).where(Station.id.in_(sorted(ids)))))
+    parents = set(await session.scalars(select(Station.parent_id).where(one_of(Station.id, sorted(ids)))))
     ids |= {p for p in parents if p}
-    ids |= set(await session.scalars(select(Station.id).where(Station.parent_id.in_(sorted(ids)))))
+    ids |= set(await session.scalars(select(Station.id).where(one_of(Station.parent_id, sorted(ids)))))
     if who.scope is not None:
         ids &= who.scope
     rows = (
-        await session.scalars(select(Station).where(Station.id.in_(sorted(ids))).order_by(Station.id))
+        await session.scalars(select(Station).where(one_of(Station.id, sorted(ids))).order_by(Station.id))
     ).all()
     return [MapStation(id=r.id, name=r.name, tier=r.tier, lat=r.lat, lon=r.lon) for r in rows]
 
@@ -338,7 +339,7 @@ async def board_rows(session: AsyncSession, *, scope: frozenset[str] | None) -> 
     open calls; busiest first."""
     stmt = select(Station).order_by(Station.tier, Station.id)
     if scope is not None:
-        stmt = stmt.where(Station.id.in_(sorted(scope)))
+        stmt = stmt.where(one_of(Station.id, sorted(scope)))
     stations = (await session.scalars(stmt)).all()
     on_duty = dict(
         (
@@ -407,7 +408,7 @@ async def scoped_ids(session: AsyncSession, *, who: Principal, ids: set[int]) ->
     if not ids:
         return [], []
     seen = set(
-        await session.scalars(select(Call.id).where(Call.id.in_(sorted(ids)), visible_calls(who.scope)))
+        await session.scalars(select(Call.id).where(one_of(Call.id, sorted(ids)), visible_calls(who.scope)))
     )
     return sorted(seen), sorted(ids - seen)
 
@@ -437,7 +438,7 @@ async def incident_briefs(session: AsyncSession, *, call_ids: set[int]) -> dict[
         await session.execute(
             select(MassOfflineIncident, Station.name)
             .join(Station, Station.id == MassOfflineIncident.area_station_id)
-            .where(MassOfflineIncident.call_id.in_(ids))
+            .where(one_of(MassOfflineIncident.call_id, ids))
         )
     ).all()
     if not incidents:
@@ -463,7 +464,7 @@ async def incident_briefs(session: AsyncSession, *, call_ids: set[int]) -> dict[
                 Home.address,
             )
             .outerjoin(Home, Home.id == IncidentDevice.home_id)
-            .where(IncidentDevice.call_id.in_(sorted(out)))
+            .where(one_of(IncidentDevice.call_id, sorted(out)))
             .order_by(IncidentDevice.call_id, IncidentDevice.home_id, IncidentDevice.device_id)
         )
     ).all()

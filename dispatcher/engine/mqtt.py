@@ -14,6 +14,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from carecall.core.cancel import raise_if_cancelling
+from carecall.core.one_of import one_of
 from device_gateway import protocol as p
 from device_gateway.mqtt import mqtt_client
 from dispatcher.calls import failures
@@ -72,7 +73,7 @@ class MqttLink(DispatcherState):
             else:
                 values = {"next_attempt_at": now + timedelta(seconds=1)}
             ids = [n.id for n in rows]
-            await session.execute(update(Notification).where(Notification.id.in_(ids)).values(**values))
+            await session.execute(update(Notification).where(one_of(Notification.id, ids)).values(**values))
             return
 
         async def publish(n: Notification) -> None:
@@ -94,7 +95,7 @@ class MqttLink(DispatcherState):
         if ok:
             await session.execute(
                 update(Notification)
-                .where(Notification.id.in_(ok))
+                .where(one_of(Notification.id, ok))
                 .values(status=NotificationStatus.sent.value, attempts=1)
             )
             self.stats.device_acks += len(ok)
@@ -102,7 +103,7 @@ class MqttLink(DispatcherState):
         if bad:
             await session.execute(
                 update(Notification)
-                .where(Notification.id.in_(bad))
+                .where(one_of(Notification.id, bad))
                 .values(attempts=Notification.attempts + 1, next_attempt_at=now + timedelta(seconds=2))
             )
             NOTIFY.labels(DEVICE_ACK_CHANNEL, "retry").inc(len(bad))

@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from carecall.core.clock import Clock
+from carecall.core.one_of import one_of
 from device_gateway.models import DeviceEvent
 from dispatcher.audit import service as audit
 from dispatcher.audit.chain import AuditKind
@@ -70,10 +71,11 @@ async def people_of(session: AsyncSession, targets: Iterable[str]) -> dict[str, 
     staff_ids = {t.removeprefix("staff:") for t in targets if t.startswith("staff:")}
     logins = {t.removeprefix("user:") for t in targets if t.startswith("user:")}
     users = {
-        u.username: u for u in (await session.scalars(select(User).where(User.username.in_(logins)))).all()
+        u.username: u
+        for u in (await session.scalars(select(User).where(one_of(User.username, logins)))).all()
     }
     staff_ids |= {u.staff_id for u in users.values() if u.staff_id}
-    staff = {s.id: s for s in (await session.scalars(select(Staff).where(Staff.id.in_(staff_ids)))).all()}
+    staff = {s.id: s for s in (await session.scalars(select(Staff).where(one_of(Staff.id, staff_ids)))).all()}
     people: dict[str, Person] = {}
     for t in targets:
         kind, _, ref = t.partition(":")
@@ -121,7 +123,7 @@ async def facts_of(session: AsyncSession, call_ids: Iterable[int | None]) -> dic
             select(Call.id, Home.address, Resident.name)
             .join(Home, Home.id == Call.home_id)
             .outerjoin(Resident, Resident.id == Call.resident_id)
-            .where(Call.id.in_(ids))
+            .where(one_of(Call.id, ids))
         )
     ).all()
     events: dict[int, set[str]] = {}
@@ -129,7 +131,7 @@ async def facts_of(session: AsyncSession, call_ids: Iterable[int | None]) -> dic
         await session.execute(
             select(CallEvent.call_id, DeviceEvent.type)
             .join(DeviceEvent, DeviceEvent.id == CallEvent.event_pk)
-            .where(CallEvent.call_id.in_(ids))
+            .where(one_of(CallEvent.call_id, ids))
         )
     ).all():
         events.setdefault(call_id, set()).add(kind)
@@ -191,7 +193,9 @@ async def send_all(
     people = await people_of(session, (n.target for n in rows))
     facts = await facts_of(session, (n.call_id for n in rows))
     page_ids = {pid for n in rows if isinstance(pid := _page_id(n), int)}
-    outcomes = dict((await session.execute(select(Page.id, Page.outcome).where(Page.id.in_(page_ids)))).all())
+    outcomes = dict(
+        (await session.execute(select(Page.id, Page.outcome).where(one_of(Page.id, page_ids)))).all()
+    )
     return list(
         await asyncio.gather(
             *(send_one(notifier, n, people, facts, clock, outcomes.get(_page_id(n) or -1)) for n in rows)

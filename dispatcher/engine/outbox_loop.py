@@ -15,6 +15,7 @@ import structlog
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from carecall.core.one_of import one_of
 from dispatcher.audit import service as audit
 from dispatcher.audit.chain import AuditKind
 from dispatcher.engine import handling, outbox_channels
@@ -96,7 +97,7 @@ class OutboxLoop(MqttLink):
             # is a round trip to the database); a failed one has values of its own
             await session.execute(
                 update(Notification)
-                .where(Notification.id.in_(sent))
+                .where(one_of(Notification.id, sent))
                 .values(status=NotificationStatus.sent.value, attempts=Notification.attempts + 1)
                 .execution_options(synchronize_session=False)
             )

@@ -1,0 +1,92 @@
+"""``one_of``: ``IN`` with one SQL text for any number of values on PostgreSQL
+(carecall/core/one_of.py). Runs on the chosen backend (``--db``); the text checks hold on
+PostgreSQL, the results on both."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from carecall.core.one_of import one_of
+from dispatcher.registry.models import Station
+from tests.support.registry import add_station_chain
+
+
+def _texts(engine: AsyncEngine) -> Iterator[list[str]]:
+    seen: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", note)
+
+
+def test_it_renders_any_on_postgresql_and_in_elsewhere() -> None:
+    stmt = select(Station.id).where(one_of(Station.id, ["a", "b", "c"]))
+    pg = str(stmt.compile(dialect=postgresql.dialect()))
+    lite = str(stmt.compile(dialect=sqlite.dialect(), compile_kwargs={"render_postcompile": True}))
+    assert "= ANY (" in pg and " IN " not in pg
+    assert "IN (?, ?, ?)" in lite
+
+
+async def test_the_same_rows_as_in_for_any_length(maker: async_sessionmaker[AsyncSession]) -> None:
+    async with maker() as s, s.begin():
+        await add_station_chain(s)
+    ids = ["county", "st1", "cm1", "nowhere"]
+    async with maker() as s:
+        for n in range(len(ids) + 1):
+            want = set((await s.scalars(select(Station.id).where(Station.id.in_(ids[:n])))).all())
+            got = set((await s.scalars(select(Station.id).where(one_of(Station.id, ids[:n])))).all())
+            assert got == want, n
+        # the negation, and inside a larger condition
+        rest = (await s.scalars(select(Station.id).where(~one_of(Station.id, ["st1"])))).all()
+        assert sorted(rest) == ["cm1", "county"]
+
+
+async def test_one_text_for_every_length_on_postgresql(
+    maker: async_sessionmaker[AsyncSession], db_backend: str
+) -> None:
+    if db_backend != "postgresql":
+        pytest.skip(
+            "the text stays the same on PostgreSQL only (SQLite has no arrays): run with --db postgresql"
+        )
+    async with maker() as s, s.begin():
+        await add_station_chain(s)
+    ids = ["county", "st1", "cm1"]
+    async with maker() as s:
+        engine = s.bind
+        assert isinstance(engine, AsyncEngine)
+        for texts in _texts(engine):
+            for n in (1, 2, 3, 0, 2):
+                got = (await s.scalars(select(Station.id).where(one_of(Station.id, ids[:n])))).all()
+                assert len(got) == n
+            assert len(texts) == 5 and len(set(texts)) == 1, texts
+
+
+async def test_an_orm_update_keeps_loaded_objects_in_step(maker: async_sessionmaker[AsyncSession]) -> None:
+    async with maker() as s, s.begin():
+        await add_station_chain(s)
+    async with maker() as s, s.begin():
+        st1 = await s.get(Station, "st1")
+        cm1 = await s.get(Station, "cm1")
+        assert st1 is not None and cm1 is not None
+        await s.execute(update(Station).where(one_of(Station.id, ["st1", "nowhere"])).values(name="新名"))
+        assert st1.name == "新名"  # the session's object follows the UPDATE
+        assert cm1.name == "社区站"  # one not matched does not
+    async with maker() as s:
+        names = {sid: name for sid, name in (await s.execute(select(Station.id, Station.name))).all()}
+    assert names["st1"] == "新名" and names["cm1"] == "社区站"
+
+
+def test_a_subquery_is_refused() -> None:
+    with pytest.raises(TypeError, match="not a SQL expression"):
+        one_of(Station.id, select(Station.id).scalar_subquery())
