@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Table, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from carecall.core import row_batch
+from carecall.core.one_of import one_of
 from device_gateway.models import Device, DeviceEvent, DeviceState, RejectedMessage
 
 
@@ -124,6 +126,12 @@ def dialect(session: AsyncSession) -> str:
     return session.get_bind().dialect.name
 
 
+def _table(model: Any) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
 def _insert(session: AsyncSession) -> Any:
     return postgresql.insert if dialect(session) == "postgresql" else sqlite.insert
 
@@ -147,7 +155,7 @@ async def load_devices(
         Device.privileged,
     )
     if device_ids is not None:
-        stmt = stmt.where(Device.id.in_(list(device_ids)))
+        stmt = stmt.where(one_of(Device.id, list(device_ids)))
     rows = (await session.execute(stmt)).all()
     vitals = await residents(session, home_ids=sorted({r.home_id for r in rows}))
     out = []
@@ -178,6 +186,17 @@ async def insert_events(session: AsyncSession, rows: Sequence[EventRow]) -> set[
     seen: dict[tuple[str, str], EventRow] = {}
     for r in rows:
         seen.setdefault((r.device_id, r.event_id), r)
+    values = [r.values() for r in seen.values()]
+    if dialect(session) == "postgresql":
+        # one array per column (carecall/core/row_batch.py): the same SQL text for any
+        # number of rows, so the driver's prepared statement is reused; the multi-row
+        # VALUES form below is a new text, and a prepare round trip, for every batch size
+        stmt_pg, params = row_batch.statement(
+            [(_table(DeviceEvent), values)],
+            suffix=" ON CONFLICT (device_id, event_id) DO NOTHING RETURNING device_id, event_id",
+        )
+        result = await session.execute(stmt_pg, params)
+        return {(d, e) for d, e in result.all()}
     # executemany form: SQLAlchemy compiles the statement once and caches it, then sends
     # the rows as multi-row VALUES batches ("insertmanyvalues"); a .values([...]) list
     # would be compiled anew for every batch size, which dominated the gateway's CPU.
@@ -186,7 +205,7 @@ async def insert_events(session: AsyncSession, rows: Sequence[EventRow]) -> set[
         .on_conflict_do_nothing(index_elements=["device_id", "event_id"])
         .returning(DeviceEvent.device_id, DeviceEvent.event_id)
     )
-    result = await session.execute(stmt, [r.values() for r in seen.values()])
+    result = await session.execute(stmt, values)
     return {(d, e) for d, e in result.all()}
 
 
@@ -226,7 +245,7 @@ async def mark_offline(
     result = await session.execute(
         update(DeviceState)
         .where(
-            DeviceState.device_id.in_(list(device_ids)),
+            one_of(DeviceState.device_id, list(device_ids)),
             or_(DeviceState.online.is_(True), DeviceState.offline_since.is_(None)),
         )
         .values(online=False, offline_since=at, offline_due_at=None)
@@ -266,7 +285,7 @@ async def _merged_trends(
         (
             await session.execute(
                 select(DeviceState.device_id, DeviceState.vitals_trend).where(
-                    DeviceState.device_id.in_(list(fresh))
+                    one_of(DeviceState.device_id, list(fresh))
                 )
             )
         ).all()
@@ -301,7 +320,7 @@ async def flush_states(
         result = await session.execute(
             update(DeviceState)
             .where(
-                DeviceState.device_id.in_(sorted(alive)),
+                one_of(DeviceState.device_id, sorted(alive)),
                 DeviceState.online.is_(False),
                 DeviceState.offline_since.is_not(None),
             )

@@ -83,10 +83,15 @@ def _columns(table: Table, rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any,
 
 
 def statement(
-    batches: Sequence[Batch], tail: str | None = None, tail_params: Mapping[str, Any] | None = None
+    batches: Sequence[Batch],
+    tail: str | None = None,
+    tail_params: Mapping[str, Any] | None = None,
+    *,
+    suffix: str = "",
 ) -> tuple[TextClause, dict[str, Any]]:
     """PostgreSQL: the batches' INSERTs and then ``tail`` (SQL text with ``:name``
-    parameters, not starting with ``rb``) as one statement, with its parameters."""
+    parameters, not starting with ``rb``) as one statement, with its parameters. Without
+    a tail, ``suffix`` (``ON CONFLICT …``, ``RETURNING …``) ends the last INSERT."""
     parts: list[str] = []
     binds: list[Any] = []
     params: dict[str, Any] = dict(tail_params or {})
@@ -103,7 +108,7 @@ def statement(
     if tail is not None:
         main = tail
     elif parts:
-        main = parts.pop()
+        main = parts.pop() + suffix
     else:
         raise ValueError("nothing to write")
     ctes = ", ".join(f"rb{i} AS ({sql})" for i, sql in enumerate(parts))

@@ -9,12 +9,14 @@ kept, and a row referring to a row of another table of the same statement accept
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Table, insert, select, text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import Table, event, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from carecall.core import row_batch
 from device_gateway.models import DeviceEvent
@@ -25,6 +27,21 @@ from tests.dispatcher.engine.test_timer_batch import statements
 from tests.support.events import event_row
 
 T0 = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
+
+
+@contextmanager
+def statements_text(engine: AsyncEngine) -> Iterator[list[str]]:
+    """The full SQL text of the statements executed meanwhile."""
+    seen: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", note)
 
 
 def _table(model: Any) -> Table:
@@ -180,3 +197,29 @@ def test_a_sql_expression_default_is_refused_not_written_wrong() -> None:
         row_batch.statement([(table, [{"id": 1}])])
     stmt, params = row_batch.statement([(table, [{"id": 1, "at": T0}])])
     assert params["rb0_0"] == [1] and "unnest" in stmt.text
+
+
+async def test_the_gateway_insert_is_one_text_for_any_batch_and_still_skips_resends(
+    maker: async_sessionmaker[AsyncSession], db_backend: str
+) -> None:
+    """The gateway's event INSERT (device_gateway.store.insert_events): on PostgreSQL the
+    same SQL text whatever the batch size (no prepare round trip per new size); on both,
+    a resend in the batch or of an earlier batch is not new."""
+    await add_small_registry(maker, {"h1-btn": "button"})
+    async with maker() as s, s.begin():
+        engine = s.bind
+        assert isinstance(engine, AsyncEngine)
+        with statements_text(engine) as texts:
+            first = await insert_events(
+                s, [event_row("h1-btn", "h1", T0, event_id=f"g{i}") for i in range(3)]
+            )
+            again = await insert_events(
+                s, [event_row("h1-btn", "h1", T0, event_id=e) for e in ("g1", "g3", "g3", "g4", "g5", "g6")]
+            )
+    assert first == {("h1-btn", f"g{i}") for i in range(3)}
+    assert again == {("h1-btn", e) for e in ("g3", "g4", "g5", "g6")}  # g1 was stored before
+    if db_backend == "postgresql":
+        assert len(texts) == 2 and texts[0] == texts[1] and "unnest" in texts[0], texts
+    async with maker() as s:
+        stored = sorted(await s.scalars(select(DeviceEvent.event_id)))
+    assert stored == ["g0", "g1", "g2", "g3", "g4", "g5", "g6"]
