@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import DateTime, MetaData, String, TypeDecorator, event
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
@@ -118,10 +119,32 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
     ping_idle_s = kwargs.pop("ping_idle_s", PING_IDLE_S)
-    engine = create_async_engine(aurl, **kwargs)
+    pg_args: dict[str, Any] = dict(kwargs.pop("connect_args", {}))
+    settings: dict[str, str] = {**CUSTOM_PLANS, **pg_args.get("server_settings", {})}
+    engine = create_async_engine(aurl, connect_args={**pg_args, "server_settings": settings}, **kwargs)
+    if settings["plan_cache_mode"] == CUSTOM_PLANS["plan_cache_mode"]:
+        _custom_plans.add(engine.sync_engine)
     if not kwargs.get("pool_pre_ping"):
         ping_when_idle(engine, ping_idle_s)
     return engine
+
+
+# Every PostgreSQL connection plans each statement for its parameters (issue 15). The
+# driver prepares every statement, and after five runs PostgreSQL may switch one to a
+# generic plan, made once, blind to the values and to how big the tables have grown since:
+# twice here that was far worse than planning (the intake's claim went quadratic, an
+# oversight report took 2.4 s instead of 1.6), and IN lists sent as one array
+# (carecall/core/one_of.py) are planned for an array of unknown size. Planning a statement
+# of ours costs tens of microseconds; in the bench's quiet phase the generic plans cost
+# PostgreSQL ~5 % of a core more and left escalation timers later (docs/performance.md).
+CUSTOM_PLANS = {"plan_cache_mode": "force_custom_plan"}
+_custom_plans: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def plans_per_statement(bind: Engine | Connection) -> bool:
+    """Whether ``bind``'s connections already plan every statement for its parameters."""
+    engine = bind.engine if isinstance(bind, Connection) else bind
+    return engine in _custom_plans
 
 
 # A pooled connection idle for longer than this is pinged before it is handed out.

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from carecall.core.db import plans_per_statement
 from device_gateway.models import DeviceEvent
 from dispatcher.audit import service as audit
 from dispatcher.audit.chain import AuditKind
@@ -203,7 +204,8 @@ async def plan_for_parameters(session: AsyncSession) -> None:
     in force until an ANALYZE: the intake's claim then compared every event with every
     taken-in one (tests/integration/test_intake_claim_plan_pg.py). A custom plan sizes
     the tables from their current pages."""
-    if is_pg(session):
+    if is_pg(session) and not plans_per_statement(session.get_bind()):
+        # an engine of make_engine's plans every statement so already: no round trip
         await session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
 
 
