@@ -4,30 +4,15 @@ PostgreSQL, the results on both."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from carecall.core.one_of import one_of
 from dispatcher.registry.models import Station
 from tests.support.registry import add_station_chain
-
-
-def _texts(engine: AsyncEngine) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        seen.append(statement)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", note)
-    try:
-        yield seen
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", note)
+from tests.support.sql import statement_texts
 
 
 def test_it_renders_any_on_postgresql_and_in_elsewhere() -> None:
@@ -65,7 +50,7 @@ async def test_one_text_for_every_length_on_postgresql(
     async with maker() as s:
         engine = s.bind
         assert isinstance(engine, AsyncEngine)
-        for texts in _texts(engine):
+        with statement_texts(engine) as texts:
             for n in (1, 2, 3, 0, 2):
                 got = (await s.scalars(select(Station.id).where(one_of(Station.id, ids[:n])))).all()
                 assert len(got) == n

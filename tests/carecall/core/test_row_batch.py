@@ -9,13 +9,11 @@ kept, and a row referring to a row of another table of the same statement accept
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Table, event, insert, select, text
+from sqlalchemy import Table, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from carecall.core import row_batch
@@ -25,23 +23,9 @@ from dispatcher.calls.models import EventIntake
 from tests.conftest import add_small_registry
 from tests.dispatcher.engine.test_timer_batch import statements
 from tests.support.events import event_row
+from tests.support.sql import statement_texts
 
 T0 = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
-
-
-@contextmanager
-def statements_text(engine: AsyncEngine) -> Iterator[list[str]]:
-    """The full SQL text of the statements executed meanwhile."""
-    seen: list[str] = []
-
-    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        seen.append(statement)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", note)
-    try:
-        yield seen
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", note)
 
 
 def _table(model: Any) -> Table:
@@ -209,7 +193,7 @@ async def test_the_gateway_insert_is_one_text_for_any_batch_and_still_skips_rese
     async with maker() as s, s.begin():
         engine = s.bind
         assert isinstance(engine, AsyncEngine)
-        with statements_text(engine) as texts:
+        with statement_texts(engine) as texts:
             first = await insert_events(
                 s, [event_row("h1-btn", "h1", T0, event_id=f"g{i}") for i in range(3)]
             )
