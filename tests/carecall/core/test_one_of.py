@@ -1,18 +1,17 @@
 """``one_of``: ``IN`` with one SQL text for any number of values on PostgreSQL
-(carecall/core/one_of.py). Runs on the chosen backend (``--db``); the text checks hold on
-PostgreSQL, the results on both."""
+(carecall/core/one_of.py). Runs on the chosen backend (``--db``); that the text stays the
+same on PostgreSQL is tests/integration/test_statement_texts_pg.py's."""
 
 from __future__ import annotations
 
 import pytest
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from carecall.core.one_of import one_of
 from dispatcher.registry.models import Station
 from tests.support.registry import add_station_chain
-from tests.support.sql import statement_texts
 
 
 def test_it_renders_any_on_postgresql_and_in_elsewhere() -> None:
@@ -35,26 +34,6 @@ async def test_the_same_rows_as_in_for_any_length(maker: async_sessionmaker[Asyn
         # the negation, and inside a larger condition
         rest = (await s.scalars(select(Station.id).where(~one_of(Station.id, ["st1"])))).all()
         assert sorted(rest) == ["cm1", "county"]
-
-
-async def test_one_text_for_every_length_on_postgresql(
-    maker: async_sessionmaker[AsyncSession], db_backend: str
-) -> None:
-    if db_backend != "postgresql":
-        pytest.skip(
-            "the text stays the same on PostgreSQL only (SQLite has no arrays): run with --db postgresql"
-        )
-    async with maker() as s, s.begin():
-        await add_station_chain(s)
-    ids = ["county", "st1", "cm1"]
-    async with maker() as s:
-        engine = s.bind
-        assert isinstance(engine, AsyncEngine)
-        with statement_texts(engine) as texts:
-            for n in (1, 2, 3, 0, 2):
-                got = (await s.scalars(select(Station.id).where(one_of(Station.id, ids[:n])))).all()
-                assert len(got) == n
-            assert len(texts) == 5 and len(set(texts)) == 1, texts
 
 
 async def test_an_orm_update_keeps_loaded_objects_in_step(maker: async_sessionmaker[AsyncSession]) -> None:

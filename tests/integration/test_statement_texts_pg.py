@@ -1,22 +1,37 @@
-"""PostgreSQL connections plan every statement for its parameters (carecall/core/db.py
-``CUSTOM_PLANS``): no generic plan made once and kept, and no ``SET LOCAL`` round trip
-before the intake's claim on an engine that has it already."""
+"""On the real PostgreSQL: a list of values is one SQL text whatever its length
+(carecall/core/one_of.py), and every connection of ``make_engine`` plans each statement
+for its values (carecall/core/db.py ``CUSTOM_PLANS``), so the intake's claim needs no
+``SET LOCAL`` round trip of its own."""
 
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from carecall.core.db import make_engine, make_sessionmaker, plans_per_statement
+from carecall.core.one_of import one_of
 from dispatcher.calls.claims import claim_events
+from dispatcher.registry.models import Station
 from tests.dispatcher.engine.test_timer_batch import statements
+from tests.support.registry import add_station_chain
+from tests.support.sql import statement_texts
+
+pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def pg_url(db_url: str, db_backend: str) -> str:
-    if db_backend != "postgresql":
-        pytest.skip("a PostgreSQL setting: runs in the --db postgresql pass")
-    return db_url
+async def test_one_text_for_every_length(pg_maker: async_sessionmaker[AsyncSession]) -> None:
+    async with pg_maker() as s, s.begin():
+        await add_station_chain(s)
+    ids = ["county", "st1", "cm1"]
+    async with pg_maker() as s:
+        engine = s.bind
+        assert isinstance(engine, AsyncEngine)
+        with statement_texts(engine) as texts:
+            for n in (1, 2, 3, 0, 2):
+                got = (await s.scalars(select(Station.id).where(one_of(Station.id, ids[:n])))).all()
+                assert len(got) == n
+            assert len(texts) == 5 and len(set(texts)) == 1, texts
 
 
 async def test_every_connection_plans_for_its_parameters_and_the_claim_skips_the_set(pg_url: str) -> None:
