@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Table, func, or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -126,12 +126,6 @@ def dialect(session: AsyncSession) -> str:
     return session.get_bind().dialect.name
 
 
-def _table(model: Any) -> Table:
-    table = model.__table__
-    assert isinstance(table, Table)
-    return table
-
-
 def _insert(session: AsyncSession) -> Any:
     return postgresql.insert if dialect(session) == "postgresql" else sqlite.insert
 
@@ -192,7 +186,7 @@ async def insert_events(session: AsyncSession, rows: Sequence[EventRow]) -> set[
         # number of rows, so the driver's prepared statement is reused; the multi-row
         # VALUES form below is a new text, and a prepare round trip, for every batch size
         stmt_pg, params = row_batch.statement(
-            [(_table(DeviceEvent), values)],
+            [(row_batch.table_of(DeviceEvent), values)],
             suffix=" ON CONFLICT (device_id, event_id) DO NOTHING RETURNING device_id, event_id",
         )
         result = await session.execute(stmt_pg, params)

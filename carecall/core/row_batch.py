@@ -27,11 +27,18 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
 
-__all__ = ["Batch", "buffer", "statement", "stop", "take", "write"]
+__all__ = ["Batch", "buffer", "statement", "stop", "table_of", "take", "write"]
 
 Batch = tuple[Table, Sequence[Mapping[str, Any]]]
 
 _KEY = "carecall.bulk_rows"  # this transaction's buffered rows: table -> rows
+
+
+def table_of(model: Any) -> Table:
+    """A mapped class's table, as a batch names it."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
 
 
 def buffer(session: Session, *, start: bool = False) -> dict[Table, list[dict[str, Any]]] | None:

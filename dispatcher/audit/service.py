@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, event, select, update
+from sqlalchemy import event, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Update
@@ -86,9 +86,12 @@ def _write_head(session: Session) -> None:
             seq, prev = link.seq, link.hash
         # Core rows, in chain order: nothing reads them back as objects, so the unit of
         # work (and a RETURNING of every id) is skipped
-        table = AuditRow.__table__
-        assert isinstance(table, Table)
-        row_batch.write(session, [(table, pending)], _SET_HEAD, {"head_seq": seq, "head_hash": prev})
+        row_batch.write(
+            session,
+            [(row_batch.table_of(AuditRow), pending)],
+            _SET_HEAD,
+            {"head_seq": seq, "head_hash": prev},
+        )
         return
     if session.info.pop(_DIRTY_KEY, False):
         seq, digest = session.info[_HEAD_KEY]

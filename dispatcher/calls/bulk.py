@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Table, event, text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.sql import ClauseElement, TableClause
@@ -54,9 +54,7 @@ def add(session: AsyncSession, model: type[Base], row: dict[str, Any]) -> None:
     if pending is None:
         session.add(model(**row))
         return
-    table = model.__table__
-    assert isinstance(table, Table)
-    pending.setdefault(table, []).append(row)
+    pending.setdefault(row_batch.table_of(model), []).append(row)
 
 
 def deferring(session: AsyncSession) -> bool:

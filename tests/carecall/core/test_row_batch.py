@@ -28,12 +28,6 @@ from tests.support.sql import statement_texts
 T0 = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
 
 
-def _table(model: Any) -> Table:
-    table = model.__table__
-    assert isinstance(table, Table)
-    return table
-
-
 def _events(tag: str, *, spelled_out: bool = False) -> list[dict[str, Any]]:
     """Two events of h1-btn; the second leaves out data, source, clock_suspect and gateway
     (their Python defaults apply) unless ``spelled_out``."""
@@ -104,14 +98,19 @@ async def test_rows_go_in_as_the_per_table_insert_writes_them(
     ]
     async with maker() as s, s.begin():
         await s.run_sync(
-            lambda sync: sync.execute(insert(_table(DeviceEvent)), _events("many", spelled_out=True))
+            lambda sync: sync.execute(
+                insert(row_batch.table_of(DeviceEvent)), _events("many", spelled_out=True)
+            )
         )
     async with maker() as s, s.begin():
         with statements(maker.kw["bind"]) as seen:
             await s.run_sync(
                 lambda sync: row_batch.write(
                     sync,
-                    [(_table(DeviceEvent), _events("batch")), (_table(EventIntake), intake)],
+                    [
+                        (row_batch.table_of(DeviceEvent), _events("batch")),
+                        (row_batch.table_of(EventIntake), intake),
+                    ],
                     "UPDATE audit_head SET hash = :h WHERE id = 1",
                     {"h": "f" * 64},
                 )
@@ -157,7 +156,8 @@ async def test_a_row_may_refer_to_a_row_written_in_the_same_statement(
     async with maker() as s, s.begin():
         await s.run_sync(
             lambda sync: row_batch.write(
-                sync, [(_table(DeviceEvent), [event]), (_table(EventIntake), [decision])]
+                sync,
+                [(row_batch.table_of(DeviceEvent), [event]), (row_batch.table_of(EventIntake), [decision])],
             )
         )
     async with maker() as s:
@@ -166,7 +166,9 @@ async def test_a_row_may_refer_to_a_row_written_in_the_same_statement(
     orphan = {**decision, "event_pk": 999_999}
     with pytest.raises(Exception, match=r"(?i)foreign key"):
         async with maker() as s, s.begin():
-            await s.run_sync(lambda sync: row_batch.write(sync, [(_table(EventIntake), [orphan])]))
+            await s.run_sync(
+                lambda sync: row_batch.write(sync, [(row_batch.table_of(EventIntake), [orphan])])
+            )
 
 
 def test_a_sql_expression_default_is_refused_not_written_wrong() -> None:
