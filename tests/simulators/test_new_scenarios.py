@@ -119,20 +119,21 @@ async def test_power_cut_takes_every_device_down_at_once_and_brings_them_back(
 async def test_power_cut_takes_only_the_number_asked_for(broker_port: int, platform_factory: Factory) -> None:
     await platform_factory()
     scenario = Scenario.model_validate(
-        {"name": "small_cut", "power_cut": {"at_s": 600, "duration_s": 300, "devices": 7}}
+        {"name": "small_cut", "power_cut": {"at_s": 600, "duration_s": 1200, "devices": 7}}
     )
     progress: list[SimStats] = []
     # At x1000 the 20 devices' staggered starts take 400 simulated seconds on an idle
-    # machine: the cut comes after them, and the end leaves 1.6 real seconds to come back.
-    # (With the cut at 200 s and the end at 1,000 s, a busy machine, CI's full suite,
-    # ended the run with 19 connected and 10 online.)
+    # machine: the cut comes after them, lasts 1.2 real seconds (progress is sampled every
+    # 0.05 s), and the end leaves 1.7 real seconds to come back. (CI's full suite, on a
+    # busy machine, once ended a run cut at 200 s and ended at 1,000 s with 19 connected
+    # and 10 online, and once sampled no progress during a cut of 0.3 real seconds.)
     report = await run_simulation(
         host="127.0.0.1",
         port=broker_port,
         devices=county(4),
         scenario=scenario,
         clock=Clock(speed=1000),
-        duration_s=2500,
+        duration_s=3500,
         on_progress=progress.append,
         progress_interval_s=0.05,
         drain_s=0.5,
