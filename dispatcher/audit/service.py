@@ -45,6 +45,13 @@ def _head_update() -> Update:
     return update(AuditHead).where(AuditHead.id == 1).execution_options(synchronize_session=False)
 
 
+# The chain's head locked (a no-op UPDATE) and read, as one statement object built once:
+# SQLAlchemy computes a statement's cache key anew for every new object, and this one
+# runs once per committing transaction of every loop.
+_LOCK_AND_READ_HEAD = _head_update().values(seq=AuditHead.seq).returning(AuditHead.seq, AuditHead.hash)
+_LOCK_HEAD = _head_update().values(seq=AuditHead.seq)
+
+
 # The chain's new head, after a deferring transaction's rows (written with them).
 _SET_HEAD = "UPDATE audit_head SET seq = :head_seq, hash = :head_hash WHERE id = 1"
 
@@ -68,9 +75,7 @@ def _write_head(session: Session) -> None:
         session.flush()
     row_batch.write(session, batches)
     if pending:
-        seq, prev = session.execute(
-            _head_update().values(seq=AuditHead.seq).returning(AuditHead.seq, AuditHead.hash)
-        ).one()
+        seq, prev = session.execute(_LOCK_AND_READ_HEAD).one()
         for row in pending:
             link = next_row(
                 seq,
@@ -138,7 +143,7 @@ async def _head(session: AsyncSession) -> list[Any]:
     cached = session.info.get(_HEAD_KEY)
     if cached is not None:
         return list(cached)
-    await session.execute(_head_update().values(seq=AuditHead.seq))
+    await session.execute(_LOCK_HEAD)
     head = (await session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1))).one()
     _listen(session)
     return [head.seq, head.hash]
