@@ -5,9 +5,9 @@ same on PostgreSQL is tests/integration/test_statement_texts_pg.py's."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from carecall.core.one_of import one_of
 from dispatcher.registry.models import Station
@@ -20,6 +20,27 @@ def test_it_renders_any_on_postgresql_and_in_elsewhere() -> None:
     lite = str(stmt.compile(dialect=sqlite.dialect(), compile_kwargs={"render_postcompile": True}))
     assert "= ANY (" in pg and " IN " not in pg
     assert "IN (?, ?, ?)" in lite
+    # a comparison as it stands: not ``(… IN (…)) = 1``, which SQLite's indexes cannot serve
+    assert lite.rstrip().endswith("IN (?, ?, ?)"), lite
+
+
+async def test_sqlite_looks_the_values_up_in_the_index() -> None:
+    """On SQLite (the embedded default, whatever ``--db`` says) the IN is served by the
+    key's index; PostgreSQL's plans are tests/integration/test_statement_texts_pg.py's."""
+    engine = create_async_engine("sqlite+aiosqlite://")
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: Station.__table__.create(c))
+            stmt = select(Station.id).where(one_of(Station.id, ["a", "b"]))
+            sql = str(
+                stmt.compile(
+                    dialect=engine.dialect, compile_kwargs={"render_postcompile": True, "literal_binds": True}
+                )
+            )
+            plan = " ".join(str(r[-1]) for r in (await conn.execute(text(f"EXPLAIN QUERY PLAN {sql}"))).all())
+    finally:
+        await engine.dispose()
+    assert "SEARCH" in plan and "SCAN stations" not in plan, plan
 
 
 async def test_the_same_rows_as_in_for_any_length(maker: async_sessionmaker[AsyncSession]) -> None:
