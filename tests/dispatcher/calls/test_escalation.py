@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -149,6 +150,24 @@ def test_snapshot_round_trip() -> None:
         from_snapshot({k: v for k, v in body.items() if k != "format"})
     with pytest.raises(ValueError, match="unresolved"):
         initial_timers(policy, T0)
+
+
+def test_a_snapshot_rebuilt_again_is_the_same_policy_and_a_bad_one_fails_every_time() -> None:
+    """from_snapshot keeps rebuilt policies by their JSON text: the same snapshot (another
+    dict of the same content) gives the same policy, a different one its own, and a bad
+    one raises on every call, never a policy kept from before."""
+    body = snapshot(POLICIES.select("emergency", "P1"), travel_limit_s=1800)
+    first = from_snapshot(body)
+    again = from_snapshot(json.loads(json.dumps(body)))
+    assert again == first
+    other = from_snapshot(snapshot(POLICIES.select("emergency", "P1"), travel_limit_s=600))
+    assert other != first
+    bad = {**body, "format": 999}
+    for _ in range(2):
+        with pytest.raises(ValueError, match="format"):
+            from_snapshot(bad)
+    body["steps"] = body["steps"][:1]  # a caller's dict changed afterwards: its own policy
+    assert len(from_snapshot(body).steps) == 1 and len(first.steps) > 1
 
 
 @given(limit=st.floats(0, 7200), opened=st.datetimes(timezones=st.just(UTC)))
