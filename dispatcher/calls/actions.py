@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from carecall.core.one_of import one_of
 from device_gateway.models import DeviceEvent
@@ -209,14 +210,25 @@ async def escalate(
         await record(session, call, AuditKind.escalated, at=now, actor=actor, detail=detail)
         return False
     node = stations[target]
+    moved = {"from_station_id": call.station_id, "to_station_id": target, "to": level, "reason": reason}
+    # The call's row is locked (the timer pass took it): the loaded object is the row, so
+    # it is told the new values itself. Left to the ORM ("evaluate"), the UPDATE's criteria
+    # were evaluated against every object the session holds: a timer pass holds hundreds,
+    # and that was 17 % of the timer loop's CPU (docs/performance.md, sixth session).
     await session.execute(
         update(Call)
         .where(Call.id == call.id)
         .values(station_id=target, tier=node.tier, escalation_level=want, version=Call.version + 1)
+        .execution_options(synchronize_session=False)
     )
-    moved = {"from_station_id": call.station_id, "to_station_id": target, "to": level, "reason": reason}
     await record(session, call, AuditKind.escalated, at=now, actor=actor, detail=moved, station_id=target)
-    call.station_id, call.tier, call.escalation_level = target, node.tier, want
+    for key, value in (
+        ("station_id", target),
+        ("tier", node.tier),
+        ("escalation_level", want),
+        ("version", call.version + 1),
+    ):
+        set_committed_value(call, key, value)
     await queue_notification(
         session,
         call,
