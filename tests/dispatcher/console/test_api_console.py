@@ -69,7 +69,10 @@ async def world(maker: async_sessionmaker[AsyncSession]) -> AsyncIterator[dict[s
     async with api_world(
         maker,
         T0,
-        stream_config=StreamConfig(heartbeat_s=0.05, max_stream_s=1.0, retry_ms=100),
+        # a stream lasts 2.5 s: a test opens a call while its streams are open, and on a
+        # busy CI machine (heartbeats seen 1.4 s apart) 1 s ended a stream before the
+        # call's frame, once, in a full suite
+        stream_config=StreamConfig(heartbeat_s=0.05, max_stream_s=2.5, retry_ms=100),
         console_tile_url="http://tiles.local/{z}/{x}/{y}.png",
     ) as w:
         yield {"client": w.client, "dispatcher": w.dispatcher, "clock": w.clock, "bus": w.bus}
