@@ -8,6 +8,7 @@ past a device's due time into ``offline``. All transitions are conditional UPDAT
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import datetime
 from typing import Any
@@ -53,9 +54,20 @@ class StateWriter:
         self.directory = directory
         self.intake = intake
         self.writer = writer
+        # one flush at a time: a flush that finds another writing waits for it, so when
+        # flush() returns, everything learned before the call is in the database (the
+        # stop path's last flush, a test's; before, it found nothing left to take and
+        # returned while the periodic one was still writing)
+        self._flushing = asyncio.Lock()
 
     async def flush(self) -> None:
-        """Write device state and rejections; raise online/offline for wills and returns."""
+        """Write device state and rejections; raise online/offline for wills and returns.
+        Returns once everything learned before the call is written (a flush already
+        writing is waited for)."""
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         learned = self.intake.take()
         pending, rejects, summaries = learned
         if not pending and not rejects and not summaries:
