@@ -26,7 +26,6 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import ClauseElement, ColumnElement, any_, coercions, roles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.visitors import InternalTraversal
-from sqlalchemy.types import TypeEngine
 
 __all__ = ["one_of"]
 
@@ -58,23 +57,8 @@ class OneOf(ColumnElement[bool]):
     def __init__(self, column: Any, values: list[Any]) -> None:
         self.column: ColumnElement[Any] = coercions.expect(roles.ExpressionElementRole, column)
         column_type = self.column.type
-        self.as_array = bindparam(None, values, type_=_array_of(column_type))
+        self.as_array = bindparam(None, values, type_=ARRAY(column_type))
         self.as_list = bindparam(None, values, type_=column_type, expanding=True)
-
-
-_ARRAYS: dict[int, tuple[TypeEngine[Any], ARRAY[Any]]] = {}
-
-
-def _array_of(item: TypeEngine[Any]) -> ARRAY[Any]:
-    """``ARRAY(item)``, one per column type (kept with the type it was made for)."""
-    found = _ARRAYS.get(id(item))
-    if found is not None and found[0] is item:
-        return found[1]
-    made = ARRAY(item)
-    if len(_ARRAYS) >= 1024:
-        _ARRAYS.clear()
-    _ARRAYS[id(item)] = (item, made)
-    return made
 
 
 def one_of(column: Any, values: Iterable[Any]) -> ColumnElement[bool]:
