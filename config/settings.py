@@ -84,6 +84,12 @@ class Settings(BaseSettings):
         "acks) or readings (telemetry); run events and readings as separate processes "
         "(device_gateway/lanes.py, docs/operations.md)",
     )
+    cpu_priority: str = Field(
+        default="auto",
+        description="CPU priority of `carecall gateway`/`dispatcher`/`serve`: auto (events lane "
+        "nice -10, dispatcher and web -5, readings lane +10; a raise needs CAP_SYS_NICE, e.g. "
+        "systemd Nice=), off (as started) or a nice value from -20 to 19 (carecall/core/priority.py)",
+    )
     readings_shed_above: int = Field(
         default=5_000,
         ge=1,
@@ -195,6 +201,22 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError("has a bad port") from exc
         return value
+
+    @field_validator("cpu_priority", mode="before")
+    @classmethod
+    def _check_cpu_priority(cls, raw: object) -> str:
+        if isinstance(raw, bool) or not isinstance(raw, str | int):
+            raise ValueError("must be auto, off or a nice value from -20 to 19")
+        value = str(raw).strip().lower()
+        if value in ("auto", "off"):
+            return value
+        try:
+            nice = int(value)
+        except ValueError:
+            raise ValueError("must be auto, off or a nice value from -20 to 19") from None
+        if not -20 <= nice <= 19:
+            raise ValueError("must be auto, off or a nice value from -20 to 19")
+        return str(nice)
 
     @field_validator("dispatcher_loops")
     @classmethod

@@ -50,6 +50,9 @@ class BenchConfig:
     # real target: "all" (every copy runs every loop) or "split" (bench_compare.dispatcher_loops_of)
     dispatcher_lanes: str = "all"
     broker: str = "machine"  # real target: the machine's Mosquitto or an own one (bench_broker)
+    # real target: the processes' CPU priority, CARECALL_CPU_PRIORITY (carecall/core/priority.py):
+    # "auto" as `carecall gateway`/`dispatcher`/`serve` run by default, "off" all equal
+    priorities: str = "auto"
     homes: int = 2_000
     phases: tuple[str, ...] = ("quiet", "contended", "flood")
 
@@ -239,6 +242,17 @@ def start_worker(
             stderr=subprocess.STDOUT,
         )
     return Worker(name, proc, stats_path, log_path, env.get("CARECALL_INSTANCE", ""))
+
+
+def nice_of(workers: list[Worker]) -> str:
+    """Each worker's nice value as the kernel has it (a raise may have been refused)."""
+    out = []
+    for w in workers:
+        try:
+            out.append(f"{w.name} {os.getpriority(os.PRIO_PROCESS, w.proc.pid):+d}")
+        except OSError:
+            out.append(f"{w.name} ?")
+    return ", ".join(out)
 
 
 def wait_ready(workers: list[Worker], timeout_s: float = 60.0) -> None:
@@ -466,6 +480,7 @@ def real_target(cfg: BenchConfig, workdir: Path, say: Progress) -> Iterator[Targ
             "CARECALL_MQTT_URL": f"mqtt://{mq[0]}:{mq[1]}",
             "CARECALL_MQTT_SHARED_GROUP": group,
             "CARECALL_SECRET_KEY": web.env["CARECALL_SECRET_KEY"],  # one key for every copy
+            "CARECALL_CPU_PRIORITY": cfg.priorities,
         }
         gws = []
         lanes = ("events", "readings") if cfg.gateway_lanes == "split" else ("all",)
@@ -500,13 +515,15 @@ def real_target(cfg: BenchConfig, workdir: Path, say: Progress) -> Iterator[Targ
         say(
             f"real target up: Mosquitto {mq[0]}:{mq[1]} ({cfg.broker}), PostgreSQL {name}, Redis; "
             f"{cfg.real_gateways} gateway(s) ({cfg.gateway_lanes} lanes), {cfg.real_dispatchers} "
-            f"dispatcher(s) ({', '.join(loops)}), 1 web server on {web.url} (pids {', '.join(str(w.proc.pid) for w in workers)}); "
+            f"dispatcher(s) ({', '.join(loops)}), 1 web server on {web.url} (pids {', '.join(str(w.proc.pid) for w in workers)}; "
+            f"CPU priority {cfg.priorities}: {nice_of(workers)}); "
             f"console: {web.via}"
         )
         split = (
             (", split lanes" if cfg.gateway_lanes == "split" else "")
             + (", intake apart" if cfg.dispatcher_lanes == "split" else "")
             + (", own broker" if cfg.broker == "own" else "")
+            + (", equal priorities" if cfg.priorities == "off" else "")
         )
         yield Target(
             name=f"real ({cfg.real_gateways} gw{split}, {cfg.real_dispatchers} dsp)",

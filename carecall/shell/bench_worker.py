@@ -37,6 +37,7 @@ from typing import Any
 
 from carecall.core.logs import configure_logging
 from carecall.core.metrics import REGISTRY
+from carecall.core.priority import apply_nice, role_of
 from carecall.shell.bench_acklog import AckLog, ack_log_path
 from carecall.shell.runtime import (
     Core,
@@ -146,6 +147,8 @@ async def main_async(
 ) -> None:
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
+    if role != "embedded":  # the CPU priority `carecall gateway`/`dispatcher`/`serve` take
+        apply_nice(role_of(role, settings.gateway_lane), settings.cpu_priority)
     stop = asyncio.Event()
     install_signal_handlers(stop)
     orphan = asyncio.create_task(watch_parent(parent, stop)) if parent is not None else None

@@ -71,6 +71,15 @@ def bench_command(
             "broker-config's: no Nagle delay, a deep queue per session)."
         ),
     ] = "machine",
+    priorities: Annotated[
+        str,
+        typer.Option(
+            help="Real target: the platform processes' CPU priority (CARECALL_CPU_PRIORITY): "
+            "auto (as carecall gateway/dispatcher/serve run by default: the events lane nice "
+            "-10, dispatcher and web -5, readings +10; raises need root or CAP_SYS_NICE, the "
+            "start line prints what each got) or off (all as the bench runs)."
+        ),
+    ] = "auto",
     json_file: Annotated[
         Path | None, typer.Option("--json", help="Write every figure and verdict as JSON here.")
     ] = None,
@@ -97,6 +106,8 @@ def bench_command(
     targets = ("embedded", "real") if target == "all" else (target,)
     if gateway_lanes not in ("all", "split"):
         raise typer.BadParameter("--gateway-lanes must be all or split")
+    if priorities not in ("auto", "off"):
+        raise typer.BadParameter("--priorities must be auto or off")
     if broker not in BROKERS:
         raise typer.BadParameter("--broker must be machine or own")
     try:
@@ -117,6 +128,7 @@ def bench_command(
         gateway_lanes=gateway_lanes,
         dispatcher_lanes=dispatcher_lanes,
         broker=broker,
+        priorities=priorities,
     )
     t0 = time.monotonic()
 

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from carecall.core.priority import apply_nice, role_of
 from carecall.shell.cli.common import fail, run, settings_from, until_signal
 
 
@@ -88,6 +89,7 @@ def gateway(
     if lane is not None and lane not in ("all", "events", "readings"):
         fail("--lane must be all, events or readings")
     s = settings_from(instance=instance, gateway_lane=lane)
+    apply_nice(role_of("gateway", s.gateway_lane), s.cpu_priority)
     run(until_signal(lambda stop: run_gateway(s, stop)))
 
 
@@ -99,6 +101,7 @@ def serve(
     from carecall.shell.runtime import run_serve
 
     s = settings_from(http_host=host, http_port=port)
+    apply_nice("serve", s.cpu_priority)
     run(until_signal(lambda stop: run_serve(s, stop, s.http_host, s.http_port)))
 
 
@@ -123,4 +126,5 @@ def dispatcher_cmd(
 
     over = {} if loops is None else {"dispatcher_loops": loops}
     s = settings_from(instance=instance, **over)
+    apply_nice("dispatcher", s.cpu_priority)
     run(until_signal(lambda stop: run_dispatcher(s, stop)))
