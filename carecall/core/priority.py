@@ -45,7 +45,9 @@ def role_of(part: str, lane: str = "all") -> Role:
     if part == "gateway":
         if lane not in ("all", "events", "readings"):
             raise ValueError(f"unknown gateway lane {lane!r}")
-        return "gateway-all" if lane == "all" else "gateway-events" if lane == "events" else "gateway-readings"
+        return (
+            "gateway-all" if lane == "all" else "gateway-events" if lane == "events" else "gateway-readings"
+        )
     if part in ("dispatcher", "serve"):
         return "dispatcher" if part == "dispatcher" else "serve"
     raise ValueError(f"no CPU priority for {part!r}")

@@ -53,7 +53,7 @@ def test_the_setting_takes_auto_off_or_a_nice_value(given: object, kept: str) ->
 @pytest.mark.parametrize("bad", ["high", "-21", "20", "1.5", True])
 def test_the_setting_refuses_anything_else_naming_it(bad: object, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CARECALL_CPU_PRIORITY", str(bad))
-    with pytest.raises(SettingsError, match="CPU_PRIORITY|cpu_priority"):
+    with pytest.raises(SettingsError, match=r"CPU_PRIORITY|cpu_priority"):
         load_settings()
 
 
@@ -98,13 +98,13 @@ def test_a_refused_raise_is_logged_once_and_the_process_runs_on() -> None:
     got = _child(
         """
         import json, os, resource
+        from carecall.core.logs import configure_logging
+        from carecall.core.priority import apply_nice
+        configure_logging("INFO", "json")
         os.setpriority(os.PRIO_PROCESS, 0, 5)
         resource.setrlimit(resource.RLIMIT_NICE, (0, 0))
-        if os.geteuid() == 0:
+        if os.geteuid() == 0:  # (everything imported first: nobody may not read the venv)
             os.setgid(65534); os.setuid(65534)
-        from carecall.core.logs import configure_logging
-        configure_logging("INFO", "json")
-        from carecall.core.priority import apply_nice
         applied = apply_nice("gateway-events", "auto")
         print(json.dumps({"now": applied.now, "raised": applied.raised, "wanted": applied.wanted}))
         """
@@ -149,8 +149,8 @@ def test_each_command_asks_for_its_role_before_it_starts(
 
     for name in ("run_gateway", "run_dispatcher", "run_serve"):
         monkeypatch.setattr(runtime, name, started)
-    result = CliRunner(
-        env={"CARECALL_LOG_LEVEL": "WARNING", "CARECALL_CPU_PRIORITY": "off", **env}
-    ).invoke(app, argv)
+    result = CliRunner(env={"CARECALL_LOG_LEVEL": "WARNING", "CARECALL_CPU_PRIORITY": "off", **env}).invoke(
+        app, argv
+    )
     assert result.exit_code == 0, result.output
     assert asked == [(role, "off"), ("started", "")]

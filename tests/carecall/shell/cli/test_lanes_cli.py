@@ -37,3 +37,9 @@ def test_bench_refuses_an_unknown_gateway_lanes_value() -> None:
     result = _cli().invoke(app, ["bench", "--target", "real", "--gateway-lanes", "three"])
     assert result.exit_code != 0
     assert "--gateway-lanes must be all or split" in " ".join(result.output.split())
+
+
+def test_bench_refuses_an_unknown_priorities_value() -> None:
+    result = _cli().invoke(app, ["bench", "--target", "real", "--priorities", "high"])
+    assert result.exit_code != 0
+    assert "--priorities must be auto or off" in " ".join(result.output.split())
