@@ -395,6 +395,7 @@ def alarm_path(
     gen = make_loadgen(t, "alarm")
     prefix = f"al{secrets.token_hex(3)}"
     acks_before = {w.name: acks_logged(w.stats()) for w in t.gateways}
+    shed_before = readings_shed(t)
     try:
         secs = duration_s or cfg.alarm_s
         # the readings come from a process of their own (carecall/shell/bench_readings.py)
@@ -422,7 +423,12 @@ def alarm_path(
         f"{100 * readings['cpu_s'] / secs:.0f} % of a core): "
         f"ack p50 {summary['p50']} ms, p99 {summary['p99']} ms"
     )
-    inside = gateway_share(t, acks_before)
+    inside = gateway_share(t, acks_before)  # (waits for the workers' next stats write)
+    shed = {k: v - shed_before[k] for k, v in readings_shed(t).items()}
+    say(
+        f"  readings shed by the gateway meanwhile (device_gateway/shedding.py): "
+        f"{shed['merged']:,} merged, {shed['dropped']:,} dropped"
+    )
     say(
         f"  of which inside the gateway (event received → ack handed to its broker client, "
         f"the commit between): p50 {inside['p50']} ms, p99 {inside['p99']} ms ({inside['count']} acks)"
@@ -443,6 +449,8 @@ def alarm_path(
         "readings_sent": int(readings["sent"]),
         # the readings sender shares the platform's cores (bench_readings): its share
         "readings_sender_cpu_pct": round(100 * readings["cpu_s"] / secs, 1),
+        "readings_merged": shed["merged"],
+        "readings_dropped": shed["dropped"],
         "acked": len(lat),
         "unacked": len(keys) - len(lat),
         "all_acked": acked_all,
@@ -460,6 +468,12 @@ def alarm_path(
         out.update({"bus_via": t.bus_via, "bus_ms": latency_summary(bus_ms), "bus_missing": bus_missing})
         say(f"event → call on the bus ({t.bus_via}): p99 {out['bus_ms']['p99']} ms")
     return out
+
+
+def readings_shed(t: Target) -> dict[str, int]:
+    """Readings the gateways merged or dropped under overload so far, summed."""
+    snaps = [w.stats().get("gateway") or {} for w in t.gateways]
+    return {how: sum(int(g.get(f"readings_{how}", 0)) for g in snaps) for how in ("merged", "dropped")}
 
 
 def gateway_share(t: Target, before: dict[str, int]) -> dict[str, float | int | None]:

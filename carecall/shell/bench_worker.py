@@ -59,6 +59,10 @@ from device_gateway.service import Gateway
 from dispatcher.health.state import DispatchHealth
 
 
+def _shed(how: str) -> int:
+    return int(REGISTRY.get_sample_value("carecall_gateway_readings_shed_total", {"how": how}) or 0)
+
+
 class _Stats:
     def __init__(self, path: Path, role: str) -> None:
         self.path = path
@@ -87,6 +91,9 @@ class _Stats:
                     "carecall_gateway_messages_total", {"channel": "telemetry"}
                 )
                 or 0,
+                # readings merged or dropped under overload (device_gateway/shedding.py)
+                "readings_merged": _shed("merged"),
+                "readings_dropped": _shed("dropped"),
                 "events_stored": gw.stats.events_stored,
                 "events_duplicate": gw.stats.events_duplicate,
                 "acks": gw.stats.acks,

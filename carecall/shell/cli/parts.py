@@ -83,7 +83,8 @@ def gateway(
     """The device gateway alone, against a real broker (CARECALL_MQTT_URL). Run several
     copies with different --instance names: they share the subscription. In production
     run the lanes apart: `--lane events` and `--lane readings` processes (several of
-    each), so no reading ever delays an alarm; each lane shares its own group."""
+    each), so no reading ever delays an alarm; each lane shares its own group. CPU
+    priority (CARECALL_CPU_PRIORITY, default auto): events/all nice -10, readings +10."""
     from carecall.shell.runtime import run_gateway
 
     if lane is not None and lane not in ("all", "events", "readings"):
@@ -97,7 +98,8 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port.")] = None,
 ) -> None:
-    """The web server alone (API, health, metrics)."""
+    """The web server alone (API, health, metrics). CPU priority (CARECALL_CPU_PRIORITY,
+    default auto): nice -5."""
     from carecall.shell.runtime import run_serve
 
     s = settings_from(http_host=host, http_port=port)
@@ -121,7 +123,8 @@ def dispatcher_cmd(
     ] = None,
 ) -> None:
     """The dispatcher alone: stored events → calls, escalation timers, notifications and
-    device acks. Several copies may run against one PostgreSQL: each step fires once."""
+    device acks. Several copies may run against one PostgreSQL: each step fires once. CPU
+    priority (CARECALL_CPU_PRIORITY, default auto): nice -5."""
     from carecall.shell.runtime import run_dispatcher
 
     over = {} if loops is None else {"dispatcher_loops": loops}
