@@ -4,7 +4,8 @@ On a crowded host the kernel shares the CPU evenly between runnable processes, s
 the lanes apart an alarm waits for a core behind the readings lane, a report query or any
 other process as often as it gets one. Measured on the 2-core test machine
 (docs/performance.md, "CPU priorities: the alarm lane first"): the events lane waited for
-a core 28–31 % of the time it ran at equal priority, 11–13 % at the priorities below.
+a core for about 29 % of the time it ran at equal priority, about 11 % at the priorities
+below (medians of three runs each way).
 
 ``nice_for`` decides (pure); ``apply_nice`` sets it on every thread of this process (on
 Linux a nice value belongs to a thread; threads started later inherit the caller's).
