@@ -41,17 +41,21 @@ AUTO_NICE: dict[str, int] = {
 }
 
 
+_ROLES: dict[tuple[str, str], Role] = {
+    ("gateway", "all"): "gateway-all",
+    ("gateway", "events"): "gateway-events",
+    ("gateway", "readings"): "gateway-readings",
+    ("dispatcher", ""): "dispatcher",
+    ("serve", ""): "serve",
+}
+
+
 def role_of(part: str, lane: str = "all") -> Role:
     """The role of a ``carecall gateway`` (by its lane), ``dispatcher`` or ``serve``."""
-    if part == "gateway":
-        if lane not in ("all", "events", "readings"):
-            raise ValueError(f"unknown gateway lane {lane!r}")
-        return (
-            "gateway-all" if lane == "all" else "gateway-events" if lane == "events" else "gateway-readings"
-        )
-    if part in ("dispatcher", "serve"):
-        return "dispatcher" if part == "dispatcher" else "serve"
-    raise ValueError(f"no CPU priority for {part!r}")
+    role = _ROLES.get((part, lane if part == "gateway" else ""))
+    if role is None:
+        raise ValueError(f"no CPU priority for {part!r} (lane {lane!r})")
+    return role
 
 
 def nice_for(role: Role, setting: str) -> int | None:
