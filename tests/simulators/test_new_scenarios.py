@@ -127,9 +127,10 @@ async def test_power_cut_takes_only_the_number_asked_for(broker_port: int, platf
     # 0.05 s), and the end leaves 3.7 real seconds to come back. (CI's full suite, on a
     # busy machine, once ended a run cut at 200 s and ended at 1,000 s with 19 connected
     # and 10 online, and once sampled no progress during a cut of 0.3 real seconds. With
-    # 1.7 s left the full suite on a slow day ended with 13 online, none of the 7 back; it
-    # passed alone and under a CPU hog. A likely cause, not shown: a silenced device waits
-    # up to 2 real seconds for its dead socket to be noticed, and the cut ends only after.)
+    # 1.7 s left the full suite on a slow day ended with 13 online, none of the 7 back, and
+    # once sampled no silent device at all; it passed alone and under a CPU hog. The cause,
+    # measured: a full garbage collection of the suite's 1.8 million objects stopping the
+    # loop for 2-3 s; tests/conftest.py now collects and freezes between tests.)
     report = await run_simulation(
         host="127.0.0.1",
         port=broker_port,
