@@ -90,6 +90,12 @@ class Settings(BaseSettings):
         "nice -10, dispatcher and web -5, readings lane +10; a raise needs CAP_SYS_NICE, e.g. "
         "systemd Nice=), off (as started) or a nice value from -20 to 19 (carecall/core/priority.py)",
     )
+    gc_freeze: bool = Field(
+        default=True,
+        description="`carecall gateway`/`dispatcher`/`serve`/`demo`: once started, collect and freeze "
+        "the startup heap out of later garbage collections, so none stops the process for long "
+        "(carecall/core/heap.py); every pause is timed in carecall_gc_pause_seconds",
+    )
     readings_shed_above: int = Field(
         default=5_000,
         ge=1,

@@ -48,6 +48,7 @@ from carecall.shell.runtime import (
     open_core,
     run_serve,
     serve_http,
+    settle_heap,
     stall_monitor,
     start_parts,
     watch,
@@ -268,6 +269,9 @@ async def _serve(
             web = _web_in_process(core, parts, stop)
             await listening(core.settings.http_host, core.settings.http_port, web[0])
         await asyncio.sleep(0.3)  # subscriptions settle before anyone is told we are ready
+        # as `carecall gateway`/`dispatcher`/`demo` do once up (carecall/core/heap.py)
+        lane = core.settings.gateway_lane if role == "gateway" else ""
+        settle_heap(core.settings, f"{role}-{lane}" if lane else role)
         stats.ready = True
         await stop.wait()
         if console is not None:

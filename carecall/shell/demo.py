@@ -46,6 +46,7 @@ from carecall.shell.runtime import (
     open_core,
     port_free,
     serve_http,
+    settle_heap,
     stall_monitor,
     start_parts,
     watch,
@@ -274,6 +275,7 @@ class _Demo:
             visit_rules=history_visit_rules() if catching_up else None,
         )
         phase = Phase(parts)
+        settle_heap(s, "demo")  # what the platform holds once up; before its homes connect
         if catching_up and self.sim_ops is not None:
             phase.staff_busy = self.sim_ops.busy
         if self.simulate:

@@ -23,6 +23,7 @@ import structlog
 import uvicorn
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from carecall.core import heap
 from carecall.core.bus import MemoryBus, RedisBus, make_bus
 from carecall.core.clock import Clock, make_clock
 from carecall.core.db import make_engine, make_sessionmaker
@@ -122,14 +123,32 @@ async def run_gateway(settings: Settings, stop: asyncio.Event) -> None:
             lane=Lane(settings.gateway_lane),
         )
         sync = broker_sync_task(core, settings)
+        # settled twice: now (imports, the app), and once connected (its device directory read)
+        settle_heap(settings, f"gateway-{settings.gateway_lane}")
+        settled = asyncio.create_task(
+            _settle_when(gw.connected, settings, f"gateway-{settings.gateway_lane}")
+        )
         try:
             await gw.run(stop)
         finally:
+            settled.cancel()
             if sync is not None:
                 sync.cancel()
-                await asyncio.gather(sync, return_exceptions=True)
+            await asyncio.gather(settled, *([sync] if sync is not None else []), return_exceptions=True)
     finally:
         await core.close()
+
+
+def settle_heap(settings: Settings, role: str) -> None:
+    """Time this process's garbage collections and, unless CARECALL_GC_FREEZE is false,
+    freeze what it holds now out of later ones (carecall/core/heap.py)."""
+    heap.watch()
+    heap.settle(role, settings.gc_freeze)
+
+
+async def _settle_when(ready: asyncio.Event, settings: Settings, role: str) -> None:
+    await ready.wait()
+    settle_heap(settings, role)
 
 
 def broker_sync_task(core: Core, settings: Settings) -> asyncio.Task[None] | None:
@@ -243,9 +262,9 @@ async def run_serve(settings: Settings, stop: asyncio.Event, host: str, port: in
         await ensure_first_admin(core)
         health.ready = True  # a login exists before /healthz can say 200
         monitor = stall_monitor(core, f"serve-{settings.instance}", health)
-        await asyncio.gather(
-            serve_http(full_app(core, health=health), host, port, stop), watch(monitor, stop)
-        )
+        app = full_app(core, health=health)
+        settle_heap(settings, "serve")
+        await asyncio.gather(serve_http(app, host, port, stop), watch(monitor, stop))
     finally:
         await core.close()
 
@@ -277,6 +296,7 @@ async def run_dispatcher(settings: Settings, stop: asyncio.Event) -> None:
     try:
         dsp = make_dispatcher(core, MqttTarget.from_url(settings.mqtt_url))
         monitor = stall_monitor(core, dsp.name, DispatchHealth(), lambda: dsp.heartbeats)
+        settle_heap(settings, "dispatcher")
         await asyncio.gather(dsp.run(stop), watch(monitor, stop))
     finally:
         await core.close()
@@ -389,7 +409,13 @@ async def embedded_broker(
     follow = asyncio.create_task(broker.follow(core.bus), name="broker-follow")
     try:
         yield MqttTarget(
-            host, port, PLATFORM_USER, password, tls=False, named_channels=True, max_inflight=EMBEDDED_INFLIGHT
+            host,
+            port,
+            PLATFORM_USER,
+            password,
+            tls=False,
+            named_channels=True,
+            max_inflight=EMBEDDED_INFLIGHT,
         )
     finally:
         follow.cancel()

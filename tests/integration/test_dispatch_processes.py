@@ -98,6 +98,15 @@ async def test_sos_after_offline_and_online_opens_a_call_and_is_assigned(
         assert not [r for r in log_events(dsp_log) if r.get("event") == "dispatcher.db_unavailable"], tail(
             dsp_log
         )
+        # each command froze its startup heap out of the collector (carecall/core/heap.py):
+        # the gateway at start and once connected (its device directory read), the dispatcher at start
+        settled = {
+            name: [r for r in log_events(path) if r.get("event") == "process.heap_settled"]
+            for name, path in (("gateway", gw_log), ("dispatcher", dsp_log))
+        }
+        assert [r["role"] for r in settled["gateway"]] == ["gateway-all", "gateway-all"], tail(gw_log)
+        assert [r["role"] for r in settled["dispatcher"]] == ["dispatcher"], tail(dsp_log)
+        assert all(int(str(r["frozen_objects"])) > 100_000 for rs in settled.values() for r in rs), settled
     finally:
         stop(dsp)
         stop(gw)
