@@ -17,7 +17,8 @@ which is why the processes settle after they have started and warmed their cache
 not while they carry traffic. ``CARECALL_GC_FREEZE=false`` turns it off.
 
 ``watch()`` times every collection into ``carecall_gc_pause_seconds`` (by generation) on
-the process's /metrics. The callback runs inside the collector, where taking a lock the
+/metrics (of the processes that serve it), and keeps the pauses of 10 ms or more with
+when they ended, for ``carecall bench`` to report per process. The callback runs inside the collector, where taking a lock the
 interrupted code may hold would deadlock: it only adds to plain integers and floats, and
 the histogram is built from them when /metrics is read.
 """
@@ -26,7 +27,8 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +41,7 @@ from carecall.core.metrics import REGISTRY
 log = structlog.get_logger("carecall.heap")
 
 BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+LONG_S = 0.01  # pauses kept one by one, with when they ended (``GcPauses.long``)
 
 
 @dataclass
@@ -68,14 +71,28 @@ class GcPauses(Collector):
 
     def __init__(self) -> None:
         self.generations = [PauseCounts() for _ in range(3)]
+        # the last pauses of LONG_S or more: (time.monotonic() at their end, generation, s)
+        self.long: deque[tuple[float, int, float]] = deque(maxlen=2000)
         self._started = 0.0
 
     def callback(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._started = time.perf_counter()
         else:
-            generation = int(info.get("generation", 2))
-            self.generations[min(max(generation, 0), 2)].add(time.perf_counter() - self._started)
+            seconds = time.perf_counter() - self._started
+            generation = min(max(int(info.get("generation", 2)), 0), 2)
+            self.generations[generation].add(seconds)
+            if seconds >= LONG_S:
+                self.long.append((time.monotonic(), generation, seconds))
+
+    def recent(self) -> list[tuple[float, int, float]]:
+        """A copy of ``long`` (a collection during the copy may append to it: copy again)."""
+        for _ in range(3):
+            try:
+                return list(self.long)
+            except RuntimeError:
+                continue
+        return []
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         family = HistogramMetricFamily(
@@ -122,3 +139,15 @@ def settle(role: str, enabled: bool = True) -> int:
         took_ms=round((time.perf_counter() - started) * 1000, 1),
     )
     return frozen
+
+
+def pauses_between(long: Iterable[Iterable[float]], start: float, end: float) -> dict[str, float | int]:
+    """The pauses of LONG_S or more that ended between ``start`` and ``end`` (monotonic
+    seconds, the same clock in every process of a machine): how many, their sum and the
+    longest, in ms. ``long`` as ``GcPauses.long`` holds them (or its JSON: lists)."""
+    seconds = [float(s) for at, _gen, s in (tuple(p) for p in long) if start <= float(at) <= end]
+    return {
+        "over_10ms": len(seconds),
+        "sum_ms": round(sum(seconds) * 1000, 1),
+        "longest_ms": round(max(seconds, default=0.0) * 1000, 1),
+    }

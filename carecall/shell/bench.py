@@ -174,6 +174,7 @@ def bench_target(t: Target, cfg: BenchConfig, say: Progress) -> dict[str, Any]:
     # The bench plays the devices and the consoles: a pause of its own collector (a full
     # one took up to 0.48 s here) would be counted in every latency it measures. Frozen
     # as the platform's processes freeze theirs (CARECALL_GC_FREEZE; carecall/core/heap.py).
+    heap.watch()  # its own pauses are reported beside the workers' (bench_phases.gc_pauses)
     heap.settle("bench", load_settings().gc_freeze)
     base = baseline(t.host, t.port, t.observer_creds, cfg, say)
     figures: dict[str, Any] = {"baseline_msg_s": base["throughput_msg_s"]}

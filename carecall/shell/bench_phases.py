@@ -19,6 +19,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
+from carecall.core import heap
 from carecall.shell.bench_acklog import ack_log_path, ack_slice_ms, acks_logged
 from carecall.shell.bench_readings import readings_behind
 from carecall.shell.bench_targets import BenchConfig, Progress, Target, gateway_messages
@@ -396,6 +397,7 @@ def alarm_path(
     prefix = f"al{secrets.token_hex(3)}"
     acks_before = {w.name: acks_logged(w.stats()) for w in t.gateways}
     shed_before = readings_shed(t)
+    started = time.monotonic()
     try:
         secs = duration_s or cfg.alarm_s
         # the readings come from a process of their own (carecall/shell/bench_readings.py)
@@ -423,7 +425,13 @@ def alarm_path(
         f"{100 * readings['cpu_s'] / secs:.0f} % of a core): "
         f"ack p50 {summary['p50']} ms, p99 {summary['p99']} ms"
     )
+    ended = time.monotonic()
     inside = gateway_share(t, acks_before)  # (waits for the workers' next stats write)
+    paused = gc_pauses(t, started, ended)
+    say(
+        "  longest garbage-collector pause meanwhile (carecall/core/heap.py): "
+        + ", ".join(f"{name} {p['longest_ms']} ms" for name, p in paused.items())
+    )
     shed = {k: v - shed_before[k] for k, v in readings_shed(t).items()}
     say(
         f"  readings shed by the gateway meanwhile (device_gateway/shedding.py): "
@@ -462,6 +470,7 @@ def alarm_path(
         "console_via": t.console_via,
         "console_ms": csum,
         "console_missing": console_missing,
+        "gc_pauses": paused,
     }
     if t.bus is not None:
         bus_ms, bus_missing = sighting_ms(opened, sent_at, t.bus())
@@ -474,6 +483,15 @@ def readings_shed(t: Target) -> dict[str, int]:
     """Readings the gateways merged or dropped under overload so far, summed."""
     snaps = [w.stats().get("gateway") or {} for w in t.gateways]
     return {how: sum(int(g.get(f"readings_{how}", 0)) for g in snaps) for how in ("merged", "dropped")}
+
+
+def gc_pauses(t: Target, start: float, end: float) -> dict[str, dict[str, float | int]]:
+    """Each process's garbage-collector pauses of 10 ms or more between ``start`` and
+    ``end``: the workers' from their stats files, the bench's own (it plays the devices
+    and the consoles: a pause of its own is counted in every latency it measures)."""
+    out = {w.name: heap.pauses_between(w.stats().get("gc_long") or [], start, end) for w in t.workers}
+    out["bench"] = heap.pauses_between(heap.PAUSES.recent(), start, end)
+    return out
 
 
 def gateway_share(t: Target, before: dict[str, int]) -> dict[str, float | int | None]:

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from carecall.core import heap
 from carecall.core.logs import configure_logging
 from carecall.core.metrics import REGISTRY
 from carecall.core.priority import apply_nice, role_of
@@ -81,6 +82,8 @@ class _Stats:
             "pid": os.getpid(),
             "ready": self.ready,
             "t": time.monotonic(),
+            # this process's collector pauses of 10 ms or more, with when each ended
+            "gc_long": heap.PAUSES.recent(),
         }
         gw = self.gateway
         if gw is not None:
