@@ -25,6 +25,7 @@ the histogram is built from them when /metrics is read.
 
 from __future__ import annotations
 
+import bisect
 import gc
 import time
 from collections import deque
@@ -53,10 +54,7 @@ class PauseCounts:
     longest_s: float = 0.0
 
     def add(self, seconds: float) -> None:
-        i = 0
-        while i < len(BUCKETS) and seconds > BUCKETS[i]:
-            i += 1
-        self.buckets[i] += 1
+        self.buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
         self.total_s += seconds
         if seconds > self.longest_s:
             self.longest_s = seconds

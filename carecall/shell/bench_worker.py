@@ -273,8 +273,7 @@ async def _serve(
             await listening(core.settings.http_host, core.settings.http_port, web[0])
         await asyncio.sleep(0.3)  # subscriptions settle before anyone is told we are ready
         # as `carecall gateway`/`dispatcher`/`demo` do once up (carecall/core/heap.py)
-        lane = core.settings.gateway_lane if role == "gateway" else ""
-        settle_heap(core.settings, f"{role}-{lane}" if lane else role)
+        settle_heap(core.settings, role if role == "embedded" else role_of(role, core.settings.gateway_lane))
         stats.ready = True
         await stop.wait()
         if console is not None:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from typing import TYPE_CHECKING
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from carecall.core import heap
 from carecall.core.clock import CatchUpClock
 from carecall.shell.runtime import Core, Parts
 from carecall.shell.secret_files import load_secrets, save_secrets
@@ -268,8 +268,7 @@ async def back_pressure(
             # Everything alive now (the county, its devices and their sessions) stays
             # alive: out of the collector's sight. A full collection over it pauses the
             # loop for up to half a second, which is an hour of simulated time.
-            gc.collect()
-            gc.freeze()
+            heap.settle("demo-history")
             clock.resume()
             log.info("demo.history_started", after_s=round(time.monotonic() - started, 1))
             break

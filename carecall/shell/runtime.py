@@ -28,6 +28,7 @@ from carecall.core.bus import MemoryBus, RedisBus, make_bus
 from carecall.core.clock import Clock, make_clock
 from carecall.core.db import make_engine, make_sessionmaker
 from carecall.core.migrate import upgrade_async
+from carecall.core.priority import role_of
 from carecall.shell.app import create_app
 from config.settings import Settings
 from device_gateway.lanes import Lane
@@ -124,17 +125,16 @@ async def run_gateway(settings: Settings, stop: asyncio.Event) -> None:
         )
         sync = broker_sync_task(core, settings)
         # settled twice: now (imports, the app), and once connected (its device directory read)
-        settle_heap(settings, f"gateway-{settings.gateway_lane}")
-        settled = asyncio.create_task(
-            _settle_when(gw.connected, settings, f"gateway-{settings.gateway_lane}")
-        )
+        role = role_of("gateway", settings.gateway_lane)
+        settle_heap(settings, role)
+        helpers = [asyncio.create_task(_settle_when(gw.connected, settings, role))]
+        helpers += [sync] if sync is not None else []
         try:
             await gw.run(stop)
         finally:
-            settled.cancel()
-            if sync is not None:
-                sync.cancel()
-            await asyncio.gather(settled, *([sync] if sync is not None else []), return_exceptions=True)
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
     finally:
         await core.close()
 
